@@ -1,0 +1,17 @@
+"""Pieces of the ``gilfree`` command; the entry point and argument parsing are in ``gilfree.cli``.
+
+* ``_target``   -- ``MODULE:FUNC`` to a callable (dotted module or ``.py`` path)
+* ``_jsonl``    -- lazy JSON Lines input, crash-safe output and ``--resume``
+* ``_progress`` -- the progress bar shown when stderr is a terminal
+* ``_run``      -- ``gilfree run``
+* ``_advise``   -- ``gilfree advise``
+
+Anything that should end the command with exit status 2 and one plain line
+on stderr raises :class:`UsageError`; ``gilfree.cli.main`` prints it.
+"""
+
+from __future__ import annotations
+
+
+class UsageError(Exception):
+    """Bad usage or unusable input: printed as one line, exit status 2."""
