@@ -1,0 +1,63 @@
+"""Uncontended cost of gilfree's deadlock-detecting locks against threading's.
+
+Issue #6 allows an uncontended acquire/release at most 3x a plain
+``threading.Lock``. Both sides are timed in the same run, interleaved, best of
+several repeats (timeit), so machine noise hits them alike; only the ratios
+mean anything. The RLock row compares with ``threading.RLock``, which is C code
+(gilfree's RLock counts re-entry in Python), for information.
+
+    python benchmarks/bench_locks.py [--number N] [--repeat R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import timeit
+
+import gilfree
+from gilfree.deadlock import deadlock_detection
+
+STATEMENTS = {
+    "acquire(); release()": "lock.acquire(); lock.release()",
+    "with lock": "with lock: pass",
+}
+
+
+def best(lock: object, stmt: str, number: int, repeat: int) -> float:
+    """Best time per operation pair, in nanoseconds."""
+    times = timeit.repeat(stmt, globals={"lock": lock}, number=number, repeat=repeat)
+    return min(times) / number * 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--number", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+
+    with deadlock_detection():
+        patched = threading.Lock()  # what threading.Lock() gives inside the block
+    pairs = [
+        ("Lock", threading.Lock(), gilfree.Lock()),
+        ("Lock (patched)", threading.Lock(), patched),
+        ("RLock", threading.RLock(), gilfree.RLock()),
+    ]
+    print(f"{'lock':<16}{'operation':<24}{'threading ns':>14}{'gilfree ns':>12}{'ratio':>8}")
+    worst = 0.0
+    for label, plain, ours in pairs:
+        for op, stmt in STATEMENTS.items():
+            base = new = float("inf")
+            for _ in range(3):  # interleave the two so drift hits both
+                base = min(base, best(plain, stmt, args.number, args.repeat))
+                new = min(new, best(ours, stmt, args.number, args.repeat))
+            ratio = new / base
+            if label != "RLock":
+                worst = max(worst, ratio)
+            print(f"{label:<16}{op:<24}{base:>14.1f}{new:>12.1f}{ratio:>7.2f}x")
+    verdict = "within" if worst <= 3.0 else "OVER"
+    print(f"\nworst Lock ratio {worst:.2f}x vs threading.Lock: {verdict} the 3x budget of issue #6")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""``Lock`` and ``RLock``: drop-in ``threading`` locks that refuse to deadlock.
+
+Each wraps a raw ``_thread`` lock and records its owner. The fast path is a
+non-blocking acquire of that inner lock plus one attribute store, so an
+uncontended acquire/release costs about 2x a plain ``threading.Lock``
+(``benchmarks/bench_locks.py``). Only when the inner lock is taken does a
+request go to the wait-for graph (:mod:`._graph`), which either records the
+wait or refuses it with :class:`~gilfree.errors.DeadlockError`.
+
+Owners are keys, not threads: a local thread is its ``get_ident()``, a thread
+of another process is ``(pid, ident)``, so the lock server (:mod:`._server`)
+can acquire and release on behalf of remote threads with the same code
+(``_acquire_as`` / ``_release_as``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from _thread import allocate_lock, get_ident
+from collections.abc import Callable
+from typing import Any
+
+from ._graph import GRAPH, call_site, local_thread_label
+
+__all__ = ["Lock", "RLock"]
+
+_serial = itertools.count(1)
+
+# How a waiter blocks on the inner lock: (inner, timeout) -> acquired. The lock
+# server passes one that also notices a dead requester or a server stop.
+WaitFn = Callable[[Any, float], bool]
+
+
+def _plain_wait(inner: Any, timeout: float) -> bool:
+    return inner.acquire(True, timeout)
+
+
+class _GraphLock:
+    """What Lock and RLock share: the contended path through the wait-for graph."""
+
+    __slots__ = ("__weakref__", "_inner", "_owner", "_shared", "name")
+
+    _kind = "Lock"
+
+    def __init__(self, name: str | None = None) -> None:
+        self._inner = allocate_lock()
+        self._owner: Any = None
+        self._shared: Any = None  # (server, lock id) once pickled, see _server
+        if name is None:
+            name = f"{self._kind}-{next(_serial)} (created at {call_site()})"
+        self.name = name
+
+    def _taken(self, me: Any) -> None:
+        self._owner = me
+
+    def _acquire_as(
+        self,
+        me: Any,
+        blocking: bool = True,
+        timeout: float = -1,
+        *,
+        where: str | None = None,
+        who: str | None = None,
+        wait: WaitFn | None = None,
+    ) -> bool:
+        """Acquire for owner key ``me``; the contended path of every acquire."""
+        if not blocking:
+            if timeout != -1:
+                raise ValueError("can't specify a timeout for a non-blocking call")
+        elif timeout < 0 and timeout != -1:
+            raise ValueError("timeout value must be a non-negative number")
+        if self._inner.acquire(False):
+            self._taken(me)
+            return True
+        if not blocking or timeout == 0:
+            return False  # never waits, so never an edge of the graph
+        GRAPH.wait_begins(
+            me,
+            self,
+            where if where is not None else call_site(),
+            who if who is not None else local_thread_label(me),
+        )
+        try:
+            got = (wait or _plain_wait)(self._inner, timeout)
+            if got:
+                self._taken(me)
+        finally:
+            GRAPH.wait_ends(me)
+        return got
+
+    def _abandon(self, me: Any) -> bool:
+        """Release whatever ``me`` holds (its process or thread is gone)."""
+        if self._owner != me:
+            return False
+        self._owner = None
+        self._inner.release()
+        return True
+
+    def locked(self) -> bool:
+        return self._inner.locked()
+
+    def _at_fork_reinit(self) -> None:
+        # threading calls this on the locks of its own objects in a fork child.
+        self._inner = allocate_lock()
+        self._owner = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from ._server import reduce_shared
+
+        return reduce_shared(self)
+
+    def __repr__(self) -> str:
+        owner = self._owner
+        state = "unlocked" if owner is None and not self.locked() else f"locked by {owner!r}"
+        return f"<gilfree.{self._kind} {self.name!r} {state} at {id(self):#x}>"
+
+
+class Lock(_GraphLock):
+    """A ``threading.Lock`` that raises DeadlockError instead of deadlocking.
+
+    Like ``threading.Lock`` any thread may release it. Acquiring it again in
+    the thread that holds it is a cycle of one and raises DeadlockError.
+    """
+
+    __slots__ = ()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if timeout == -1 and self._inner.acquire(False):
+            self._owner = get_ident()
+            return True
+        return self._acquire_as(get_ident(), blocking, timeout)
+
+    __enter__ = acquire
+
+    def release(self) -> None:
+        # Clear the owner first: once the inner lock is free another thread may
+        # take it and store itself, which must not be overwritten.
+        self._owner = None
+        self._inner.release()
+
+    def __exit__(self, *exc: object) -> None:
+        self._owner = None
+        self._inner.release()
+
+    def _release_as(self, me: Any) -> None:
+        self.release()
+
+
+class RLock(_GraphLock):
+    """A ``threading.RLock`` that raises DeadlockError instead of deadlocking.
+
+    Re-entry by the owner is counted, never a wait. Works under
+    ``threading.Condition`` (``_is_owned``, ``_release_save``, ``_acquire_restore``).
+    """
+
+    __slots__ = ("_count",)
+
+    _kind = "RLock"
+
+    def __init__(self, name: str | None = None) -> None:
+        self._count = 0
+        super().__init__(name)
+
+    def _taken(self, me: Any) -> None:
+        self._owner = me
+        self._count = 1
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        me = get_ident()
+        if self._owner == me:
+            self._count += 1
+            return True
+        if timeout == -1 and self._inner.acquire(False):
+            self._owner = me
+            self._count = 1
+            return True
+        return self._acquire_as(me, blocking, timeout)
+
+    __enter__ = acquire
+
+    def release(self) -> None:
+        if self._owner != get_ident():
+            raise RuntimeError("cannot release un-acquired lock")
+        self._count = count = self._count - 1
+        if not count:
+            self._owner = None
+            self._inner.release()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _acquire_as(self, me: Any, blocking: bool = True, timeout: float = -1, **kw: Any) -> bool:
+        if self._owner == me:
+            self._count += 1
+            return True
+        return super()._acquire_as(me, blocking, timeout, **kw)
+
+    def _release_as(self, me: Any) -> None:
+        if self._owner != me:
+            raise RuntimeError("cannot release un-acquired lock")
+        self._count = count = self._count - 1
+        if not count:
+            self._owner = None
+            self._inner.release()
+
+    def _abandon(self, me: Any) -> bool:
+        if self._owner != me:
+            return False
+        self._count = 0
+        return super()._abandon(me)
+
+    def _at_fork_reinit(self) -> None:
+        super()._at_fork_reinit()
+        self._count = 0
+
+    # threading.Condition uses these to release fully around a wait.
+    def _is_owned(self) -> bool:
+        return self._owner == get_ident()
+
+    def _release_save(self) -> tuple[int, Any]:
+        me = get_ident()
+        if self._owner != me:
+            raise RuntimeError("cannot release un-acquired lock")
+        state = (self._count, me)
+        self._count = 0
+        self._owner = None
+        self._inner.release()
+        return state
+
+    def _acquire_restore(self, state: tuple[int, Any]) -> None:
+        count, owner = state
+        self._acquire_as(owner, True, -1)
+        self._count = count
