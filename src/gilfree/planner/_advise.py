@@ -1,0 +1,201 @@
+"""``advise``: bytecode + probe -> Features -> ``choose`` -> Plan, cached per function.
+
+The measurements (bytecode findings, probe numbers) are cached per function,
+not the Plan: a later ``advise`` for the same function with a different
+``total``, ``workers`` or ``address`` re-runs the (pure, instant) policy on the
+cached measurements and runs no call, so its ``outcomes`` are empty.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+import types
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _bytecode, _machine, _probe
+from ._model import Features, choose
+from ._plan import Plan
+
+# A cached probe that ran fewer calls than this is redone when new samples come:
+# one call (an Executor's first submit) says too little to plan a long job on.
+MIN_CACHED_CALLS = 3
+
+_cache_lock = threading.Lock()
+_cache: weakref.WeakKeyDictionary[Any, Features] = weakref.WeakKeyDictionary()
+_dask_cache: dict[str, tuple[int | None, int | None, str | None]] = {}
+
+
+def advise(
+    fn: Callable[[Any], Any],
+    samples: Sequence[Any],
+    *,
+    budget: float = 1.0,
+    total: int | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+    cache: bool = True,
+) -> Plan:
+    """Measure ``fn`` on ``samples`` (each called at most once) and plan a job.
+
+    ``total`` is the number of items in the whole job when known; ``address``
+    a Dask scheduler (Dask is never planned without one); ``workers`` a count
+    the user imposed. With ``cache=True`` the measurements of an earlier call
+    for the same function are reused (then no sample is run).
+    """
+    if budget <= 0:
+        raise ValueError(f"budget={budget!r} must be a positive number of seconds")
+    samples = samples if isinstance(samples, Sequence) else list(samples)
+    key = _cache_key(fn)
+    cached = None
+    if cache and key is not None:
+        with _cache_lock:
+            cached = _cache.get(key)
+        if cached is not None and cached.calls < MIN_CACHED_CALLS and len(samples) > cached.calls:
+            cached = None
+    outcomes: list[tuple[bool, Any]] = []
+    if cached is not None:
+        features = cached
+    else:
+        features, outcomes = _measure(fn, samples, budget)
+        if cache and key is not None and features.task_seconds is not None:
+            with _cache_lock:
+                _cache[key] = features
+    dask = _dask_size(address) if address is not None else (None, None, None)
+    features = dataclasses.replace(
+        features,
+        total=total,
+        workers=workers,
+        address=address,
+        dask_threads=dask[0],
+        dask_workers=dask[1],
+        dask_error=dask[2],
+    )
+    plan = choose(features)
+    plan.outcomes = outcomes
+    plan.cached = cached is not None
+    return plan
+
+
+def clear_cache() -> None:
+    """Forget every cached measurement (tests; or after the code changed)."""
+    with _cache_lock:
+        _cache.clear()
+        _dask_cache.clear()
+    _machine.forget()
+
+
+def sample_indices(n: int, k: int) -> list[int]:
+    """``k`` indices of ``range(n)`` in the order to hand them to ``advise``.
+
+    The probe runs a prefix of its samples, so the order matters: 0, then the
+    last, the middle, the quarters, ... spreads even a two-call probe over the
+    whole input, which matters when items near the end cost more than the first.
+    """
+    k = max(0, min(k, n))
+    if k == 0:
+        return []
+    order: list[int] = []
+    seen: set[int] = set()
+
+    def add(i: int) -> None:
+        if i not in seen and len(order) < k:
+            seen.add(i)
+            order.append(i)
+
+    add(0)
+    add(n - 1)
+    parts = 2
+    while len(order) < k and parts < 2 * n:
+        for j in range(1, parts, 2):
+            add(j * (n - 1) // parts)
+        parts *= 2
+    for i in range(n):  # fill whatever the halving missed
+        if len(order) >= k:
+            break
+        add(i)
+    return order
+
+
+def _cache_key(fn: Any) -> Any:
+    """The object to cache measurements on; None when it cannot be weakly keyed."""
+    if isinstance(fn, types.MethodType):
+        # A bound method is a new object at each attribute access.
+        fn = fn.__func__
+    try:
+        weakref.ref(fn)
+        hash(fn)
+    except TypeError:
+        return None
+    return fn
+
+
+def _measure(
+    fn: Callable[[Any], Any], samples: Sequence[Any], budget: float
+) -> tuple[Features, list[tuple[bool, Any]]]:
+    analysis = _bytecode.analyze(fn)
+    machine = _machine.machine_costs()
+    result = _probe.probe(fn, samples, budget)
+    failure_type = next(
+        (type(v).__name__ for ok, v in result.outcomes if not ok), None
+    )
+    notes = []
+    if result.failures and result.failures < result.calls:
+        notes.append(
+            f"{result.failures} of {result.calls} probe calls raised {failure_type}; "
+            "their time is included in the averages."
+        )
+    features = Features(
+        machine=machine,
+        task_seconds=result.task_seconds,
+        cpu_fraction=result.cpu_fraction,
+        pair_speedup=result.pair_speedup,
+        pair_skipped=result.pair_skipped,
+        internal_parallelism=result.internal_parallelism,
+        arg_bytes=result.arg_bytes or 0.0,
+        shm_bytes=result.shm_bytes,
+        result_bytes=result.result_bytes or 0.0,
+        calls=result.calls,
+        failures=result.failures,
+        failure_type=failure_type,
+        unpicklable=result.unpicklable,
+        probe_seconds=result.seconds,
+        findings=tuple(analysis.findings),
+        function=_name(fn, analysis.function),
+        notes=tuple(notes),
+    )
+    return features, result.outcomes
+
+
+def _name(fn: Any, fallback: str) -> str:
+    if isinstance(fn, functools.partial):
+        return f"partial({fallback})"
+    return fallback
+
+
+def _dask_size(address: str) -> tuple[int | None, int | None, str | None]:
+    """``(threads, workers, error)`` of the cluster at ``address``, cached."""
+    with _cache_lock:
+        if address in _dask_cache:
+            return _dask_cache[address]
+    try:
+        from distributed import Client
+    except ImportError:
+        found: tuple[int | None, int | None, str | None] = (
+            None, None, "dask.distributed is not installed (pip install 'dask[distributed]')"
+        )
+    else:
+        try:
+            with Client(address, timeout=5, set_as_default=False) as client:
+                per_worker = client.nthreads()
+            found = (sum(per_worker.values()), len(per_worker), None) if per_worker else (
+                None, None, "it has no workers"
+            )
+        except Exception as exc:  # connection refused, timeout, version mismatch
+            found = (None, None, f"connecting failed ({type(exc).__name__}: {exc})")
+    with _cache_lock:
+        _dask_cache[address] = found
+    return found

@@ -1,0 +1,477 @@
+"""The policy: a pure function from measured features to a Plan.
+
+``choose(features)`` predicts the time of the whole job on each backend and
+picks the cheapest. Nothing here measures, sleeps or reads a clock, so the
+policy is tested with tables of features (``tests/test_planner_model.py``).
+
+The model, per backend, for ``N`` items of ``T`` seconds each, a CPU fraction
+``f`` (thread CPU time / wall time), ``c`` usable CPUs:
+
+* **serial**: ``N*T``.
+* **thread** with ``k`` threads: the GIL lets one thread run Python at a time,
+  so if a fraction ``g`` of each call holds the GIL, throughput is bounded by
+  ``1/g``; the CPU part needs a core, so it is also bounded by ``c/f``::
+
+      speedup(k) = 1 / max(1/k, g, f/c)
+      time = N*T/speedup(k) + N*THREAD_ITEM_S + k*THREAD_START_S
+
+  ``g`` comes from the two-thread measurement ``s``: with ``s < 1.8`` the GIL
+  is the bottleneck and ``g = 1/s``; with ``s >= 1.8`` two threads cannot tell
+  ``g <= 0.5`` apart, so the bytecode narrows it (see ``gil_share``).
+* **process** with ``w`` workers: compute ``N*T / min(w, c/f)``, plus starting
+  the workers, a round trip per chunk (chunks as the engine's adaptive chunker
+  makes them), and pickling/moving the bytes. The parent pickles and unpickles
+  every argument and result itself, so that part is serial::
+
+      time = start(w) + max(compute + chunk round trips / w, parent's serial share)
+
+* **dask** (only with an address): like processes over the cluster's threads,
+  with a per-chunk scheduler overhead and a connection cost.
+
+A simpler backend (serial < thread < process < dask) is kept unless a more
+complex one is predicted at least ``SIMPLER_MARGIN`` faster: the model's
+error is larger than a few percent and simpler backends fail in fewer ways.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ._bytecode import Finding
+from ._machine import MachineCosts
+from ._plan import Plan, Profile, format_bytes
+from ._probe import format_seconds
+
+# Items assumed when the caller does not know how many there will be.
+DEFAULT_TOTAL = 1000
+# Thread backend: per-item cost of handing work to a thread and collecting the
+# result (queue, future, chunk bookkeeping), paid under the GIL; per-thread
+# start cost. Order of magnitude of concurrent.futures on CPython 3.11.
+THREAD_ITEM_S = 5e-6
+THREAD_START_S = 100e-6
+# Threads are never more than this: past it the gain for waiting calls is small
+# and each thread costs memory and a connection to whatever it waits on.
+MAX_THREADS = 64
+# Process backend: per-item cost in the parent (pickling an item into a chunk,
+# unpickling and storing its result) beyond the bytes themselves.
+PROCESS_ITEM_S = 5e-6
+# The pool's round trip per chunk relative to the raw pipe ping-pong measured in
+# _machine (pickling the chunk, the manager thread, futures).
+POOL_ROUNDTRIP_FACTOR = 3.0
+# Pickling costs about as much again as moving the bytes through the pipe.
+PICKLE_FACTOR = 2.0
+# Copying an argument into shared memory, per byte (memcpy-speed, ~5 GB/s).
+SHM_BYTE_S = 0.2e-9
+# Fixed cost of making a process pool (pipes, manager thread) besides the workers.
+POOL_FIXED_S = 0.01
+# The engine's adaptive chunker aims at chunks of about this much work and at
+# least CHUNKS_PER_WORKER chunks per worker so the last ones balance.
+TARGET_CHUNK_S = 0.02
+CHUNKS_PER_WORKER = 4
+# Dask: distributed's documentation puts the scheduler's overhead at roughly
+# 200 us - 1 ms per task; we take the high end per chunk. Connecting a client
+# costs ~0.1-0.3 s; data moves over TCP at ~1 GB/s plus pickling.
+DASK_TASK_S = 1e-3
+DASK_CONNECT_S = 0.2
+DASK_BYTE_S = 2e-9
+# Keep a simpler backend unless a more complex one is this much faster.
+SIMPLER_MARGIN = 0.05
+# Among thread counts, take the smallest within this of the best prediction.
+WORKERS_MARGIN = 0.02
+# Thresholds used to describe a measurement in words.
+WAITS_BELOW = 0.3  # CPU fraction below which a call "mostly waits"
+COMPUTES_ABOVE = 0.7
+SCALES_ABOVE = 1.5  # 2-thread scaling above which threads "overlap"
+NO_SCALING_BELOW = 1.3
+PAIR_TELLS_BELOW = 1.8  # below this, g = 1/s; above, 2 threads cannot tell
+ORDER = ("serial", "thread", "process", "dask")
+
+
+@dataclass(frozen=True)
+class Features:
+    """Everything ``choose`` looks at. Times in seconds, sizes in bytes."""
+
+    machine: MachineCosts
+    task_seconds: float | None = None  # None: nothing measured (no samples)
+    cpu_fraction: float | None = None
+    pair_speedup: float | None = None
+    pair_skipped: str | None = None
+    internal_parallelism: float | None = None
+    arg_bytes: float = 0.0
+    shm_bytes: float = 0.0
+    result_bytes: float = 0.0
+    calls: int = 0
+    failures: int = 0
+    failure_type: str | None = None
+    unpicklable: str | None = None
+    probe_seconds: float = 0.0
+    findings: tuple[Finding, ...] = ()
+    function: str = "the function"
+    total: int | None = None
+    workers: int | None = None  # imposed by the user
+    address: str | None = None
+    dask_threads: int | None = None  # total threads on the cluster
+    dask_workers: int | None = None  # worker processes on the cluster
+    dask_error: str | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    def kinds(self, kind: str) -> list[Finding]:
+        return [f for f in self.findings if f.kind == kind]
+
+
+def gil_share(feat: Features) -> float:
+    """Fraction ``g`` of a call's wall time spent holding the GIL (0..1)."""
+    f = feat.cpu_fraction if feat.cpu_fraction is not None else 1.0
+    hinted = bool(feat.kinds("releases_gil") or feat.kinds("io"))
+    s = feat.pair_speedup
+    if s is None:
+        return f * (0.2 if hinted else 1.0)
+    s = min(2.0, max(1.0, s))
+    if s < PAIR_TELLS_BELOW:
+        return min(f, 1.0 / s)
+    # Two threads overlapped: g <= 0.5. The bytecode says whether the calls
+    # release the GIL for most of their time (then g is small) or not.
+    return min(f, 0.5) * (0.2 if hinted else 1.0)
+
+
+def thread_speedup(k: int, g: float, f: float, cpus: int) -> float:
+    return 1.0 / max(1.0 / k, g, f / cpus)
+
+
+def predict_serial(n: int, t: float) -> float:
+    return n * t
+
+
+def predict_thread(n: int, t: float, k: int, g: float, f: float, cpus: int) -> float:
+    return n * t / thread_speedup(k, g, f, cpus) + n * THREAD_ITEM_S + k * THREAD_START_S
+
+
+def chunk_count(n: int, t: float, w: int) -> int:
+    """Chunks the engine's adaptive chunker would make (an estimate)."""
+    by_work = math.ceil(n * t / TARGET_CHUNK_S) if t > 0 else 0
+    return max(1, min(n, max(CHUNKS_PER_WORKER * w, by_work)))
+
+
+def predict_process(feat: Features, n: int, t: float, w: int) -> float:
+    m = feat.machine
+    f = feat.cpu_fraction if feat.cpu_fraction is not None else 1.0
+    ip = feat.internal_parallelism or 1.0
+    # BLAS threads are capped inside workers, so a call that used ip cores
+    # in one process takes about ip times longer there but w run at once.
+    speedup = 1.0 / max(1.0 / w, f * ip / m.cpus)
+    chunks = chunk_count(n, t, w)
+    rt = m.roundtrip_s * POOL_ROUNDTRIP_FACTOR
+    moved = feat.arg_bytes + feat.result_bytes
+    parent = (
+        chunks * rt / 2
+        + n * (PROCESS_ITEM_S + moved * m.byte_s * PICKLE_FACTOR + feat.shm_bytes * SHM_BYTE_S)
+    )
+    workers_side = n * t / speedup + (chunks * rt + n * moved * m.byte_s) / w
+    # The last chunks run on fewer workers: about half a chunk of imbalance.
+    tail = 0.5 * n * t / chunks
+    start = POOL_FIXED_S + w * m.spawn_s + m.ready_s
+    return start + max(workers_side, parent) + tail
+
+
+def predict_dask(feat: Features, n: int, t: float, g: float) -> float:
+    threads = max(1, feat.dask_threads or 1)
+    procs = max(1, feat.dask_workers or 1)
+    f = feat.cpu_fraction if feat.cpu_fraction is not None else 1.0
+    speedup = 1.0 / max(1.0 / threads, g / procs, f / threads)
+    chunks = chunk_count(n, t, threads)
+    moved = feat.arg_bytes + feat.shm_bytes + feat.result_bytes
+    return DASK_CONNECT_S + n * t / speedup + chunks * DASK_TASK_S + n * moved * DASK_BYTE_S
+
+
+def _thread_candidates(n: int, cpus: int, limit: int) -> list[int]:
+    ks = set(range(1, cpus + 1)) | {2**i for i in range(1, 8)} | {limit}
+    return sorted(k for k in ks if 1 <= k <= min(limit, n))
+
+
+def choose(feat: Features) -> Plan:
+    """The plan for these features. Pure: same features, same plan."""
+    n = feat.total if feat.total is not None else DEFAULT_TOTAL
+    n = max(1, n)
+    m = feat.machine
+    cpus = max(1, m.cpus)
+    reasons: list[str] = []
+    profile = _profile(feat)
+
+    def plan(backend: str, workers: int, predicted: dict[str, float]) -> Plan:
+        return Plan(
+            backend=backend,
+            workers=workers,
+            chunksize=None,
+            reasons=reasons,
+            profile=profile,
+            findings=list(feat.findings),
+            predicted=predicted,
+            function=feat.function,
+            total=n,
+            total_known=feat.total is not None,
+            notes=list(feat.notes),
+        )
+
+    t = feat.task_seconds
+    if t is None:
+        return _from_bytecode_only(feat, n, cpus, reasons, plan)
+    if feat.calls and feat.failures == feat.calls:
+        reasons.append(
+            f"all {feat.calls} probe calls raised {feat.failure_type or 'an exception'}, "
+            "so there is nothing to speed up: running in this thread reports the error "
+            "soonest and starts no workers."
+        )
+        return plan("serial", 1, {"serial": predict_serial(n, t)})
+
+    f = feat.cpu_fraction if feat.cpu_fraction is not None else 1.0
+    g = gil_share(feat)
+    reasons.append(_timing_sentence(t, f))
+    scaling = _scaling_sentence(feat)
+    if scaling:
+        reasons.append(scaling)
+    reasons.extend(_disagreements(feat, f))
+
+    predicted: dict[str, float] = {"serial": predict_serial(n, t)}
+
+    # Threads: try counts from 1 to MAX_THREADS; keep the smallest count
+    # within WORKERS_MARGIN of the best.
+    if feat.workers is not None:
+        k_best = min(feat.workers, n)
+        predicted["thread"] = predict_thread(n, t, k_best, g, f, cpus)
+    else:
+        times = {
+            k: predict_thread(n, t, k, g, f, cpus)
+            for k in _thread_candidates(n, cpus, MAX_THREADS)
+        }
+        best = min(times.values())
+        k_best = min(k for k, v in times.items() if v <= best * (1 + WORKERS_MARGIN))
+        predicted["thread"] = times[k_best]
+    if k_best == 1:
+        # One thread is the serial loop plus overhead: only say so.
+        k_best = min(n, cpus, feat.workers or cpus)
+        predicted["thread"] = predict_thread(n, t, k_best, g, f, cpus)
+
+    w = min(n, feat.workers or cpus)
+    if feat.unpicklable:
+        reasons.append(f"Processes are out: {feat.unpicklable}.")
+    else:
+        predicted["process"] = predict_process(feat, n, t, w)
+
+    if feat.address is not None:
+        if feat.unpicklable:
+            pass
+        elif feat.dask_threads:
+            predicted["dask"] = predict_dask(feat, n, t, g)
+        else:
+            reasons.append(
+                f"The Dask cluster at {feat.address} was not used: "
+                f"{feat.dask_error or 'its size is unknown'}."
+            )
+
+    backend = _pick(predicted)
+    workers = {"serial": 1, "thread": k_best, "process": w, "dask": feat.dask_threads or 1}[
+        backend
+    ]
+    reasons.extend(_choice_sentences(feat, backend, workers, predicted, n, t, f, g, cpus))
+    return plan(backend, workers, predicted)
+
+
+def _pick(predicted: dict[str, float]) -> str:
+    ranked = [b for b in ORDER if b in predicted]
+    best = min(ranked, key=lambda b: predicted[b])
+    for b in ranked:  # the simplest one close enough to the best
+        if predicted[b] <= predicted[best] * (1 + SIMPLER_MARGIN):
+            return b
+    return best
+
+
+def _profile(feat: Features) -> Profile:
+    m = feat.machine
+    return Profile(
+        calls=feat.calls,
+        task_seconds=feat.task_seconds,
+        cpu_fraction=feat.cpu_fraction,
+        thread_scaling=feat.pair_speedup,
+        arg_bytes=feat.arg_bytes if feat.task_seconds is not None else None,
+        shm_bytes=feat.shm_bytes,
+        result_bytes=feat.result_bytes if feat.task_seconds is not None else None,
+        internal_parallelism=feat.internal_parallelism,
+        failures=feat.failures,
+        probe_seconds=feat.probe_seconds,
+        process_start_s=m.spawn_s + m.ready_s,
+        process_roundtrip_s=m.roundtrip_s,
+        process_byte_s=m.byte_s,
+        cpus=m.cpus,
+    )
+
+
+def _timing_sentence(t: float, f: float) -> str:
+    head = f"Each call took {format_seconds(t)}, {f:.0%} of it on the CPU"
+    if f < WAITS_BELOW:
+        return head + (
+            ": it mostly waits (for I/O or a timer), and a waiting thread lets others run."
+        )
+    if f > COMPUTES_ABOVE:
+        return head + ": it computes rather than waits."
+    return head + ": it both computes and waits."
+
+
+def _scaling_sentence(feat: Features) -> str | None:
+    s = feat.pair_speedup
+    if s is None:
+        if feat.pair_skipped:
+            return f"Thread scaling was not measured: {feat.pair_skipped}."
+        return None
+    rate = f"2 threads ran at {s:.2f}x the rate of one"
+    if s < NO_SCALING_BELOW:
+        return (
+            f"{rate}: the work holds the GIL (Python bytecode runs one thread at a time), "
+            "so threads cannot overlap it."
+        )
+    if s > SCALES_ABOVE:
+        return f"{rate}: the calls let go of the GIL, so threads overlap them."
+    return f"{rate}: threads overlap part of the work."
+
+
+def _first(findings: list[Finding]) -> str:
+    f = findings[0]
+    more = f" and {len(findings) - 1} more" if len(findings) > 1 else ""
+    return f"{f.what} at {f.where()}{more}"
+
+
+def _disagreements(feat: Features, f: float) -> list[str]:
+    """Where the bytecode and the measurement disagree, say so: measurement wins."""
+    out: list[str] = []
+    io = feat.kinds("io")
+    rel = feat.kinds("releases_gil")
+    loops = feat.kinds("python_loop")
+    s = feat.pair_speedup
+    if io and f > COMPUTES_ABOVE and not rel:
+        out.append(
+            f"The bytecode shows I/O ({_first(io)}), but the measurement found {f:.0%} of "
+            "the time on the CPU; the measurement wins."
+        )
+    elif io and f < WAITS_BELOW:
+        out.append(f"The bytecode agrees: {_first(io)} waits.")
+    if rel and s is not None and s < NO_SCALING_BELOW:
+        out.append(
+            f"The bytecode shows {_first(rel)}, which can release the GIL on large inputs, "
+            f"but 2 threads ran at only {s:.2f}x the rate of one (perhaps the inputs are "
+            "small); the measurement wins."
+        )
+    elif rel and s is not None and s > SCALES_ABOVE:
+        out.append(f"The bytecode agrees: {_first(rel)} releases the GIL.")
+    if loops and not io and not rel and s is not None and s > SCALES_ABOVE:
+        out.append(
+            f"The bytecode shows only pure-Python loops ({_first(loops)}), but 2 threads ran "
+            f"{s:.2f}x as fast as one; the measurement wins."
+        )
+    elif loops and not io and not rel and s is not None and s < NO_SCALING_BELOW:
+        out.append(f"The bytecode agrees: {_first(loops)} is pure Python.")
+    return out
+
+
+def _choice_sentences(
+    feat: Features,
+    backend: str,
+    workers: int,
+    predicted: dict[str, float],
+    n: int,
+    t: float,
+    f: float,
+    g: float,
+    cpus: int,
+) -> list[str]:
+    m = feat.machine
+    out = []
+    items = f"{n:,} items" + ("" if feat.total is not None else " (assumed; the total is unknown)")
+    shown = ", ".join(
+        f"{b} {format_seconds(predicted[b])}" for b in ORDER if b in predicted
+    )
+    out.append(f"Predicted time for {items}: {shown}.")
+    best = min(predicted, key=lambda b: predicted[b])
+    if backend != best:
+        out.append(
+            f"{best} is predicted only {predicted[backend] / predicted[best]:.2f}x faster "
+            f"than {backend}, within the model's error, so the simpler {backend} is used."
+        )
+    if backend == "serial":
+        rt = m.roundtrip_s * POOL_ROUNDTRIP_FACTOR
+        if t < rt * 10 or t < 50 * THREAD_ITEM_S:
+            out.append(
+                f"A call takes only {format_seconds(t)}, while handing one to a thread costs "
+                f"about {format_seconds(THREAD_ITEM_S)} and to a process about "
+                f"{format_seconds(rt)}: a plain loop is fastest."
+            )
+        elif n * t < POOL_FIXED_S + m.spawn_s * cpus + m.ready_s:
+            out.append(
+                f"The whole job ({format_seconds(n * t)}) is shorter than starting worker "
+                "processes: a plain loop is fastest."
+            )
+        else:
+            out.append("Neither threads nor processes are predicted to beat a plain loop here.")
+    elif backend == "thread":
+        if f < WAITS_BELOW or (g < 0.2 and f < COMPUTES_ABOVE):
+            out.append(
+                f"{workers} threads: the calls spend {1 - f:.0%} of their time waiting, so "
+                "many threads overlap many waits"
+                + (f" (capped at {MAX_THREADS})." if workers == MAX_THREADS else
+                   f" (more than {workers} gain under {WORKERS_MARGIN:.0%} by the model).")
+            )
+        else:
+            out.append(
+                f"{workers} threads, about one per CPU ({cpus}): the calls run C code that "
+                "releases the GIL but needs a core, so more threads would only queue."
+            )
+        if "process" in predicted:
+            moved = feat.arg_bytes + feat.result_bytes + feat.shm_bytes
+            if moved >= 64 << 10:
+                out.append(
+                    f"Threads share memory, while processes would move "
+                    f"{format_bytes(moved)} per call between processes."
+                )
+    elif backend == "process":
+        out.append(
+            f"{workers} worker processes, one per usable CPU: each process has its own "
+            f"GIL, so pure-Python work runs on {min(workers, cpus)} cores at once. Starting "
+            f"one costs {format_seconds(m.spawn_s + m.ready_s)} here and a round trip "
+            f"{format_seconds(m.roundtrip_s)}, small next to {format_seconds(t)} per call."
+        )
+    elif backend == "dask":
+        out.append(
+            f"The Dask cluster at {feat.address} has {feat.dask_threads} threads in "
+            f"{feat.dask_workers} workers, more than the {cpus} CPUs here."
+        )
+    if backend != "serial":
+        out.append(
+            "The chunk size is left to the engine's adaptive chunker, which sizes chunks "
+            "from the measured time per call as the job runs."
+        )
+    return out
+
+
+def _from_bytecode_only(feat, n, cpus, reasons, plan):  # type: ignore[no-untyped-def]
+    """No call could be measured: fall back on what the bytecode shows."""
+    io = feat.kinds("io")
+    rel = feat.kinds("releases_gil")
+    loops = feat.kinds("python_loop")
+    reasons.append("No call was measured (no samples), so this plan rests on the bytecode alone.")
+    if io:
+        k = min(n, feat.workers or 32)
+        reasons.append(f"It shows I/O ({_first(io)}): {k} threads overlap the waits.")
+        return plan("thread", k, {})
+    if rel:
+        k = min(n, feat.workers or cpus)
+        reasons.append(
+            f"It shows C code that releases the GIL ({_first(rel)}): {k} threads, one per CPU."
+        )
+        return plan("thread", k, {})
+    if loops and not feat.unpicklable:
+        w = min(n, feat.workers or cpus)
+        reasons.append(
+            f"It shows pure-Python loops ({_first(loops)}): {w} processes, one per CPU."
+        )
+        return plan("process", w, {})
+    reasons.append("It shows no loop, I/O or GIL-releasing call: a plain loop is safest.")
+    return plan("serial", 1, {})

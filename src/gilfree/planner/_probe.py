@@ -1,0 +1,304 @@
+"""The measured half of the planner: call the function on a few real samples.
+
+Within ``budget`` seconds the probe measures, on the user's own inputs:
+
+1. **Serial calls** in the calling thread, in growing batches (1, 1, 2, 4, ...
+   calls timed together, so a 100 ns function is timed over many calls and a
+   1 s function over one): wall time per call, and thread CPU time
+   (``time.thread_time``) per call -> the CPU fraction. Little CPU means the
+   call waits (I/O, sleep); all CPU means it computes.
+2. **Two threads at once** on the next samples: how much more throughput two
+   threads get than one. Pure Python holds the GIL and gets 1.0x; C code that
+   releases the GIL (hashlib, NumPy) and waiting calls get up to 2.0x.
+3. **Pickled sizes** of a few arguments and results (cloudpickle, protocol 5;
+   NumPy buffers of 1 MiB or more counted apart, since the process backend
+   sends those through shared memory).
+
+Every call is a real task: ``outcomes[i]`` is ``(True, result)`` or
+``(False, exception)`` for ``samples[i]``, for a prefix of the samples, each
+called exactly once, so the engine can keep those results instead of running
+the items again.
+
+A function that is not thread-safe may misbehave during step 2, exactly as it
+would on the thread backend; that is the price of measuring instead of guessing.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Share of the budget each phase may use; the rest is slack for pickling.
+SERIAL_SHARE = 0.35
+PAIR_SHARE = 0.35
+# The serial phase stops once it has this much wall time over >= 2 calls: enough
+# for a mean stable to a few percent at perf_counter's resolution. It also stops
+# after a single call this long: the two-thread phase refines the estimate.
+STABLE_SERIAL_S = 0.02
+ONE_CALL_ENOUGH_S = 0.05
+# Each thread of the pair phase takes work in batches at least this long, so
+# that taking work (a lock) is not what we measure for tiny functions.
+PAIR_BATCH_S = 0.002
+# Pickled sizes are measured on this many samples (pickling is not free).
+SIZE_SAMPLES = 3
+# NumPy buffers of at least this size go to process workers through shared
+# memory (SPEC: "NumPy arrays of 1 MiB or more ... without copying").
+SHM_THRESHOLD = 1 << 20
+# A thread of the pair phase that does not start within this many seconds
+# means the process is badly overloaded; we then skip the measurement.
+BARRIER_TIMEOUT = 5.0
+
+
+@dataclass
+class ProbeResult:
+    """Raw measurements from one probe (see the module docstring)."""
+
+    outcomes: list[tuple[bool, Any]] = field(default_factory=list)
+    serial_calls: int = 0
+    serial_wall: float = 0.0
+    serial_cpu: float = 0.0  # thread CPU time of the serial calls
+    serial_process_cpu: float = 0.0  # whole-process CPU time during them
+    pair_calls: int = 0
+    pair_wall: float = 0.0  # elapsed time of the two-thread phase
+    pair_cpu: float = 0.0  # thread CPU time summed over both threads
+    pair_skipped: str | None = None  # why the two-thread phase did not run
+    failures: int = 0
+    arg_bytes: float | None = None  # mean in-band pickled size of an argument
+    shm_bytes: float = 0.0  # mean bytes per argument sent via shared memory
+    result_bytes: float | None = None
+    fn_bytes: int | None = None
+    unpicklable: str | None = None  # what could not be pickled, and why
+    seconds: float = 0.0  # the probe's own wall time
+
+    @property
+    def calls(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def task_seconds(self) -> float | None:
+        return self.serial_wall / self.serial_calls if self.serial_calls else None
+
+    @property
+    def cpu_fraction(self) -> float | None:
+        if not self.serial_calls or self.serial_wall <= 0:
+            return None
+        return min(1.0, self.serial_cpu / self.serial_wall)
+
+    @property
+    def internal_parallelism(self) -> float | None:
+        """Process CPU over thread CPU in the serial phase: above 1 when the
+        function runs threads of its own (BLAS, for one)."""
+        if not self.serial_calls or self.serial_cpu <= 1e-4:
+            return None
+        return max(1.0, self.serial_process_cpu / self.serial_cpu)
+
+    @property
+    def pair_speedup(self) -> float | None:
+        """Throughput of two threads over one thread (1.0 = no gain)."""
+        if not self.pair_calls or self.pair_wall <= 0 or not self.serial_calls:
+            return None
+        t = self.task_seconds or 0.0
+        f = self.cpu_fraction or 0.0
+        # CPU-bound: a call's CPU time barely changes under contention, so CPU
+        # time / serial CPU fraction is the serial time of the same calls --
+        # robust when items differ in cost. Waiting calls: count them.
+        work = self.pair_cpu / f if f >= 0.5 and self.pair_cpu > 0 else self.pair_calls * t
+        return work / self.pair_wall
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("outcomes")
+        d["calls"] = self.calls
+        return d
+
+
+def probe(fn: Callable[[Any], Any], samples: Sequence[Any], budget: float = 1.0) -> ProbeResult:
+    """Measure ``fn`` on a prefix of ``samples`` within about ``budget`` seconds."""
+    result = ProbeResult()
+    started = time.perf_counter()
+    n = len(samples)
+    _serial_phase(fn, samples, result, cap=SERIAL_SHARE * budget)
+    t = result.task_seconds
+    pair_cap = PAIR_SHARE * budget
+    if result.calls >= n - 1:
+        result.pair_skipped = "there were no samples left for the two-thread measurement"
+    elif t is not None and 2 * t > pair_cap:
+        result.pair_skipped = (
+            f"one call takes {format_seconds(t)}, too long to time two threads within the budget"
+        )
+    else:
+        target = min(pair_cap, max(STABLE_SERIAL_S, 1.5 * (t or 0.0)))
+        _pair_phase(fn, samples, result, target=target)
+    _sizes(fn, samples, result)
+    result.failures = sum(1 for ok, _ in result.outcomes if not ok)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _call(fn: Callable[[Any], Any], item: Any) -> tuple[bool, Any]:
+    try:
+        return True, fn(item)
+    except Exception as exc:  # a task's failure is a result, not a probe error
+        return False, exc
+
+
+def _serial_phase(
+    fn: Callable[[Any], Any], samples: Sequence[Any], result: ProbeResult, cap: float
+) -> None:
+    n = len(samples)
+    batch = 1
+    while result.calls < n:
+        first = result.calls
+        last = min(n, first + batch)
+        p0 = time.process_time()
+        c0 = time.thread_time()
+        w0 = time.perf_counter()
+        for i in range(first, last):
+            result.outcomes.append(_call(fn, samples[i]))
+        w1 = time.perf_counter()
+        c1 = time.thread_time()
+        p1 = time.process_time()
+        result.serial_calls += last - first
+        result.serial_wall += w1 - w0
+        result.serial_cpu += c1 - c0
+        result.serial_process_cpu += p1 - p0
+        if result.serial_wall >= cap:
+            break
+        if result.serial_calls >= 2 and result.serial_wall >= STABLE_SERIAL_S:
+            break
+        if result.serial_wall >= ONE_CALL_ENOUGH_S:
+            break
+        if first > 0:  # 1, 1, 2, 4, ...: the first call alone may be a warm-up
+            batch *= 2
+
+
+def _pair_phase(
+    fn: Callable[[Any], Any], samples: Sequence[Any], result: ProbeResult, target: float
+) -> None:
+    """Two threads share the samples after the serial ones until ``target``
+    seconds have passed; every sample handed out is run to completion, so the
+    outcomes stay a gap-free prefix."""
+    n = len(samples)
+    base = result.calls
+    t = result.task_seconds or 0.0
+    take = max(1, min(64, int(PAIR_BATCH_S / t))) if t > 0 else 64
+    slots: list[tuple[bool, Any] | None] = [None] * (n - base)
+    lock = threading.Lock()
+    barrier = threading.Barrier(2)
+    state = {"next": base, "stop": False, "t0": 0.0, "end": 0.0, "cpu": 0.0, "broken": False}
+
+    def worker() -> None:
+        try:
+            barrier.wait(BARRIER_TIMEOUT)
+        except threading.BrokenBarrierError:
+            state["broken"] = True
+            return
+        c0 = time.thread_time()
+        while True:
+            with lock:
+                if state["stop"] or state["next"] >= n:
+                    break
+                if not state["t0"]:
+                    state["t0"] = time.perf_counter()
+                first = state["next"]
+                last = min(n, first + take)
+                state["next"] = last
+            for i in range(first, last):
+                slots[i - base] = _call(fn, samples[i])
+            now = time.perf_counter()
+            with lock:
+                state["end"] = max(state["end"], now)
+                if now - state["t0"] >= target:
+                    state["stop"] = True
+        cpu = time.thread_time() - c0
+        with lock:
+            state["cpu"] += cpu
+
+    threads = [
+        threading.Thread(target=worker, name=f"gilfree-probe-{k}", daemon=True) for k in range(2)
+    ]
+    for th in threads:
+        th.start()
+    for th in threads:
+        # Unbounded on purpose: the threads run the user's calls, and a call
+        # that never returns would hang the same call on any backend.
+        th.join()
+    done = state["next"] - base
+    result.outcomes.extend(s for s in slots[:done] if s is not None)
+    if state["broken"] or done == 0:
+        result.pair_skipped = "the two-thread measurement could not start"
+        return
+    result.pair_calls = done
+    result.pair_wall = state["end"] - state["t0"]
+    result.pair_cpu = state["cpu"]
+
+
+def _sizes(fn: Callable[[Any], Any], samples: Sequence[Any], result: ProbeResult) -> None:
+    """Pickled sizes; records what cannot be pickled (then processes are out)."""
+    import cloudpickle
+
+    try:
+        result.fn_bytes = len(cloudpickle.dumps(fn, protocol=5))
+    except Exception as exc:
+        result.unpicklable = f"the function cannot be pickled ({type(exc).__name__}: {exc})"
+        return
+    k = min(SIZE_SAMPLES, result.calls)
+    if k == 0:
+        return
+    arg_in, arg_shm, res_in = 0.0, 0.0, 0.0
+    for i in range(k):
+        try:
+            inband, oob = _pickled_size(samples[i])
+        except Exception as exc:
+            result.unpicklable = f"argument {i} cannot be pickled ({type(exc).__name__}: {exc})"
+            return
+        big = sum(b for b in oob if b >= SHM_THRESHOLD)
+        arg_in += inband + (sum(oob) - big)
+        arg_shm += big
+        ok, value = result.outcomes[i]
+        try:
+            inband, oob = _pickled_size(value)
+        except Exception as exc:
+            what = "result" if ok else "exception"
+            result.unpicklable = (
+                f"the {what} of sample {i} cannot be pickled ({type(exc).__name__}: {exc})"
+            )
+            return
+        res_in += inband + sum(oob)
+    result.arg_bytes = arg_in / k
+    result.shm_bytes = arg_shm / k
+    result.result_bytes = res_in / k
+
+
+def _pickled_size(obj: Any) -> tuple[int, list[int]]:
+    """In-band pickle size and the sizes of out-of-band buffers (not copied)."""
+    import cloudpickle
+
+    buffers: list[int] = []
+
+    def keep_out_of_band(buf: pickle.PickleBuffer) -> bool:
+        buffers.append(buf.raw().nbytes)
+        return False
+
+    data = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_out_of_band)
+    return len(data), buffers
+
+
+def format_seconds(seconds: float) -> str:
+    """3 significant figures in a unit people read easily: 48 ms, 1.2 s, 350 us."""
+    if not math.isfinite(seconds):
+        return "unknown"
+    if seconds >= 100:
+        return f"{seconds:.0f} s"
+    if seconds >= 1:
+        return f"{seconds:.3g} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms"
+    if seconds >= 1e-6:
+        return f"{seconds * 1e6:.3g} us"
+    return f"{seconds * 1e9:.3g} ns"
