@@ -1,0 +1,385 @@
+"""map / imap / Executor: options -> plan -> backend -> engine."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ._engine import Event, Progress, Run, length_hint
+from ._options import Options, make_options
+from .backends import Backend, FutureJob, StreamJob, create
+from .errors import ConfigurationError
+
+__all__ = ["Executor", "imap", "imap_indexed", "map"]
+
+#: How many leading items `backend="auto"` hands the planner as samples; the
+#: planner runs as many as its budget allows and their results are kept.
+AUTO_SAMPLES = 8
+#: Seconds the planner may spend probing before a map starts.
+AUTO_BUDGET = 0.5
+
+
+# -- public functions --------------------------------------------------------
+def map(fn: Callable[[Any], Any], iterable: Iterable[Any], **options: Any) -> list[Any]:
+    """Call ``fn(item)`` for every item; return the results in input order."""
+    opts = make_options(**options)
+    slots: dict[int, list[Any]] = {}
+    with _session(fn, iterable, opts, ordered=False) as run:
+        for ok, start, payload in run.events():
+            if ok:
+                slots[start] = payload
+            elif opts.errors == "raise":
+                raise payload
+            else:
+                slots[start] = [payload]
+    out: list[Any] = []
+    for start in sorted(slots):
+        out.extend(slots[start])
+    return out
+
+
+def imap(
+    fn: Callable[[Any], Any], iterable: Iterable[Any], *, ordered: bool = True, **options: Any
+) -> Iterator[Any]:
+    """Lazily yield results, in input order or (``ordered=False``) as they complete."""
+    opts = make_options(ordered=ordered, **options)
+    return _imap(fn, iterable, opts)
+
+
+def imap_indexed(
+    fn: Callable[[Any], Any], iterable: Iterable[Any], *, ordered: bool = True, **options: Any
+) -> Iterator[tuple[int, bool, Any]]:
+    """Like imap, yielding ``(index, ok, value)``; failures are yielded, never raised."""
+    opts = make_options(ordered=ordered, **options).with_(errors="return")
+    return _imap_indexed(fn, iterable, opts)
+
+
+def _imap(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options) -> Iterator[Any]:
+    with _session(fn, iterable, opts, ordered=opts.ordered) as run:
+        for ok, _start, payload in run.events():
+            if ok:
+                yield from payload
+            elif opts.errors == "raise":
+                raise payload
+            else:
+                yield payload
+
+
+def _imap_indexed(
+    fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options
+) -> Iterator[tuple[int, bool, Any]]:
+    with _session(fn, iterable, opts, ordered=opts.ordered) as run:
+        for ok, start, payload in run.events():
+            if ok:
+                for k, value in enumerate(payload):
+                    yield start + k, True, value
+            else:
+                yield start, False, payload
+
+
+# -- one map call ------------------------------------------------------------
+@contextmanager
+def _session(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options, *, ordered: bool):
+    _check_callable(fn)
+    total = length_hint(iterable)
+    opts, iterable, prefilled, resubmit = _resolve_auto(fn, iterable, opts, total)
+    backend = create(opts.backend, opts)
+    job = StreamJob(fn, opts)
+    run = Run(
+        backend,
+        job,
+        iterable,
+        ordered=ordered,
+        total=total,
+        prefilled=prefilled,
+        resubmit=resubmit,
+    )
+    if opts.progress:
+        run.progress = Progress(total, f"gilfree {opts.backend}")
+    finished = False
+    try:
+        yield run
+        finished = True
+    finally:
+        try:
+            if finished:
+                backend.shutdown(wait=True)
+            else:  # an error, errors="raise", Ctrl-C or an abandoned generator
+                run.abort()
+                backend.shutdown(wait=False, kill=True)
+        finally:
+            if run.progress is not None:
+                run.progress.close()
+
+
+def _check_callable(fn: object) -> None:
+    if not callable(fn):
+        raise ConfigurationError(f"fn={fn!r} is not callable")
+
+
+def dask_address(opts: Options) -> str | None:
+    return opts.address or os.environ.get("GILFREE_DASK_ADDRESS") or None
+
+
+def _resolve_auto(
+    fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options, total: int | None
+) -> tuple[Options, Iterable[Any], list[Event], list[tuple[int, Any]]]:
+    """For backend="auto": probe the first items, keep their results, pick a backend."""
+    if opts.backend != "auto":
+        return opts, iterable, [], []
+    from .planner import advise
+
+    it = iter(iterable)
+    samples = list(itertools.islice(it, AUTO_SAMPLES))
+    if not samples:
+        return opts.with_(backend="serial"), it, [], []
+    plan = advise(
+        fn,
+        samples,
+        budget=AUTO_BUDGET,
+        total=total,
+        address=dask_address(opts),
+        workers=opts.workers,
+    )
+    prefilled: list[Event] = []
+    resubmit: list[tuple[int, Any]] = []
+    for i, (ok, value) in enumerate(plan.outcomes):
+        if ok:
+            prefilled.append((True, i, [value]))
+        elif opts.retries > 0:  # the probe was attempt one; the backend retries
+            resubmit.append((i, samples[i]))
+        else:
+            prefilled.append((False, i, value))
+    n_run = len(plan.outcomes)
+    rest = itertools.chain(samples[n_run:], it)
+    chosen = opts.with_(
+        backend=plan.backend,
+        workers=opts.workers or plan.workers,
+        chunksize=opts.chunksize or plan.chunksize,
+    )
+    return chosen, _Offset(rest, n_run), prefilled, resubmit
+
+
+class _Offset:
+    """An iterator whose items start at input index ``offset``."""
+
+    def __init__(self, it: Iterator[Any], offset: int) -> None:
+        self.it = it
+        self.offset = offset
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.it
+
+
+# -- Executor ----------------------------------------------------------------
+class _StarCall:
+    """fn(*args, **kwargs) as a one-argument callable (what backends run)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, call: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
+        args, kwargs = call
+        return self.fn(*args, **kwargs)
+
+
+class _StarArgs:
+    """fn(*item), for Executor.map over several iterables."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, args: tuple[Any, ...]) -> Any:
+        return self.fn(*args)
+
+
+class Executor(concurrent.futures.Executor):
+    """A ``concurrent.futures.Executor`` on any gilfree backend.
+
+    Workers start once and are reused across ``submit`` and ``map`` calls.
+    With ``backend="auto"`` the first call of each function is probed and the
+    plan remembered for later calls of the same function.
+    """
+
+    def __init__(self, backend: str = "auto", workers: int | None = None, **options: Any) -> None:
+        self._options = make_options(backend=backend, workers=workers, **options)
+        self._lock = threading.Lock()
+        self._backends: dict[tuple[str, int | None], Backend] = {}
+        self._plans: dict[Any, Options] = {}
+        self._pending: set[FutureJob] = set()
+        self._shutdown = False
+
+    # which backend runs fn
+    def _route(self, fn: Any, key: Any, samples: list[Any]) -> tuple[Options, Any]:
+        """Options for running fn, and the plan if one was just made (its outcomes count)."""
+        opts = self._options
+        if opts.backend != "auto":
+            return opts, None
+        with self._lock:
+            known = self._plans.get(key)
+        if known is not None:
+            return known, None
+        from .planner import advise
+
+        plan = advise(
+            fn, samples, budget=AUTO_BUDGET, address=dask_address(opts), workers=opts.workers
+        )
+        chosen = opts.with_(
+            backend=plan.backend,
+            workers=opts.workers or plan.workers,
+            chunksize=opts.chunksize or plan.chunksize,
+        )
+        with self._lock:
+            self._plans[key] = chosen
+        return chosen, plan
+
+    def _backend(self, opts: Options) -> Backend:
+        key = (opts.backend, opts.workers)
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            backend = self._backends.get(key)
+            if backend is None:
+                backend = self._backends[key] = create(opts.backend, opts)
+            return backend
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future:
+        _check_callable(fn)
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        call = _StarCall(fn)
+        opts, plan = self._route(call, _plan_key(fn), [(args, kwargs)])
+        if plan is not None and plan.outcomes:  # the probe already ran this call
+            ok, value = plan.outcomes[0]
+            future.set_running_or_notify_cancel()
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+            return future
+        backend = self._backend(opts)
+        job = FutureJob(call, opts, future)
+        with self._lock:
+            self._pending.add(job)
+        future.add_done_callback(lambda _f, job=job: self._forget(job))
+        backend.submit(job, 0, [(args, kwargs)])
+        return future
+
+    def _forget(self, job: FutureJob) -> None:
+        with self._lock:
+            self._pending.discard(job)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        ordered: bool = True,
+    ) -> Iterator[Any]:
+        """Like ``concurrent.futures.Executor.map``, chunked and with a bounded window.
+
+        Work starts before the first result is asked for, but only a bounded
+        window of items is read ahead, so an endless input is fine.
+        """
+        _check_callable(fn)
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        call = _StarArgs(fn)
+        items: Iterable[Any] = zip(*iterables, strict=False)
+        total = (
+            min((length_hint(i) for i in iterables), default=None)
+            if all(length_hint(i) is not None for i in iterables)
+            else None
+        )
+        it = iter(items)
+        samples = list(itertools.islice(it, AUTO_SAMPLES))
+        opts, plan = self._route(call, _plan_key(fn), samples)
+        if chunksize is not None:
+            opts = opts.with_(chunksize=chunksize)
+        prefilled: list[Event] = []
+        n_run = 0
+        if plan is not None:
+            n_run = len(plan.outcomes)
+            prefilled = [
+                (True, i, [v]) if ok else (False, i, v) for i, (ok, v) in enumerate(plan.outcomes)
+            ]
+        backend = self._backend(opts)
+        job = StreamJob(call, opts.with_(ordered=ordered))
+        run = Run(
+            backend,
+            job,
+            _Offset(itertools.chain(samples[n_run:], it), n_run),
+            ordered=ordered,
+            total=total,
+            prefilled=prefilled,
+        )
+        if timeout is not None:
+            run.deadline = time.monotonic() + timeout
+        run.start()  # submit the first window now, as concurrent.futures does
+        return _executor_results(run, opts.errors)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            pending = list(self._pending)
+            backends = list(self._backends.values())
+        if cancel_futures:
+            for job in pending:
+                job.future.cancel()
+        for backend in backends:
+            backend.shutdown(wait=wait)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            # Ctrl-C or SystemExit: do not wait for running work.
+            with self._lock:
+                self._shutdown = True
+                pending = list(self._pending)
+                backends = list(self._backends.values())
+            for job in pending:
+                job.future.cancel()
+            for backend in backends:
+                backend.shutdown(wait=False, kill=True)
+            return False
+        self.shutdown(wait=True)
+        return False
+
+    def statistics(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [b.statistics() for b in self._backends.values()]
+
+
+def _plan_key(fn: Any) -> Any:
+    try:
+        hash(fn)
+        return fn
+    except TypeError:
+        return id(fn)
+
+
+def _executor_results(run: Run, errors: str) -> Iterator[Any]:
+    try:
+        for ok, _start, payload in run.events():
+            if ok:
+                yield from payload
+            elif errors == "raise":
+                raise payload
+            else:
+                yield payload
+    finally:
+        if not run.finished:
+            run.abort()

@@ -1,0 +1,58 @@
+"""Automatic chunk sizes from measured task time.
+
+A chunk is the batch of consecutive items sent in one round trip. Too small and
+tiny tasks pay a round trip each (~100 us to a process); too large and the last
+chunk of a slow run leaves the other workers idle. The size is the largest of
+two floors and the smallest of two ceilings:
+
+* ``target_s / mean``: about ``target_s`` seconds of work per chunk, the
+  backend's trade-off between round-trip overhead and tail latency;
+* ``remaining / (workers * BALANCE_DIVISOR)``: guided self-scheduling, so
+  chunks shrink as the input runs out and the last ones are short;
+* but never under ``MIN_CHUNK_S / mean`` (tiny tasks keep chunks of at least
+  ~1 ms of work, or the tail degenerates into single-item round trips).
+
+Until the first measurement arrives every chunk holds one item: a single slow
+item costs one task's time, while a wrong guess of 100 items of a 50 ms
+function would cost five seconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .backends._base import Backend, Job
+
+#: Chunks per worker still to come when the input length is known. 4 is what
+#: multiprocessing.Pool.map uses; shrinking geometrically keeps the tail short.
+BALANCE_DIVISOR = 4
+#: Work per chunk below which round trips dominate (one round trip ~ 0.1 ms).
+MIN_CHUNK_S = 0.002
+#: Hard ceiling: bounds parent memory per chunk and the cost of a lost chunk.
+MAX_CHUNK = 100_000
+
+
+class Chunker:
+    def __init__(self, backend: Backend, job: Job, total: int | None) -> None:
+        self.fixed = job.options.chunksize
+        self.target_s = backend.chunk_target_s
+        self.workers = max(1, backend.workers)
+        self.total = total
+        self.job = job
+        self.max_chunk = backend.max_chunk(job)
+
+    def next_size(self, submitted: int) -> int:
+        if self.fixed is not None:
+            return min(self.fixed, self.max_chunk)
+        if self.target_s <= 0:
+            return 1
+        mean = self.job.mean_task_seconds()
+        if mean is None:
+            return 1
+        mean = max(mean, 1e-9)
+        size = self.target_s / mean
+        if self.total is not None:
+            remaining = max(1, self.total - submitted)
+            size = min(size, math.ceil(remaining / (self.workers * BALANCE_DIVISOR)))
+        size = max(size, MIN_CHUNK_S / mean)
+        return int(max(1, min(size, self.max_chunk, MAX_CHUNK)))

@@ -1,0 +1,186 @@
+"""The engine: feeds a backend from a lazy input, a bounded window at a time.
+
+It runs in the caller's thread. The caller's iterator is only ever advanced
+here (generators are not thread-safe, and a slow or blocking input must not
+stall a pool's manager thread). Outcomes come back through the job's queue;
+the engine turns them into events ``(ok, start, payload)``:
+
+* ``(True, start, values)`` -- results of inputs ``start .. start+len-1``;
+* ``(False, index, exc)``   -- input ``index`` failed.
+
+With ``ordered=True`` events leave in input order; otherwise as they come.
+Memory stays bounded: at most ``window`` chunks are submitted and not yet
+handed on, whatever the input's length.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from ._chunking import Chunker
+from .backends import Backend, StreamJob
+
+#: Seconds the engine waits for an outcome before asking the backend whether it
+#: is still alive. Not a poll for results: outcomes wake it at once.
+HEALTH_CHECK_S = 1.0
+
+Event = tuple[bool, int, Any]
+
+
+def length_hint(iterable: Iterable[Any]) -> int | None:
+    try:
+        n = len(iterable)  # type: ignore[arg-type]
+    except Exception:
+        return None
+    return n if isinstance(n, int) and n >= 0 else None
+
+
+class Run:
+    """One map/imap over one backend."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        job: StreamJob,
+        iterable: Iterable[Any],
+        *,
+        ordered: bool,
+        total: int | None = None,
+        prefilled: list[Event] | None = None,
+        resubmit: list[tuple[int, Any]] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.job = job
+        self.ordered = ordered
+        # Items before `offset` were already handled (prefilled or resubmitted).
+        self._next_index = getattr(iterable, "offset", 0)  # next input index to submit
+        self._it = iter(iterable)
+        self._chunker = Chunker(backend, job, total)
+        self._head = 0  # next index to hand on (ordered mode)
+        self._outstanding = len(prefilled or ())  # submitted, not yet handed on
+        self._exhausted = False
+        self._ready: dict[int, Event] = {}
+        self._prefilled = list(prefilled or ())
+        self._resubmit = list(resubmit or ())
+        self.done = 0
+        self.finished = False
+        self.deadline: float | None = None
+        self.progress: Any = None
+
+    # -- submission ---------------------------------------------------------
+    def start(self) -> None:
+        """Submit the first window now rather than on the first ``next``."""
+        self._top_up()
+
+    def _top_up(self) -> None:
+        while self._resubmit:
+            index, item = self._resubmit.pop(0)
+            self._outstanding += 1
+            self.backend.submit(self.job, index, [item])
+        window = self.backend.window
+        while not self._exhausted:
+            size = self._chunker.next_size(self._next_index)
+            if self._outstanding >= window * size:
+                return
+            items = list(itertools.islice(self._it, size))
+            if not items:
+                self._exhausted = True
+                return
+            start = self._next_index
+            self._next_index += len(items)
+            self._outstanding += len(items)
+            self.backend.submit(self.job, start, items)
+
+    def _receive(self) -> Event:
+        while True:
+            wait = HEALTH_CHECK_S
+            if self.deadline is not None:
+                wait = self.deadline - time.monotonic()
+                if wait <= 0:
+                    raise TimeoutError("results not ready before the map's timeout")
+                wait = min(wait, HEALTH_CHECK_S)
+            try:
+                return self.job.outcomes.get(timeout=wait)
+            except queue.Empty:
+                self.backend.check()
+
+    # -- events -------------------------------------------------------------
+    def events(self) -> Iterator[Event]:
+        prefilled, self._prefilled = self._prefilled, []
+        for ev in prefilled:
+            yield from self._hand_on(ev)
+        while True:
+            self._top_up()
+            if self._outstanding == 0 and self._exhausted:
+                self.finished = True
+                return
+            yield from self._hand_on(self._receive())
+
+    def _hand_on(self, ev: Event) -> Iterator[Event]:
+        if not self.ordered:
+            yield from self._emit(ev)
+            return
+        start = ev[1]
+        if start != self._head:
+            self._ready[start] = ev
+            return
+        yield from self._emit(ev)
+        while self._head in self._ready:
+            yield from self._emit(self._ready.pop(self._head))
+
+    def _emit(self, ev: Event) -> Iterator[Event]:
+        n = len(ev[2]) if ev[0] else 1
+        self._outstanding -= n
+        self._head = ev[1] + n
+        self.done += n
+        if self.progress is not None:
+            self.progress.advance(n)
+        yield ev
+
+    def abort(self) -> None:
+        self.backend.cancel(self.job)
+
+
+class Progress:
+    """A rich progress bar on stderr, only when asked for."""
+
+    def __init__(self, total: int | None, description: str) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.text import Text
+
+        class RateColumn(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                speed = task.finished_speed or task.speed
+                return Text(f"{speed:,.1f} tasks/s" if speed else "-- tasks/s")
+
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._task = self._bar.add_task(description, total=total)
+        self._bar.start()
+
+    def advance(self, n: int) -> None:
+        self._bar.advance(self._task, n)
+
+    def close(self) -> None:
+        self._bar.stop()

@@ -1,0 +1,150 @@
+"""What every backend implements, and the jobs that carry outcomes back.
+
+A *job* is one ``map``/``imap`` call or one ``Executor.submit``: a function,
+its options, and a sink for outcomes. The engine (``gilfree._engine``) cuts the
+input into *chunks* of consecutive items and hands each to
+``Backend.submit(job, start, items)``; the backend runs them however it likes
+and reports back through the job, from any thread:
+
+* ``job.deliver(start, values)`` -- ``values[k]`` is the result of input
+  ``start + k``; a backend may deliver a chunk in several consecutive pieces;
+* ``job.fail(index, exc)`` -- input ``index`` failed for good (after retries);
+* ``job.record(n, seconds)`` -- ``n`` tasks took ``seconds`` of worker time,
+  which the engine's chunker uses to size the next chunks.
+
+Every index of every submitted chunk gets exactly one ``deliver`` or ``fail``,
+unless the job was cancelled. Backends own retries (they hold the items) and
+timeouts (only they can stop a worker).
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, ClassVar
+
+from .._options import Options
+
+_job_ids = itertools.count(1)
+
+
+class Job:
+    """One unit of submission. Subclasses decide where outcomes go."""
+
+    __slots__ = ("__weakref__", "cancelled", "fn", "id", "options", "stats_n", "stats_s")
+
+    def __init__(self, fn: Callable[[Any], Any], options: Options) -> None:
+        self.id = next(_job_ids)
+        self.fn = fn
+        self.options = options
+        self.cancelled = False
+        self.stats_n = 0
+        self.stats_s = 0.0
+
+    def begin(self) -> bool:
+        """Called just before a backend runs work of this job; False: skip it."""
+        return not self.cancelled
+
+    def deliver(self, start: int, values: list[Any]) -> None:
+        raise NotImplementedError
+
+    def fail(self, index: int, exc: BaseException) -> None:
+        raise NotImplementedError
+
+    def record(self, n: int, seconds: float) -> None:
+        # Two plain adds under the GIL; a lost update only blurs an estimate.
+        self.stats_n += n
+        self.stats_s += seconds
+
+    def mean_task_seconds(self) -> float | None:
+        return self.stats_s / self.stats_n if self.stats_n else None
+
+
+class StreamJob(Job):
+    """Outcomes go to a queue read by the engine in the caller's thread."""
+
+    __slots__ = ("outcomes",)
+
+    def __init__(self, fn: Callable[[Any], Any], options: Options) -> None:
+        super().__init__(fn, options)
+        self.outcomes: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+
+    def deliver(self, start: int, values: list[Any]) -> None:
+        if not self.cancelled:
+            self.outcomes.put((True, start, values))
+
+    def fail(self, index: int, exc: BaseException) -> None:
+        if not self.cancelled:
+            self.outcomes.put((False, index, exc))
+
+
+class FutureJob(Job):
+    """One ``Executor.submit``: index 0 settles a ``concurrent.futures.Future``."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, fn: Callable[[Any], Any], options: Options, future: Future) -> None:
+        super().__init__(fn, options)
+        self.future = future
+
+    def begin(self) -> bool:
+        if self.cancelled:
+            return False
+        if self.future.running():
+            return True
+        # False when the user cancelled the future while it was queued.
+        return self.future.set_running_or_notify_cancel()
+
+    def deliver(self, start: int, values: list[Any]) -> None:
+        if not self.future.done():
+            self.future.set_result(values[0])
+
+    def fail(self, index: int, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+class Backend(ABC):
+    """A place where chunks run. One instance per map call or per Executor."""
+
+    name: ClassVar[str]
+    #: Seconds of work the chunker aims for per chunk (0: always one item).
+    chunk_target_s: ClassVar[float] = 0.0
+    #: Whether a task past its timeout is really stopped (process) or abandoned (thread).
+    stops_timed_out_tasks: ClassVar[bool] = False
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.workers = 1
+        self._lock = threading.Lock()
+
+    @property
+    def window(self) -> int:
+        """How many chunks the engine keeps in flight per job."""
+        return 2 * self.workers + 2
+
+    @abstractmethod
+    def submit(self, job: Job, start: int, items: list[Any]) -> None:
+        """Start running ``items`` (inputs ``start``, ``start+1``, ...); never blocks long."""
+
+    def max_chunk(self, job: Job) -> int:
+        """Largest chunk this backend accepts for ``job`` (e.g. 1 where a timeout needs it)."""
+        return 1 << 30
+
+    def check(self) -> None:  # noqa: B027 - optional hook, most backends cannot break
+        """Raise if the backend can no longer deliver outcomes (its machinery died)."""
+
+    def cancel(self, job: Job) -> None:
+        """Drop queued work of ``job``; running work may finish, its outcomes are ignored."""
+        job.cancelled = True
+
+    @abstractmethod
+    def shutdown(self, *, wait: bool = True, kill: bool = False) -> None:
+        """Release workers. ``kill`` stops running work at once."""
+
+    def statistics(self) -> dict[str, Any]:
+        return {"backend": self.name, "workers": self.workers}

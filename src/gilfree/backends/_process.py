@@ -1,0 +1,42 @@
+"""The process backend: gilfree's own pool, for CPU-bound Python."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._options import Options, usable_cpus
+from ..pool import ProcessPool
+from ._base import Backend, Job
+
+
+class ProcessBackend(Backend):
+    name = "process"
+    #: Work per chunk. A round trip to a worker costs ~0.1 ms, so 20 ms chunks
+    #: keep it under 1%; the tail waits at most one chunk.
+    chunk_target_s = 0.02
+    stops_timed_out_tasks = True
+
+    def __init__(self, options: Options) -> None:
+        super().__init__(options)
+        self.workers = options.workers or usable_cpus()
+        self._pool = ProcessPool(
+            self.workers,
+            start_method=options.start_method,
+            max_tasks_per_worker=options.max_tasks_per_worker,
+            max_worker_memory=options.max_worker_memory,
+        )
+
+    def max_chunk(self, job: Job) -> int:
+        return job.options.max_tasks_per_worker or 1 << 30
+
+    def submit(self, job: Job, start: int, items: list[Any]) -> None:
+        self._pool.submit(job, start, items)
+
+    def check(self) -> None:
+        self._pool.check()
+
+    def shutdown(self, *, wait: bool = True, kill: bool = False) -> None:
+        self._pool.shutdown(wait=wait, kill=kill)
+
+    def statistics(self) -> dict[str, Any]:
+        return {"backend": self.name, **self._pool.statistics()}

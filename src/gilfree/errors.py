@@ -1,0 +1,133 @@
+"""Every exception gilfree raises, in one place.
+
+::
+
+    Exception
+     └── GilfreeError                     anything gilfree itself reports
+          ├── WorkerDied                  the process running the task exited
+          ├── TaskTimeout (TimeoutError)  the task ran past ``timeout=``
+          ├── SerializationError          a function, argument or result could not be pickled
+          ├── DeadlockError               a lock request closed a wait-for cycle
+          └── ConfigurationError (ValueError)
+                                          bad options: names the option and the value
+
+A task's own exception is never wrapped: it re-raises with its original type,
+and on the process and dask backends the worker-side traceback hangs off it as
+``__cause__`` (a :class:`RemoteTraceback`), the way ``concurrent.futures`` does.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DeadlockError",
+    "GilfreeError",
+    "RemoteTraceback",
+    "SerializationError",
+    "TaskTimeout",
+    "WorkerDied",
+]
+
+
+class GilfreeError(Exception):
+    """Base class of every error gilfree raises on its own account."""
+
+
+class WorkerDied(GilfreeError):
+    """The worker process running a task exited before finishing it.
+
+    Attributes: ``index`` (the task's position in the input, or None),
+    ``item`` (a short repr of its input), ``exitcode`` (as
+    ``multiprocessing`` gives it: negative for a signal), ``signal_name``
+    and ``stack`` (the worker's Python stack when the crash was a fatal
+    signal that faulthandler could report, else "").
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        index: int | None = None,
+        item: str = "",
+        exitcode: int | None = None,
+        signal_name: str | None = None,
+        stack: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.index = index
+        self.item = item
+        self.exitcode = exitcode
+        self.signal_name = signal_name
+        self.stack = stack
+
+    def __reduce__(self):  # keep the attributes across pickling
+        return (
+            _rebuild,
+            (type(self), self.args, self.__dict__),
+        )
+
+
+class TaskTimeout(GilfreeError, TimeoutError):
+    """A task ran past its ``timeout=``.
+
+    ``stack`` holds the Python stack of the worker (process or thread) at the
+    moment it was stopped; it is also part of the message.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        index: int | None = None,
+        timeout: float | None = None,
+        stack: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.index = index
+        self.timeout = timeout
+        self.stack = stack
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class SerializationError(GilfreeError):
+    """A function, argument or result could not be sent between processes.
+
+    ``what`` is ``"function"``, ``"argument"`` or ``"result"``; ``index`` the
+    task's position when one task is concerned.
+    """
+
+    def __init__(self, message: str, *, what: str = "", index: int | None = None) -> None:
+        super().__init__(message)
+        self.what = what
+        self.index = index
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class DeadlockError(GilfreeError):
+    """Raised in the thread whose lock request would close a wait-for cycle."""
+
+
+class ConfigurationError(GilfreeError, ValueError):
+    """An option has a value gilfree cannot use; the message names both."""
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker-side traceback as text; set as ``__cause__`` of a task error."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+def _rebuild(cls, args, state):
+    obj = cls.__new__(cls)
+    Exception.__init__(obj, *args)
+    obj.__dict__.update(state)
+    return obj

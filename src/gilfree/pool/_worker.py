@@ -1,0 +1,227 @@
+"""The worker process: read a chunk, run it, send results, repeat.
+
+What the parent can see of a worker without asking it:
+
+* its *slot*, four int64 in shared memory: the chunk it runs, the position in
+  that chunk, when that task started (CLOCK_MONOTONIC, which is system-wide on
+  Linux) and whether a task is running. When the worker dies the slot says
+  which task killed it; while it lives, which task may be over its timeout.
+* its *stack pipe*: faulthandler writes the Python stack there on a fatal
+  signal (segfault) and on SIGUSR1, which the parent sends before it kills a
+  task past its timeout.
+
+The worker ignores SIGINT (Ctrl-C reaches the whole process group; the parent
+decides) and exits by itself when the parent dies: a watchdog thread blocks on
+a pipe whose only write end the parent holds, and reads EOF when it is gone.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import pickle
+import signal
+import threading
+import time
+from typing import Any
+
+from .. import _serialize
+from ..errors import SerializationError
+from . import _wire
+
+#: Results of a chunk still running are sent home at least this often, so a
+#: crash late in a long chunk loses (and re-runs) little finished work.
+FLUSH_S = 0.2
+
+_RUNNING = 1
+_IDLE = 0
+
+
+def main(
+    index: int,
+    task_conn: Any,
+    result_conn: Any,
+    stack_conn: Any,
+    alive_conn: Any,
+    slots: Any,
+    close_fds: list[int],
+    max_tasks: int | None,
+    max_memory: int | None,
+) -> None:
+    for fd in close_fds:  # the parent's ends, inherited through fork
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stack_fd = stack_conn.fileno()
+    faulthandler.enable(file=stack_fd, all_threads=False)
+    faulthandler.register(signal.SIGUSR1, file=stack_fd, all_threads=False)
+    _watch_parent(alive_conn.fileno())
+    slot = memoryview(slots).cast("B").cast("q")[4 * index : 4 * index + 4]
+    Worker(task_conn.fileno(), result_conn.fileno(), slot, max_tasks, max_memory).serve()
+
+
+def _watch_parent(fd: int) -> None:
+    def watch() -> None:
+        try:
+            while os.read(fd, 1):
+                pass
+        except OSError:
+            pass
+        os._exit(70)  # parent gone: nobody will read our results
+
+    threading.Thread(target=watch, name="gilfree-parent-watch", daemon=True).start()
+
+
+class Worker:
+    def __init__(
+        self,
+        task_fd: int,
+        result_fd: int,
+        slot: memoryview,
+        max_tasks: int | None,
+        max_memory: int | None,
+    ) -> None:
+        self.task_fd = task_fd
+        self.result_fd = result_fd
+        self.slot = slot
+        self.fns: dict[int, Any] = {}
+        self.max_tasks = max_tasks
+        self.max_memory = max_memory
+        self.tasks_done = 0
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        _wire.send_frame(self.result_fd, pickle.dumps(msg, _serialize.PROTOCOL))
+
+    def serve(self) -> None:
+        while True:
+            raw = _wire.recv_frame(self.task_fd)
+            if raw is None:
+                return  # the parent closed our pipe: orderly exit
+            msg = pickle.loads(raw)
+            kind = msg[0]
+            if kind == _wire.CHUNK:
+                self.run_chunk(msg[1], msg[2], msg[3])
+                reason = self.retire_reason()
+                if reason:
+                    self.send((_wire.RETIRE, reason))
+                    return
+            elif kind == _wire.FN:
+                self.define(msg[1], msg[2])
+            elif kind == _wire.FORGET:
+                self.fns.pop(msg[1], None)
+
+    def define(self, key: int, blob: bytes) -> None:
+        try:
+            self.fns[key] = _serialize.loads(blob)
+        except BaseException as exc:
+            self.fns[key] = SerializationError(
+                f"the function could not be unpickled in the worker: {type(exc).__name__}: {exc}",
+                what="function",
+            )
+
+    def run_chunk(self, seq: int, key: int, blob: bytes) -> None:
+        slot = self.slot
+        slot[0] = seq
+        slot[3] = _IDLE
+        try:
+            items = _serialize.loads(blob)
+        except BaseException as exc:
+            self.send((_wire.LOADFAIL, seq, f"{type(exc).__name__}: {exc}"))
+            return
+        fn = self.fns.get(key)
+        if fn is None or isinstance(fn, SerializationError):
+            err = fn or SerializationError("function not defined in worker", what="function")
+            self.send(
+                (
+                    _wire.RESULT,
+                    seq,
+                    0,
+                    [None] * len(items),
+                    [(p, err, "") for p in range(len(items))],
+                    0.0,
+                    True,
+                )
+            )
+            return
+        values: list[Any] = []
+        failures: list[tuple[int, BaseException, str]] = []
+        offset = 0
+        clock = time.monotonic_ns
+        t0 = time.perf_counter()
+        last_flush = clock()
+        flush_ns = int(FLUSH_S * 1e9)
+        for pos, item in enumerate(items):
+            now = clock()
+            if now - last_flush > flush_ns and values:
+                t1 = time.perf_counter()
+                self.send_results(seq, offset, values, failures, t1 - t0, False)
+                offset += len(values)
+                values, failures, t0, last_flush = [], [], t1, now
+            slot[1] = pos
+            slot[2] = now
+            slot[3] = _RUNNING
+            try:
+                values.append(fn(item))
+            except BaseException as exc:  # SystemExit in a task is that task's failure
+                values.append(None)
+                failures.append((pos, *_serialize.exception_payload(exc)))
+            slot[3] = _IDLE
+        self.tasks_done += len(items)
+        self.send_results(seq, offset, values, failures, time.perf_counter() - t0, True)
+
+    def send_results(
+        self,
+        seq: int,
+        offset: int,
+        values: list[Any],
+        failures: list[tuple[int, BaseException, str]],
+        elapsed: float,
+        final: bool,
+    ) -> None:
+        msg = (_wire.RESULT, seq, offset, values, failures, elapsed, final)
+        try:
+            payload = _serialize.dumps_data(msg)
+        except Exception:
+            payload = _serialize.dumps_data(self._isolate_unpicklable(msg))
+        _wire.send_frame(self.result_fd, payload)
+
+    @staticmethod
+    def _isolate_unpicklable(msg: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Replace each result that cannot be pickled by a SerializationError."""
+        kind, seq, offset, values, failures, elapsed, final = msg
+        failures = list(failures)
+        clean = []
+        for k, value in enumerate(values):
+            try:
+                _serialize.dumps_data(value)
+                clean.append(value)
+            except Exception as exc:
+                clean.append(None)
+                failures.append(
+                    (
+                        offset + k,
+                        SerializationError(
+                            f"result of type {type(value).__name__} ({_serialize.describe(value)}) "
+                            f"cannot be pickled back to the parent: {type(exc).__name__}: {exc}",
+                            what="result",
+                        ),
+                        "",
+                    )
+                )
+        return (kind, seq, offset, clean, failures, elapsed, final)
+
+    def retire_reason(self) -> str:
+        if self.max_tasks is not None and self.tasks_done >= self.max_tasks:
+            return f"ran {self.tasks_done} tasks (max_tasks_per_worker={self.max_tasks})"
+        if self.max_memory is not None:
+            rss = _rss()
+            if rss > self.max_memory:
+                return f"uses {rss} bytes of memory (max_worker_memory={self.max_memory})"
+        return ""
+
+
+def _rss() -> int:
+    with open("/proc/self/statm", "rb") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
