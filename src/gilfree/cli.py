@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", metavar="FILE.png", help="draw the speedups (needs matplotlib)")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
     bench.add_argument(
+        "--only",
+        metavar="NAMES",
+        help="comma-separated workloads to run (cpu,io,hash,tiny,array; default: all)",
+    )
+    bench.add_argument(
         "--repeat",
         type=_positive_int,
         metavar="N",
@@ -220,7 +225,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from .bench.runner import main as bench_main
 
-        return bench_main(quick=args.quick, plot=args.plot, as_json=args.json, repeat=args.repeat)
+        return bench_main(
+            quick=args.quick, plot=args.plot, as_json=args.json, repeat=args.repeat, only=args.only
+        )
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks
 
 

@@ -175,16 +175,36 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def main(*, quick: bool, plot: str | None, as_json: bool, repeat: int | None) -> int:
+def select(only: str | None) -> tuple[Workload, ...]:
+    """The workloads named in ``--only`` (comma-separated), in suite order."""
+    if not only:
+        return SUITE
+    names = {n.strip() for n in only.split(",") if n.strip()}
+    known = {w.name for w in SUITE}
+    unknown = sorted(names - known)
+    if unknown or not names:
+        from .._cli import UsageError
+
+        raise UsageError(
+            f"--only {only!r}: no workload named {', '.join(unknown) or only!r}; "
+            f"choose from {','.join(w.name for w in SUITE)}"
+        )
+    return tuple(w for w in SUITE if w.name in names)
+
+
+def main(
+    *, quick: bool, plot: str | None, as_json: bool, repeat: int | None, only: str | None = None
+) -> int:
     """``gilfree bench``: run the suite, print a table (or JSON), draw the plot."""
     from . import report
 
+    workloads = select(only)
     if plot is not None:
         report.check_plot_target(plot)
     runs = repeat or (1 if quick else 3)
     status = report.Status()
     with status:
-        results = run_suite(quick=quick, repeat=runs, report=status.update)
+        results = run_suite(quick=quick, repeat=runs, workloads=workloads, report=status.update)
     machine = machine_info()
     if as_json:
         report.print_json(results, machine, quick=quick, repeat=runs)
