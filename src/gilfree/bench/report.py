@@ -85,7 +85,7 @@ def print_table(
             f"{machine['cpus']} CPUs, {machine['cpu_model']}, {machine['python']}"
         ),
     )
-    table.add_column("workload")
+    table.add_column("workload", no_wrap=True)
     table.add_column("tasks", justify="right")
     for backend in BACKENDS:
         table.add_column(backend, justify="right")
@@ -98,7 +98,9 @@ def print_table(
         auto = r.timings.get("auto")
         used = ""
         if auto is not None and auto.used:
-            used = auto.used + (f", {auto.workers} workers" if auto.workers else "")
+            used = auto.used
+            if auto.workers and auto.used != "serial":
+                used += f", {auto.workers} workers"
         table.add_row(r.description, str(r.tasks), *(_cell(r, b, notes) for b in BACKENDS), used)
     # Off a terminal rich assumes 80 columns, which would wrap every cell.
     console = Console() if sys.stdout.isatty() else Console(width=120)
@@ -157,29 +159,39 @@ def plot(
             gain = r.speedup(backend)
             timing = r.timings.get(backend)
             if gain is None:
-                why = timing.error if timing and timing.error else "not run"
-                ax.text(1.0, y, f"  {backend}: {why}", va="center", fontsize=7, color="#b00")
+                why = "failed" if timing and timing.error else "not run"
+                ax.text(1.0, y, f"  {backend} {why}", va="center", fontsize=7.5, color="#b00")
                 continue
             speedups.append(gain)
-            label = backend if i == 0 else None
-            ax.barh(y, gain, height=height * 0.92, left=0, color=COLOURS[backend], label=label)
+            # Bars grow from 1x: right is faster than the loop, left is slower.
+            ax.barh(y, gain - 1, height=height * 0.92, left=1, color=COLOURS[backend])
             note = format_ratio(gain)
             if backend == "auto" and timing is not None and timing.used:
-                note += f"  ({timing.used})"
-            ax.text(gain * 1.04, y, note, va="center", fontsize=7.5)
+                note += f" ({timing.used})"
+            if gain >= 1:
+                ax.text(gain * 1.04, y, note, va="center", ha="left", fontsize=7.5)
+            else:
+                ax.text(gain / 1.04, y, note, va="center", ha="right", fontsize=7.5)
     ax.set_xscale("log")
-    low = min([*speedups, 0.5]) / 1.6
+    low = min([*speedups, 0.5]) / 3.0
     high = max([*speedups, 2.0]) * 2.2
     ax.set_xlim(low, high)
     ax.axvline(1.0, color="#333", linewidth=1, linestyle="--")
     ax.text(1.0, len(shown) - 0.45, f" serial = 1{TIMES}", fontsize=8, color="#333", va="bottom")
+    ax.text(
+        0.01, 0.01, "\u2190 slower than a loop", transform=ax.transAxes, fontsize=8, color="#666"
+    )
+    ax.text(
+        0.99, 0.01, "faster \u2192", transform=ax.transAxes, fontsize=8, color="#666", ha="right"
+    )
     ax.set_yticks(range(len(shown)))
     ax.set_yticklabels(
-        [f"{r.description}\n{r.tasks} tasks, serial {r.serial:.2f} s" for r in shown], fontsize=8.5
+        [f"{r.description}\n{r.tasks} tasks, serial {format_seconds(r.serial)}" for r in shown],
+        fontsize=8.5,
     )
     ax.invert_yaxis()
     ax.set_ylim(len(shown) - 0.4, -0.6)
-    ax.set_xlabel("speedup over serial (log scale; right of the dashed line is faster)")
+    ax.set_xlabel("speedup over serial (log scale)")
     from matplotlib.ticker import FuncFormatter
 
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}{TIMES}"))
@@ -193,7 +205,10 @@ def plot(
         f"{machine['cpus']} CPUs, {machine['cpu_model']}, {machine['python']}, {machine['date']}",
         fontsize=10,
     )
-    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=COLOURS[b], label=b) for b in backends]
+    ax.legend(handles=handles, loc="upper right", fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

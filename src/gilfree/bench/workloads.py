@@ -154,7 +154,7 @@ def _array_items(quick: bool) -> list[tuple[Any, int]]:
 SUITE: tuple[Workload, ...] = (
     Workload("cpu", "CPU-bound pure Python", cpu_bound, _cpu_items),
     Workload("io", "sleeping I/O (10 ms)", sleepy_io, _io_items),
-    Workload("hash", "GIL-releasing C (SHA-256, 16 MiB)", hash_block, _hash_items),
+    Workload("hash", "GIL-free C (SHA-256, 16 MiB)", hash_block, _hash_items),
     Workload("tiny", "tiny tasks (x + 1)", tiny, _tiny_items),
     Workload("array", "32 MiB NumPy array argument", array_median, _array_items, "numpy"),
 )
