@@ -185,7 +185,7 @@ def predict_dask(feat: Features, n: int, t: float, g: float) -> float:
 
 
 def _thread_candidates(n: int, cpus: int, limit: int) -> list[int]:
-    ks = set(range(1, cpus + 1)) | {2**i for i in range(1, 8)} | {limit}
+    ks = set(range(1, cpus + 1)) | {2**i for i in range(1, 8)} | {min(limit, n)}
     return sorted(k for k in ks if 1 <= k <= min(limit, n))
 
 
@@ -199,6 +199,12 @@ def choose(feat: Features) -> Plan:
     profile = _profile(feat)
 
     def plan(backend: str, workers: int, predicted: dict[str, float]) -> Plan:
+        notes = list(feat.notes)
+        if backend != "serial":
+            notes.append(
+                "The chunk size is left to the engine's adaptive chunker, which sizes "
+                "chunks from the measured time per call as the job runs."
+            )
         return Plan(
             backend=backend,
             workers=workers,
@@ -210,7 +216,7 @@ def choose(feat: Features) -> Plan:
             function=feat.function,
             total=n,
             total_known=feat.total is not None,
-            notes=list(feat.notes),
+            notes=notes,
         )
 
     t = feat.task_seconds
@@ -218,7 +224,7 @@ def choose(feat: Features) -> Plan:
         return _from_bytecode_only(feat, n, cpus, reasons, plan)
     if feat.calls and feat.failures == feat.calls:
         reasons.append(
-            f"all {feat.calls} probe calls raised {feat.failure_type or 'an exception'}, "
+            f"All {feat.calls} probe calls raised {feat.failure_type or 'an exception'}, "
             "so there is nothing to speed up: running in this thread reports the error "
             "soonest and starts no workers."
         )
@@ -410,7 +416,13 @@ def _choice_sentences(
                 "processes: a plain loop is fastest."
             )
         else:
-            out.append("Neither threads nor processes are predicted to beat a plain loop here.")
+            rivals = [b for b in ("thread", "process") if b in predicted]
+            best_rival = min(rivals, key=lambda b: predicted[b]) if rivals else None
+            if best_rival is not None:
+                out.append(
+                    f"The best alternative, {best_rival}, is predicted at "
+                    f"{predicted[best_rival] / predicted['serial']:.2f}x the time of a plain loop."
+                )
     elif backend == "thread":
         if f < WAITS_BELOW or (g < 0.2 and f < COMPUTES_ABOVE):
             out.append(
@@ -443,11 +455,6 @@ def _choice_sentences(
             f"The Dask cluster at {feat.address} has {feat.dask_threads} threads in "
             f"{feat.dask_workers} workers, more than the {cpus} CPUs here."
         )
-    if backend != "serial":
-        out.append(
-            "The chunk size is left to the engine's adaptive chunker, which sizes chunks "
-            "from the measured time per call as the job runs."
-        )
     return out
 
 
@@ -456,22 +463,24 @@ def _from_bytecode_only(feat, n, cpus, reasons, plan):  # type: ignore[no-untype
     io = feat.kinds("io")
     rel = feat.kinds("releases_gil")
     loops = feat.kinds("python_loop")
-    reasons.append("No call was measured (no samples), so this plan rests on the bytecode alone.")
+    head = "No call was measured (0 samples), so this plan rests on the bytecode alone"
     if io:
         k = min(n, feat.workers or 32)
-        reasons.append(f"It shows I/O ({_first(io)}): {k} threads overlap the waits.")
+        reasons.append(f"{head}: it shows I/O ({_first(io)}), and {k} threads overlap the waits.")
         return plan("thread", k, {})
     if rel:
         k = min(n, feat.workers or cpus)
         reasons.append(
-            f"It shows C code that releases the GIL ({_first(rel)}): {k} threads, one per CPU."
+            f"{head}: it shows C code that releases the GIL ({_first(rel)}), so {k} threads, "
+            "one per CPU."
         )
         return plan("thread", k, {})
     if loops and not feat.unpicklable:
         w = min(n, feat.workers or cpus)
         reasons.append(
-            f"It shows pure-Python loops ({_first(loops)}): {w} processes, one per CPU."
+            f"{head}: it shows pure-Python loops ({_first(loops)}), so {w} processes, "
+            "one per CPU."
         )
         return plan("process", w, {})
-    reasons.append("It shows no loop, I/O or GIL-releasing call: a plain loop is safest.")
+    reasons.append(f"{head}: it shows 0 loops, I/O or GIL-releasing calls, so a plain loop.")
     return plan("serial", 1, {})

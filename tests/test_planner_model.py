@@ -1,0 +1,207 @@
+"""The planner's policy, table-tested: features in, Plan out, no clock involved."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import pytest
+
+from gilfree.planner import Features, Finding, choose
+from gilfree.planner._machine import MachineCosts
+from gilfree.planner._model import DEFAULT_TOTAL, MAX_THREADS, gil_share
+
+TWO = MachineCosts(cpus=2, spawn_s=0.002, ready_s=0.003, roundtrip_s=50e-6, byte_s=1e-9)
+EIGHT = dataclasses.replace(TWO, cpus=8)
+MIB = 1 << 20
+
+
+def _finding(kind: str, what: str, line: int = 10) -> Finding:
+    return Finding(kind, what, line, "work", "work.py", f"{what} at line {line}.")
+
+
+LOOP = (_finding("python_loop", "loop"),)
+SLEEP = (_finding("io", "time.sleep"),)
+SHA = (_finding("releases_gil", "hashlib.sha256"),)
+NUMPY = (_finding("releases_gil", "np.sort (numpy.sort)"),)
+
+
+def feat(**kw: object) -> Features:
+    base: dict[str, object] = {"machine": TWO, "calls": 6, "arg_bytes": 20.0, "result_bytes": 20.0}
+    base.update(kw)
+    return Features(**base)  # type: ignore[arg-type]
+
+
+# (name, features, backend, workers check)
+CASES = [
+    ("pure Python CPU -> processes",
+     feat(task_seconds=0.01, cpu_fraction=0.99, pair_speedup=1.0, findings=LOOP),
+     "process", lambda w: w == 2),
+    ("pure Python CPU on 8 cores -> 8 processes",
+     feat(machine=EIGHT, task_seconds=0.05, cpu_fraction=1.0, pair_speedup=0.97, findings=LOOP),
+     "process", lambda w: w == 8),
+    ("sleep -> many threads",
+     feat(task_seconds=0.02, cpu_fraction=0.002, pair_speedup=1.98, findings=SLEEP),
+     "thread", lambda w: w >= 32),
+    ("sleep with 10 items -> 10 threads",
+     feat(task_seconds=0.02, cpu_fraction=0.002, pair_speedup=1.98, findings=SLEEP, total=10),
+     "thread", lambda w: w == 10),
+    ("tiny x*x -> serial",
+     feat(task_seconds=1e-7, cpu_fraction=1.0, pair_speedup=None, findings=()),
+     "serial", lambda w: w == 1),
+    ("tiny with measured pair -> serial",
+     feat(task_seconds=2e-6, cpu_fraction=1.0, pair_speedup=1.0, findings=()),
+     "serial", lambda w: w == 1),
+    ("hashlib on 8 MiB arguments -> threads, one per CPU",
+     feat(task_seconds=0.02, cpu_fraction=1.0, pair_speedup=1.93, findings=SHA,
+          arg_bytes=8.0 * MIB),
+     "thread", lambda w: w == 2),
+    ("numpy on 8 cores -> about one thread per core",
+     feat(machine=EIGHT, task_seconds=0.005, cpu_fraction=1.0, pair_speedup=1.9,
+          findings=NUMPY, arg_bytes=2.0 * MIB),
+     "thread", lambda w: 6 <= w <= 8),
+    ("large array argument through shared memory, GIL-bound -> processes",
+     feat(task_seconds=0.05, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP,
+          shm_bytes=16.0 * MIB),
+     "process", lambda w: w == 2),
+    ("CPU-bound but huge results: moving them costs more than the work -> not processes",
+     feat(task_seconds=0.001, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP,
+          result_bytes=32.0 * MIB),
+     "serial", lambda w: w == 1),
+    ("CPU-bound but only 3 short items -> serial",
+     feat(task_seconds=0.001, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP, total=3),
+     "serial", lambda w: w == 1),
+    ("bytecode says sleep, measurement says CPU -> processes",
+     feat(task_seconds=0.03, cpu_fraction=0.97, pair_speedup=1.02, findings=SLEEP + LOOP),
+     "process", lambda w: w == 2),
+    ("bytecode says hashlib, but 2 threads did not scale -> processes",
+     feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.02, findings=SHA + LOOP),
+     "process", lambda w: w == 2),
+    ("bytecode says pure loop, but threads scaled -> threads",
+     feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.95, findings=LOOP,
+          arg_bytes=4.0 * MIB),
+     "thread", lambda w: w == 2),
+    ("unpicklable CPU-bound function -> not processes",
+     feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP,
+          unpicklable="the function cannot be pickled (TypeError: no)"),
+     "serial", lambda w: w == 1),
+    ("user asked for 3 workers on I/O -> 3 threads",
+     feat(task_seconds=0.02, cpu_fraction=0.01, pair_speedup=1.99, findings=SLEEP, workers=3),
+     "thread", lambda w: w == 3),
+    ("every probe call failed -> serial",
+     feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.0, failures=6,
+          failure_type="KeyError"),
+     "serial", lambda w: w == 1),
+    ("no address: a big cluster size is ignored",
+     feat(task_seconds=0.5, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP,
+          dask_threads=64, dask_workers=16),
+     "process", lambda w: w == 2),
+    ("a big Dask cluster for slow CPU-bound calls -> dask",
+     feat(task_seconds=0.5, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP,
+          address="tcp://127.0.0.1:8786", dask_threads=64, dask_workers=16),
+     "dask", lambda w: w == 64),
+    ("a Dask cluster for tiny calls -> serial",
+     feat(task_seconds=1e-6, cpu_fraction=1.0, pair_speedup=None,
+          address="tcp://127.0.0.1:8786", dask_threads=64, dask_workers=16),
+     "serial", lambda w: w == 1),
+    ("unreachable Dask cluster -> local",
+     feat(task_seconds=0.5, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP,
+          address="tcp://127.0.0.1:1", dask_error="connecting failed (OSError: refused)"),
+     "process", lambda w: w == 2),
+    ("nothing measured, bytecode shows sleep -> threads",
+     feat(calls=0, findings=SLEEP), "thread", lambda w: w == 32),
+    ("nothing measured, bytecode shows pure loop -> processes",
+     feat(calls=0, findings=LOOP), "process", lambda w: w == 2),
+    ("nothing measured, nothing found -> serial",
+     feat(calls=0), "serial", lambda w: w == 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("features", "backend", "workers_ok"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+def test_policy_table(features: Features, backend: str, workers_ok) -> None:
+    plan = choose(features)
+    assert plan.backend == backend, plan.explain()
+    assert workers_ok(plan.workers), (plan.workers, plan.explain())
+    assert plan.chunksize is None
+    assert plan.outcomes == []
+    if plan.predicted:
+        assert backend in plan.predicted
+        # The choice is the fastest prediction or within the simplicity margin of it.
+        assert plan.predicted[backend] <= 1.05 * min(plan.predicted.values()) + 1e-12
+
+
+@pytest.mark.parametrize("features", [c[1] for c in CASES], ids=[c[0] for c in CASES])
+def test_every_reason_cites_a_number_or_a_finding(features: Features) -> None:
+    plan = choose(features)
+    assert plan.reasons
+    for reason in plan.reasons:
+        assert re.search(r"\d", reason) or "line" in reason or "pickled" in reason, reason
+        assert reason[0].isupper() or reason[0].isdigit(), reason
+        assert reason.endswith("."), reason
+
+
+def test_policy_is_pure() -> None:
+    f = CASES[0][1]
+    assert choose(f).to_dict() == choose(f).to_dict()
+
+
+def test_disagreement_says_the_measurement_wins() -> None:
+    plan = choose(feat(task_seconds=0.03, cpu_fraction=0.97, pair_speedup=1.0, findings=SLEEP))
+    text = " ".join(plan.reasons)
+    assert "time.sleep at line 10" in text
+    assert "measurement wins" in text
+    plan = choose(feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.0, findings=SHA))
+    assert "measurement wins" in " ".join(plan.reasons)
+    plan = choose(feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.95, findings=LOOP))
+    assert "measurement wins" in " ".join(plan.reasons)
+
+
+def test_agreement_is_not_called_a_disagreement() -> None:
+    plan = choose(feat(task_seconds=0.02, cpu_fraction=0.01, pair_speedup=1.99, findings=SLEEP))
+    text = " ".join(plan.reasons)
+    assert "measurement wins" not in text
+    assert "agrees" in text
+
+
+def test_gil_share_from_measurement_and_bytecode() -> None:
+    assert gil_share(feat(cpu_fraction=1.0, pair_speedup=1.0)) == pytest.approx(1.0)
+    assert gil_share(feat(cpu_fraction=0.01, pair_speedup=2.0)) <= 0.01
+    assert gil_share(feat(cpu_fraction=1.0, pair_speedup=1.25)) == pytest.approx(0.8)
+    # Two threads at 2x cannot tell g=0.05 from g=0.5; the bytecode narrows it.
+    assert gil_share(feat(cpu_fraction=1.0, pair_speedup=1.95, findings=SHA)) < 0.2
+    assert gil_share(feat(cpu_fraction=1.0, pair_speedup=1.95)) == pytest.approx(0.5)
+
+
+def test_more_waiting_means_more_threads() -> None:
+    counts = [
+        choose(feat(task_seconds=0.02, cpu_fraction=f, pair_speedup=2.0, findings=SLEEP)).workers
+        for f in (0.2, 0.05, 0.005)
+    ]
+    assert counts == sorted(counts)
+    assert counts[-1] <= MAX_THREADS
+
+
+def test_unknown_total_assumes_default() -> None:
+    plan = choose(feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.0))
+    assert plan.total == DEFAULT_TOTAL and not plan.total_known
+    assert "assumed" in " ".join(plan.reasons)
+    plan = choose(feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.0, total=50))
+    assert plan.total == 50 and plan.total_known
+    assert plan.predicted["serial"] == pytest.approx(0.5)
+
+
+def test_plan_serialises_and_explains() -> None:
+    plan = choose(feat(task_seconds=0.01, cpu_fraction=0.99, pair_speedup=1.0, findings=LOOP))
+    data = json.loads(json.dumps(plan.to_dict()))
+    assert data["backend"] == "process"
+    assert data["findings"][0]["line"] == 10
+    assert set(data["predicted_seconds"]) == {"serial", "thread", "process"}
+    text = plan.explain()
+    assert "process" in text and "<- chosen" in text
+    assert "10 ms" in text  # the measured time per call
+    assert "line 10" in text
