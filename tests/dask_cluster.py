@@ -1,0 +1,172 @@
+"""A real Dask cluster on 127.0.0.1 for tests and benchmarks: scheduler and workers are
+separate processes started with the command-line programs of the distributed package.
+
+``LocalDaskCluster`` starts ``dask scheduler`` and N ``dask worker --no-nanny`` processes
+(no nanny, so each worker is exactly one process: killing it loses the worker for good,
+and nothing restarts behind our back), waits until every worker has registered, and on
+``stop()`` terminates them all and removes the scratch directory. Each child gets
+``PR_SET_PDEATHSIG`` on Linux, so a test run killed with SIGKILL leaves no orphan behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+# How long a cold start may take: each process imports distributed (~1-2 s on a busy
+# 2-core machine), so 60 s is generous and only reached when something is broken.
+START_TIMEOUT_S = 60.0
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _dask_command(kind: str) -> list[str]:
+    script = Path(sys.executable).with_name("dask")
+    if script.exists():
+        return [str(script), kind]
+    module = {"scheduler": "dask_scheduler", "worker": "dask_worker"}[kind]
+    return [sys.executable, "-m", f"distributed.cli.{module}"]
+
+
+class LocalDaskCluster:
+    """``dask scheduler`` plus ``n_workers`` x ``dask worker`` processes on 127.0.0.1."""
+
+    def __init__(self, n_workers: int = 2, nthreads: int = 2, pythonpath: list[str] | None = None):
+        self.n_workers = n_workers
+        self.nthreads = nthreads
+        self.pythonpath = [str(TESTS_DIR)] if pythonpath is None else pythonpath
+        self.address = ""
+        self.scheduler: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+        self._dir = ""
+        self._logs: list = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> LocalDaskCluster:
+        self._dir = tempfile.mkdtemp(prefix="gilfree-dask-")
+        try:
+            port = _free_port()
+            self.address = f"tcp://127.0.0.1:{port}"
+            self.scheduler = self._spawn(
+                "scheduler",
+                [
+                    *_dask_command("scheduler"),
+                    *("--host", "127.0.0.1", "--port", str(port), "--no-dashboard"),
+                ],
+            )
+            for _ in range(self.n_workers):
+                self.add_worker(wait=False)
+            self.wait_for_workers(self.n_workers)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def add_worker(self, *, wait: bool = True) -> subprocess.Popen:
+        proc = self._spawn(
+            f"worker{len(self.workers)}",
+            [
+                *_dask_command("worker"),
+                self.address,
+                "--nthreads", str(self.nthreads),
+                "--nworkers", "1",
+                "--no-nanny",
+                "--no-dashboard",
+                "--host", "127.0.0.1",
+                "--local-directory", self._dir,
+                # A worker whose scheduler vanished exits on its own.
+                "--death-timeout", "30",
+            ],
+        )  # fmt: skip
+        self.workers.append(proc)
+        if wait:
+            self.wait_for_workers(len(self.alive_workers()))
+        return proc
+
+    def alive_workers(self) -> list[subprocess.Popen]:
+        return [p for p in self.workers if p.poll() is None]
+
+    def wait_for_workers(self, n: int) -> None:
+        """Block (bounded) until the scheduler has ``n`` workers; fail with the logs if not."""
+        from distributed import Client
+
+        try:
+            with Client(self.address, timeout=START_TIMEOUT_S, set_as_default=False) as client:
+                client.wait_for_workers(n, timeout=START_TIMEOUT_S)
+        except Exception as exc:
+            raise RuntimeError(f"dask cluster did not start: {exc}\n{self.logs()}") from exc
+
+    def kill_worker(self, index: int = 0) -> None:
+        """SIGKILL one worker process: no goodbye to the scheduler, as in a crash."""
+        proc = self.workers[index]
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        procs = [*self.workers, *([self.scheduler] if self.scheduler else [])]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalDaskCluster:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- plumbing ----------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([*self.pythonpath, env.get("PYTHONPATH", "")])
+        # Quieter logs; a lost worker is noticed through its closed connection anyway.
+        env.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+        log = open(os.path.join(self._dir, f"{name}.log"), "wb")  # noqa: SIM115 - closed in stop()
+        self._logs.append(log)
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self._dir,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+
+    def logs(self) -> str:
+        parts = []
+        for path in sorted(Path(self._dir).glob("*.log")) if self._dir else []:
+            text = path.read_text(errors="replace")
+            parts.append(f"--- {path.name} ---\n{text[-3000:]}")
+        return "\n".join(parts)
