@@ -27,11 +27,10 @@ task fails (or is retried) and the rest of its chunks run elsewhere.
 from __future__ import annotations
 
 import collections
-import ctypes
 import enum
 import heapq
 import itertools
-import multiprocessing
+import mmap
 import os
 import pickle
 import selectors
@@ -132,7 +131,7 @@ class ProcessPool:
         max_worker_memory: int | None = None,
     ) -> None:
         self.size = workers
-        self._later_method = start_method or "forkserver"
+        self._later_method = "fork" if start_method == "fork" else "spawn"
         self._max_tasks = max_tasks_per_worker
         self._max_memory = max_worker_memory
         self._lock = threading.Lock()
@@ -148,13 +147,17 @@ class ProcessPool:
         self._key_seq = itertools.count(1)
         self.stats = collections.Counter[str]()
 
-        self._slots = multiprocessing.RawArray(ctypes.c_int64, 4 * workers)
-        self._slot_view = memoryview(self._slots).cast("B").cast("q")
-        self._alive_r, self._alive_w = multiprocessing.Pipe(duplex=False)
+        # Slots: 4 int64 per worker, shared with the workers (see _worker).
+        self._slots_fd = os.memfd_create("gilfree-slots", os.MFD_CLOEXEC)
+        os.ftruncate(self._slots_fd, max(32 * workers, mmap.PAGESIZE))
+        self._slots = mmap.mmap(self._slots_fd, 0)
+        self._slot_view = memoryview(self._slots).cast("q")
+        # Workers hold the read end; only we hold the write end. EOF = we died.
+        self._alive_r, self._alive_w = os.pipe()
         self._workers: list[_Worker | None] = [None] * workers
         # Fork the first workers now, while this thread may be the only one.
         method = choose_start_method(start_method)
-        inherited = [self._alive_w.fileno()]
+        inherited = [self._alive_w]
         try:
             for i in range(workers):
                 w = self._workers[i] = self._start_worker(i, method, inherited)
@@ -274,6 +277,8 @@ class ProcessPool:
             while not self._finished():
                 for key, _mask in self._selector.select(self._next_timeout()):
                     kind, w = key.data
+                    if w is not None and w.state is WorkerState.DEAD:
+                        continue  # a stale event from this batch; its fds may be reused
                     if kind == "result":
                         self._on_readable(w)
                     elif kind == "exit":
@@ -396,8 +401,8 @@ class ProcessPool:
     def _on_readable(self, w: _Worker) -> None:
         for raw in w.reader.read():
             self._handle(w, raw)
-        if w.reader.eof:
-            self._selector.unregister(w.result_fd)
+        if w.reader.eof:  # it is exiting; its sentinel will say so
+            self._unwatch(w.result_fd)
 
     def _handle(self, w: _Worker, raw: bytes | bytearray) -> None:
         try:
@@ -492,7 +497,7 @@ class ProcessPool:
         self._complete(w, chunk)
         if not chunk.by_value:
             # Pickled by reference but not importable there (a __main__ class
-            # under forkserver): send it by value.
+            # in a spawned worker): send it by value.
             again = self._rechunk(chunk, 0, len(chunk.items))
             assert again is not None
             again.by_value = True
@@ -539,12 +544,10 @@ class ProcessPool:
                 break
             for raw in frames:
                 self._handle(w, raw)
-        for fd in (w.result_fd, w.sentinel):
-            try:
-                self._selector.unregister(fd)
-            except (KeyError, ValueError):
-                pass
+        self._unwatch(w.result_fd)
+        self._unwatch(w.sentinel)
         self._want_write(w, False)
+        w.wait(1.0)  # the sentinel can fire a moment before the process is reapable
         exitcode = w.exitcode()
         if w.inflight:
             self._recover(w, exitcode)
@@ -684,12 +687,18 @@ class ProcessPool:
     def _start_worker(self, index: int, method: str, inherited: list[int]) -> _Worker:
         self._slot_view[4 * index : 4 * index + 4] = memoryview(bytes(32)).cast("q")
         return _Worker(
-            index, method, self._slots, self._alive_r, inherited, self._max_tasks, self._max_memory
+            index, method, self._slots_fd, self._alive_r, inherited, self._max_tasks, self._max_memory
         )
 
     def _watch(self, w: _Worker) -> None:
         self._selector.register(w.result_fd, selectors.EVENT_READ, ("result", w))
         self._selector.register(w.sentinel, selectors.EVENT_READ, ("exit", w))
+
+    def _unwatch(self, fd: int) -> None:
+        try:
+            self._selector.unregister(fd)
+        except (KeyError, ValueError):
+            pass
 
     def _replace(self, index: int) -> None:
         w = self._workers[index] = self._start_worker(index, self._later_method, [])
@@ -701,10 +710,15 @@ class ProcessPool:
         for w in self._workers:
             if w is not None:
                 w.kill()
-                w.process.join(5)
+                w.wait(5)
                 w.release()
-        self._alive_w.close()
-        self._alive_r.close()
+        self._close_shared()
+
+    def _close_shared(self) -> None:
+        self._slot_view.release()
+        self._slots.close()
+        for fd in (self._slots_fd, self._alive_r, self._alive_w):
+            os.close(fd)
 
     # -- shutting down ----------------------------------------------------------------
     def _progress_shutdown(self) -> None:
@@ -748,12 +762,11 @@ class ProcessPool:
             if w is None or w.state is WorkerState.DEAD:
                 continue
             w.kill()
-            w.process.join(5)
+            w.wait(5)
             w.release()
         with self._lock:
             self._state = PoolState.CLOSED
         self._selector.close()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
-        self._alive_w.close()
-        self._alive_r.close()
+        self._close_shared()

@@ -3,32 +3,49 @@
 Kept apart from the pool's scheduling (``_pool.py``), as loky keeps its
 process handling apart from its executor.
 
-Start method: ``fork`` is fastest (no interpreter start-up, nothing to
-re-import) but unsafe in a process with other threads, whose locks the child
-inherits held. So the first workers are forked while the parent has one
-thread (the manager thread starts after them), and any worker started later --
-a replacement for a dead or recycled one, started from the manager thread --
-comes from the ``forkserver``. The caller may force a method.
+Two ways to start a worker:
+
+* ``fork`` -- fastest (no interpreter start-up, nothing to re-import), but
+  unsafe in a process with other threads, whose locks the child inherits
+  held. The first workers of a pool are forked while the parent has a single
+  thread (the manager thread starts after them).
+* ``spawn`` -- a fresh interpreter running ``_worker.spawned_main`` with the pipes passed
+  as file descriptors. Used for every worker started later (a replacement for
+  a dead, timed-out or recycled one is started from the manager thread) and
+  when the parent already has threads. Unlike ``multiprocessing``'s spawn and
+  forkserver it does not re-import the caller's ``__main__``: functions
+  arrive by value through cloudpickle, so an unguarded script is not run
+  again in every worker.
+
+The exit of either kind is watched through a file descriptor (the
+multiprocessing sentinel, or a pidfd) so the manager can wait on it with
+``select`` beside the pipes.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import multiprocessing
 import os
 import select
 import signal
+import subprocess
+import sys
 import threading
 from typing import Any
 
 from . import _worker
 
 
+_SPAWN_MAIN = "from gilfree.pool._worker import spawned_main; spawned_main()"
+
+
 class WorkerState(enum.Enum):
     RUNNING = "running"  # accepting chunks
     RETIRING = "retiring"  # told us it will exit (recycling); no new chunks
     STOPPING = "stopping"  # we closed its task pipe or killed it
-    DEAD = "dead"  # its sentinel fired and it was reaped
+    DEAD = "dead"  # its exit was seen and it was reaped
 
 
 def choose_start_method(requested: str | None) -> str:
@@ -36,7 +53,7 @@ def choose_start_method(requested: str | None) -> str:
         return requested
     if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
         return "fork"
-    return "forkserver"
+    return "spawn"
 
 
 class WorkerProcess:
@@ -46,48 +63,53 @@ class WorkerProcess:
         self,
         index: int,
         method: str,
-        slots: Any,
-        alive_reader: Any,
+        slots_fd: int,
+        alive_fd: int,
         inherited_fds: list[int],
         max_tasks: int | None,
         max_memory: int | None,
     ) -> None:
-        ctx = multiprocessing.get_context(method)
-        task_r, task_w = multiprocessing.Pipe(duplex=False)
-        result_r, result_w = multiprocessing.Pipe(duplex=False)
-        stack_r, stack_w = multiprocessing.Pipe(duplex=False)
+        task_r, task_w = os.pipe()
+        result_r, result_w = os.pipe()
+        stack_r, stack_w = os.pipe()
         self.index = index
-        self.task_conn, self.result_conn, self.stack_conn = task_w, result_r, stack_r
-        parent_fds = [task_w.fileno(), result_r.fileno(), stack_r.fileno()]
-        # Under fork the child inherits every fd the parent has; it must close
-        # the parent's ends, or EOF never arrives when the parent dies.
-        close_fds = [*inherited_fds, *parent_fds] if method == "fork" else []
-        self.process = ctx.Process(
-            target=_worker.main,
-            args=(
-                index,
-                task_r,
-                result_w,
-                stack_w,
-                alive_reader,
-                slots,
-                close_fds,
-                max_tasks,
-                max_memory,
-            ),
-            name=f"gilfree-worker-{index}",
-            daemon=True,
-        )
-        self.process.start()
-        for conn in (task_r, result_w, stack_w):  # the child's ends
-            conn.close()
-        self.pid = self.process.pid
-        self.sentinel = self.process.sentinel
-        self.task_fd, self.result_fd, self.stack_fd = parent_fds
-        for fd in parent_fds:
+        self.task_fd, self.result_fd, self.stack_fd = task_w, result_r, stack_r
+        config = {"index": index, "max_tasks": max_tasks, "max_memory": max_memory}
+        child_fds = [task_r, result_w, stack_w, alive_fd, slots_fd]
+        self._proc: Any = None
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._pidfd: int | None = None
+        try:
+            if method == "fork":
+                # The child inherits every fd: it closes the parent's ends, or
+                # EOF would never arrive when the parent dies.
+                close_fds = [*inherited_fds, *self.parent_fds]
+                self._proc = multiprocessing.get_context("fork").Process(
+                    target=_worker.main,
+                    args=(config, *child_fds, close_fds),
+                    name=f"gilfree-worker-{index}",
+                    daemon=True,
+                )
+                self._proc.start()
+                self.pid = self._proc.pid
+                self.sentinel = self._proc.sentinel
+            else:
+                config["sys_path"] = sys.path
+                self._popen = subprocess.Popen(
+                    [sys.executable, "-c", _SPAWN_MAIN, json.dumps(config), *map(str, child_fds)],
+                    pass_fds=child_fds,
+                    stdin=subprocess.DEVNULL,
+                )
+                self.pid = self._popen.pid
+                self._pidfd = self.sentinel = os.pidfd_open(self.pid)
+        finally:
+            for fd in (task_r, result_w, stack_w):  # the child's ends
+                os.close(fd)
+        for fd in self.parent_fds:
             os.set_blocking(fd, False)
         self.state = WorkerState.RUNNING
         self.kill_reason: tuple[Any, ...] | None = None
+        self._task_open = True
 
     @property
     def parent_fds(self) -> list[int]:
@@ -103,15 +125,17 @@ class WorkerProcess:
                 break
             try:
                 data = os.read(self.stack_fd, 65536)
-            except (BlockingIOError, OSError):
+            except OSError:
                 break
             if not data:
                 break
             chunks.append(data)
-            timeout = 0.05  # faulthandler writes a dump in quick bursts
+            timeout = 0.05  # faulthandler writes one dump in quick bursts
         return b"".join(chunks).decode("utf-8", "replace")
 
     def signal(self, sig: int) -> None:
+        if self.state is WorkerState.DEAD:
+            return
         try:
             os.kill(self.pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -122,29 +146,48 @@ class WorkerProcess:
 
     def close_task_pipe(self) -> None:
         """Ask for an orderly exit: the worker reads EOF after its current chunk."""
-        self.task_conn.close()
+        if self._task_open:
+            self._task_open = False
+            os.close(self.task_fd)
 
     def exitcode(self) -> int | None:
-        self.process.join(0)
-        return self.process.exitcode
+        if self._proc is not None:
+            self._proc.join(0)
+            return self._proc.exitcode
+        assert self._popen is not None
+        return self._popen.poll()
+
+    def wait(self, timeout: float) -> None:
+        if self._proc is not None:
+            self._proc.join(timeout)
+        elif self._popen is not None:
+            try:
+                self._popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
 
     def release(self) -> None:
         """Close the parent's ends and reap the process (it has exited)."""
-        for conn in (self.task_conn, self.result_conn, self.stack_conn):
+        self.close_task_pipe()
+        for fd in (self.result_fd, self.stack_fd):
             try:
-                conn.close()
+                os.close(fd)
             except OSError:
                 pass
-        self.process.join(0)
-        try:
-            self.process.close()
-        except ValueError:  # still running: only after a kill that has not landed
-            pass
+        self.wait(0)
+        if self._proc is not None:
+            try:
+                self._proc.close()
+            except ValueError:  # still running: only after a kill that has not landed
+                pass
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
         self.state = WorkerState.DEAD
 
 
 def describe_exit(exitcode: int | None) -> tuple[str, str | None]:
-    """('killed by SIGSEGV (segmentation fault)', 'SIGSEGV') or ('exited with status 3', None)."""
+    """('was killed by SIGSEGV (a segmentation fault...)', 'SIGSEGV'), or a status."""
     if exitcode is None:
         return "disappeared", None
     if exitcode < 0:

@@ -18,7 +18,10 @@ a pipe whose only write end the parent holds, and reads EOF when it is gone.
 from __future__ import annotations
 
 import faulthandler
+import json
+import mmap
 import os
+import sys
 import pickle
 import signal
 import threading
@@ -38,15 +41,13 @@ _IDLE = 0
 
 
 def main(
-    index: int,
-    task_conn: Any,
-    result_conn: Any,
-    stack_conn: Any,
-    alive_conn: Any,
-    slots: Any,
-    close_fds: list[int],
-    max_tasks: int | None,
-    max_memory: int | None,
+    config: dict[str, Any],
+    task_fd: int,
+    result_fd: int,
+    stack_fd: int,
+    alive_fd: int,
+    slots_fd: int,
+    close_fds: list[int] = (),  # type: ignore[assignment]
 ) -> None:
     for fd in close_fds:  # the parent's ends, inherited through fork
         try:
@@ -54,12 +55,13 @@ def main(
         except OSError:
             pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    stack_fd = stack_conn.fileno()
     faulthandler.enable(file=stack_fd, all_threads=False)
     faulthandler.register(signal.SIGUSR1, file=stack_fd, all_threads=False)
-    _watch_parent(alive_conn.fileno())
-    slot = memoryview(slots).cast("B").cast("q")[4 * index : 4 * index + 4]
-    Worker(task_conn.fileno(), result_conn.fileno(), slot, max_tasks, max_memory).serve()
+    _watch_parent(alive_fd)
+    index = config["index"]
+    slots = mmap.mmap(slots_fd, 0)
+    slot = memoryview(slots).cast("q")[4 * index : 4 * index + 4]
+    Worker(task_fd, result_fd, slot, config["max_tasks"], config["max_memory"]).serve()
 
 
 def _watch_parent(fd: int) -> None:
@@ -225,3 +227,10 @@ class Worker:
 def _rss() -> int:
     with open("/proc/self/statm", "rb") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def spawned_main() -> None:
+    """Entry point of a worker started by the spawn launcher in ``_procs``."""
+    config = json.loads(sys.argv[1])
+    sys.path[:] = config.pop("sys_path")
+    main(config, *map(int, sys.argv[2:7]))

@@ -1,0 +1,92 @@
+"""Shared fixtures, and the leak guard every test runs under.
+
+The guard fails a test that leaves behind a child process, a thread or a
+gilfree shared-memory segment of this process. Leaked children are killed so
+one leak does not cascade into the next test.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import psutil
+import pytest
+
+#: Helper processes multiprocessing keeps for the life of the interpreter.
+_LONG_LIVED = ("resource_tracker", "forkserver")
+#: How long exiting processes and threads get to finish before they count as leaked.
+_SETTLE_S = 5.0
+
+
+def _children() -> dict[int, str]:
+    out = {}
+    for p in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(p.cmdline())
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:
+            continue
+        if not any(name in cmd for name in _LONG_LIVED):
+            out[p.pid] = cmd
+    return out
+
+
+def _threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.is_alive()}
+
+
+def _segments() -> set[str]:
+    try:
+        names = os.listdir("/dev/shm")
+    except OSError:
+        return set()
+    return {n for n in names if n.startswith(f"gilfree-{os.getpid()}-")}
+
+
+@pytest.fixture(autouse=True)
+def leak_guard(request):
+    if request.node.get_closest_marker("allow_leaks"):
+        yield
+        return
+    before_children = set(_children())
+    before_threads = _threads()
+    before_segments = _segments()
+    yield
+    deadline = time.monotonic() + _SETTLE_S
+    while True:
+        children = {p: c for p, c in _children().items() if p not in before_children}
+        threads = {t for t in _threads() - before_threads if not _ignorable(t)}
+        segments = _segments() - before_segments
+        if not (children or threads or segments) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for pid in children:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
+    problems = []
+    if children:
+        problems.append(f"child processes left behind: {children}")
+    if threads:
+        problems.append(f"threads left behind: {sorted(t.name for t in threads)}")
+    if segments:
+        problems.append(f"shared-memory segments left behind: {sorted(segments)}")
+    if problems:
+        pytest.fail("; ".join(problems))
+
+
+def _ignorable(t: threading.Thread) -> bool:
+    # Threads owned by third-party libraries that outlive their objects by design.
+    return t.name.startswith(("asyncio_", "AsyncProcess", "Dask-Offload", "TCP-Executor"))
+
+
+BACKENDS = ["serial", "thread", "process"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param

@@ -1,0 +1,241 @@
+"""One conformance suite, run against every local backend."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import threading
+import time
+
+import pytest
+
+import gilfree
+from gilfree.errors import ConfigurationError, RemoteTraceback
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def square(x):
+    return x * x
+
+
+class Boom(ValueError):
+    pass
+
+
+def stuck_on_2(x):
+    if x == 2:
+        time.sleep(60)
+    return x
+
+
+def fail_on_3(x):
+    if x == 3:
+        raise Boom(f"bad input {x}")
+    return x
+
+
+def test_map_returns_results_in_order(backend):
+    assert gilfree.map(square, range(50), backend=backend) == [x * x for x in range(50)]
+
+
+def test_map_of_nothing(backend):
+    assert gilfree.map(square, [], backend=backend) == []
+
+
+def test_lambdas_and_closures_work(backend):
+    offset = 7
+    assert gilfree.map(lambda x: x + offset, range(5), backend=backend) == [7, 8, 9, 10, 11]
+
+    def make_adder(n):
+        return lambda x: x + n
+
+    assert gilfree.map(make_adder(100), [1, 2], backend=backend) == [101, 102]
+
+
+def test_imap_ordered_and_unordered(backend):
+    assert list(gilfree.imap(square, range(30), backend=backend)) == [x * x for x in range(30)]
+    got = list(gilfree.imap(square, range(30), backend=backend, ordered=False))
+    assert sorted(got) == [x * x for x in range(30)]
+
+
+def test_unordered_imap_yields_fast_results_before_a_slow_one():
+    def nap(x):
+        time.sleep(0.5 if x == 0 else 0.0)
+        return x
+
+    got = list(gilfree.imap(nap, range(6), backend="thread", ordered=False, workers=3))
+    assert got[-1] == 0 and sorted(got) == list(range(6))
+
+
+def test_imap_reads_input_lazily_with_a_bounded_window(backend):
+    pulled = itertools.count()
+
+    def source():
+        for i in range(1_000_000):
+            next(pulled)
+            yield i
+
+    it = gilfree.imap(square, source(), backend=backend, workers=2)
+    try:
+        first = [next(it) for _ in range(10)]
+    finally:
+        it.close()
+    assert first == [x * x for x in range(10)]
+    consumed = next(pulled)
+    # The window holds a few chunks of ~2-20 ms of work each: far from all of it.
+    assert consumed < 500_000, f"read {consumed} items ahead for 10 results"
+
+
+def test_errors_raise_keeps_original_type(backend):
+    with pytest.raises(Boom, match="bad input 3"):
+        gilfree.map(fail_on_3, range(10), backend=backend)
+
+
+def test_process_errors_carry_the_worker_traceback():
+    with pytest.raises(Boom) as info:
+        gilfree.map(fail_on_3, range(10), backend="process")
+    cause = info.value.__cause__
+    assert isinstance(cause, RemoteTraceback)
+    assert "fail_on_3" in cause.tb and "raise Boom" in cause.tb
+
+
+def test_errors_return_fills_the_failed_slot(backend):
+    out = gilfree.map(fail_on_3, range(6), backend=backend, errors="return")
+    assert out[:3] == [0, 1, 2] and out[4:] == [4, 5]
+    assert isinstance(out[3], Boom)
+
+
+def test_errors_return_in_imap(backend):
+    out = list(gilfree.imap(fail_on_3, range(6), backend=backend, errors="return"))
+    assert isinstance(out[3], Boom) and out[5] == 5
+
+
+def test_imap_indexed_reports_every_index_once(backend):
+    seen = sorted(
+        (i, ok) for i, ok, _ in gilfree._api.imap_indexed(fail_on_3, range(8), backend=backend,
+                                                          ordered=False)
+    )
+    assert seen == [(i, i != 3) for i in range(8)]
+
+
+class Flaky:
+    """Fails the first `n` calls per item, counting in a file so processes share it."""
+
+    def __init__(self, path, n):
+        self.path, self.n = path, n
+
+    def __call__(self, x):
+        with open(self.path, "a+") as f:
+            f.seek(0)
+            count = f.read().count(f"{x},")
+            f.write(f"{x},")
+        if count < self.n:
+            raise ConnectionError(f"transient failure {count} of {x}")
+        return x
+
+
+def test_retries_rerun_failed_tasks(backend, tmp_path):
+    flaky = Flaky(str(tmp_path / "calls"), 2)
+    assert gilfree.map(flaky, range(4), backend=backend, retries=2) == [0, 1, 2, 3]
+    with pytest.raises(ConnectionError):
+        gilfree.map(Flaky(str(tmp_path / "calls2"), 2), range(2), backend=backend, retries=1)
+
+
+def test_explicit_chunksize(backend):
+    assert gilfree.map(square, range(100), backend=backend, chunksize=7) == [
+        x * x for x in range(100)
+    ]
+
+
+def test_timeout_fails_the_task_on_time_and_others_finish(backend):
+    release = threading.Event()
+
+    def slow_on_2(x):
+        if x == 2:
+            release.wait(3)  # thread/serial: returns soon after the test ends
+            time.sleep(0 if release.is_set() else 30)
+        return x
+
+    fn = stuck_on_2 if backend == "process" else slow_on_2  # an Event cannot be pickled
+    t0 = time.monotonic()
+    out = gilfree.map(fn, range(5), backend=backend, timeout=0.5, errors="return")
+    elapsed = time.monotonic() - t0
+    release.set()
+    assert out[:2] == [0, 1] and out[3:] == [3, 4]
+    assert isinstance(out[2], gilfree.TaskTimeout) and isinstance(out[2], TimeoutError)
+    assert "_on_2" in out[2].stack
+    assert elapsed < 10
+    time.sleep(0.2)  # let an abandoned thread see the event and finish
+
+
+@pytest.mark.parametrize("bad", [
+    {"backend": "gpu"}, {"workers": 0}, {"chunksize": -1}, {"timeout": 0}, {"retries": -1},
+    {"errors": "ignore"}, {"wrkers": 2},
+])
+def test_bad_options_name_the_problem(bad):
+    with pytest.raises(ConfigurationError, match=next(iter(bad)).rstrip("s")[:5]):
+        gilfree.map(square, [1], **bad)
+
+
+def test_not_callable():
+    with pytest.raises(ConfigurationError, match="not callable"):
+        gilfree.map(42, [1], backend="serial")
+
+
+def test_progress_bar_goes_to_stderr(backend, capsys):
+    assert gilfree.map(square, range(20), backend=backend, progress=True) == [
+        x * x for x in range(20)
+    ]
+    assert "20/20" in capsys.readouterr().err
+
+
+# -- Executor ------------------------------------------------------------------
+def test_executor_is_a_concurrent_futures_executor(backend):
+    with gilfree.Executor(backend=backend, workers=2) as ex:
+        assert isinstance(ex, concurrent.futures.Executor)
+        futures = [ex.submit(pow, 2, i) for i in range(8)]
+        assert all(isinstance(f, concurrent.futures.Future) for f in futures)
+        assert [f.result(timeout=30) for f in futures] == [2**i for i in range(8)]
+        assert list(ex.map(lambda a, b: a + b, range(5), range(5))) == [0, 2, 4, 6, 8]
+        failed = ex.submit(fail_on_3, 3)
+        assert isinstance(failed.exception(timeout=30), Boom)
+    with pytest.raises(RuntimeError, match="shutdown"):
+        ex.submit(square, 1)
+
+
+def test_executor_reuses_its_workers():
+    import os
+
+    with gilfree.Executor(backend="process", workers=2) as ex:
+        first = set(ex.map(lambda _: os.getpid(), range(20)))
+        second = {ex.submit(os.getpid).result() for _ in range(10)}
+        assert first | second <= {p for p in ex.statistics()[0]["pids"]}
+
+
+def test_executor_shutdown_cancels_pending_futures(backend):
+    gate = threading.Event()
+    ex = gilfree.Executor(backend=backend, workers=1)
+    try:
+        if backend == "serial":
+            pytest.skip("serial submit runs inline: nothing is ever pending")
+        if backend == "process":
+            blocker = ex.submit(time.sleep, 0.5)
+        else:
+            blocker = ex.submit(gate.wait, 5)
+        pending = [ex.submit(square, i) for i in range(5)]
+        time.sleep(0.1)
+    finally:
+        gate.set()
+        ex.shutdown(wait=True, cancel_futures=True)
+    assert blocker.done()
+    assert any(f.cancelled() for f in pending)
+    assert all(f.cancelled() or f.result() is not None for f in pending)
+
+
+def test_executor_map_timeout():
+    with gilfree.Executor(backend="thread", workers=2) as ex:
+        it = ex.map(time.sleep, [0.0, 2.0], timeout=0.3)
+        next(it)
+        with pytest.raises(TimeoutError):
+            next(it)
