@@ -14,6 +14,11 @@ Within ``budget`` seconds the probe measures, on the user's own inputs:
    NumPy buffers of 1 MiB or more counted apart, since the process backend
    sends those through shared memory).
 
+Other processes on a busy machine make a thread wait for a core, which looks
+like I/O to a wall clock. Where Linux reports it (``/proc/thread-self/schedstat``)
+that run-queue wait is subtracted, so a CPU-bound call still reads as CPU-bound
+and C code that releases the GIL still reads as scaling when the cores are busy.
+
 Every call is a real task: ``outcomes[i]`` is ``(True, result)`` or
 ``(False, exception)`` for ``samples[i]``, for a prefix of the samples, each
 called exactly once, so the engine can keep those results instead of running
@@ -63,9 +68,12 @@ class ProbeResult:
     serial_wall: float = 0.0
     serial_cpu: float = 0.0  # thread CPU time of the serial calls
     serial_process_cpu: float = 0.0  # whole-process CPU time during them
+    serial_runqueue: float = 0.0  # time the thread waited for a core (busy machine)
     pair_calls: int = 0
     pair_wall: float = 0.0  # elapsed time of the two-thread phase
     pair_cpu: float = 0.0  # thread CPU time summed over both threads
+    pair_windows: list[_Window] = field(default_factory=list, repr=False)
+    overlap: _Overlap | None = field(default=None, repr=False)
     pair_skipped: str | None = None  # why the two-thread phase did not run
     failures: int = 0
     arg_bytes: float | None = None  # mean in-band pickled size of an argument
@@ -87,7 +95,8 @@ class ProbeResult:
     def cpu_fraction(self) -> float | None:
         if not self.serial_calls or self.serial_wall <= 0:
             return None
-        return min(1.0, self.serial_cpu / self.serial_wall)
+        busy = max(self.serial_cpu, self.serial_wall - self.serial_runqueue)
+        return min(1.0, self.serial_cpu / busy) if busy > 0 else 1.0
 
     @property
     def internal_parallelism(self) -> float | None:
@@ -100,19 +109,37 @@ class ProbeResult:
     @property
     def pair_speedup(self) -> float | None:
         """Throughput of two threads over one thread (1.0 = no gain)."""
-        if not self.pair_calls or self.pair_wall <= 0 or not self.serial_calls:
+        if not self.pair_windows or not self.serial_calls:
             return None
-        t = self.task_seconds or 0.0
         f = self.cpu_fraction or 0.0
-        # CPU-bound: a call's CPU time barely changes under contention, so CPU
-        # time / serial CPU fraction is the serial time of the same calls --
-        # robust when items differ in cost. Waiting calls: count them.
-        work = self.pair_cpu / f if f >= 0.5 and self.pair_cpu > 0 else self.pair_calls * t
-        return work / self.pair_wall
+        ov = self.overlap
+        if f >= 0.5 and ov is not None:
+            if ov.starved:
+                return 1.0
+            if math.isfinite(ov.cpu) and ov.cpu > 0:
+                # CPU-bound: a call's CPU time barely changes under contention,
+                # so CPU time / serial CPU fraction is the serial time of the
+                # same work -- robust when items differ in cost. Waiting for a
+                # core another process holds is not the GIL's doing.
+                return (ov.cpu / f) / max(ov.wall - ov.runqueue, ov.cpu / 2)
+        busy = self.serial_wall - self.serial_runqueue
+        t = max(busy, self.serial_cpu) / self.serial_calls  # a call's time, given a core
+        rate = 0.0
+        for w in self.pair_windows:
+            # CPU-bound: a call's CPU time barely changes under contention, so
+            # CPU time / serial CPU fraction is the serial time of the same
+            # calls -- robust when items differ in cost. Waiting calls: count.
+            work = w.cpu / f if f >= 0.5 and w.cpu > 0 else w.calls * t
+            # Waiting for a core that another process holds is not the GIL's doing.
+            active = max(w.wall - w.runqueue, w.cpu, 1e-9)
+            rate += work / active
+        return rate
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("outcomes")
+        d.pop("pair_windows")
+        d.pop("overlap")
         d["calls"] = self.calls
         return d
 
@@ -155,6 +182,7 @@ def _serial_phase(
     while result.calls < n:
         first = result.calls
         last = min(n, first + batch)
+        q0 = runqueue_seconds()
         p0 = time.process_time()
         c0 = time.thread_time()
         w0 = time.perf_counter()
@@ -163,6 +191,8 @@ def _serial_phase(
         w1 = time.perf_counter()
         c1 = time.thread_time()
         p1 = time.process_time()
+        q1 = runqueue_seconds()
+        result.serial_runqueue += q1 - q0
         result.serial_calls += last - first
         result.serial_wall += w1 - w0
         result.serial_cpu += c1 - c0
@@ -182,7 +212,13 @@ def _pair_phase(
 ) -> None:
     """Two threads share the samples after the serial ones until ``target``
     seconds have passed; every sample handed out is run to completion, so the
-    outcomes stay a gap-free prefix."""
+    outcomes stay a gap-free prefix.
+
+    Scaling is read only over the *overlap*, from the moment the second thread
+    takes its first batch to the moment the first thread runs out of work: the
+    thread that crosses each edge (and so holds the GIL) reads both threads'
+    CPU clocks, so neither a late start nor an early finish reads as poor
+    scaling."""
     n = len(samples)
     base = result.calls
     t = result.task_seconds or 0.0
@@ -190,34 +226,59 @@ def _pair_phase(
     slots: list[tuple[bool, Any] | None] = [None] * (n - base)
     lock = threading.Lock()
     barrier = threading.Barrier(2)
-    state = {"next": base, "stop": False, "t0": 0.0, "end": 0.0, "cpu": 0.0, "broken": False}
+    members: list[tuple[int, int]] = []  # (ident, native_id) of each thread
+    shared: dict[str, Any] = {
+        "next": base, "stop": False, "t0": 0.0, "broken": False, "takers": set(),
+        "a": None, "b": None, "ran_out": False,
+    }
+    windows: list[_Window] = []
 
     def worker() -> None:
+        me = threading.get_ident()
+        with lock:
+            members.append((me, threading.get_native_id()))
         try:
             barrier.wait(BARRIER_TIMEOUT)
         except threading.BrokenBarrierError:
-            state["broken"] = True
+            shared["broken"] = True
             return
+        q0 = runqueue_seconds()
         c0 = time.thread_time()
+        w0 = time.perf_counter()
+        w1 = w0
+        calls = 0
         while True:
             with lock:
-                if state["stop"] or state["next"] >= n:
+                if shared["stop"] or shared["next"] >= n:
+                    shared["ran_out"] = shared["ran_out"] or not shared["stop"]
+                    if shared["b"] is None and shared["a"] is not None:
+                        shared["b"] = _snapshot(members)
                     break
-                if not state["t0"]:
-                    state["t0"] = time.perf_counter()
-                first = state["next"]
+                if not shared["t0"]:
+                    shared["t0"] = w0
+                if me not in shared["takers"]:
+                    shared["takers"].add(me)
+                    if len(shared["takers"]) == 2:
+                        shared["a"] = _snapshot(members)
+                first = shared["next"]
                 last = min(n, first + take)
-                state["next"] = last
+                shared["next"] = last
             for i in range(first, last):
                 slots[i - base] = _call(fn, samples[i])
-            now = time.perf_counter()
-            with lock:
-                state["end"] = max(state["end"], now)
-                if now - state["t0"] >= target:
-                    state["stop"] = True
-        cpu = time.thread_time() - c0
+            calls += last - first
+            w1 = time.perf_counter()
+            if w1 - shared["t0"] >= target:
+                with lock:
+                    shared["stop"] = True
+        window = _Window(
+            calls=calls,
+            wall=w1 - w0,
+            cpu=time.thread_time() - c0,
+            runqueue=runqueue_seconds() - q0,
+            end=w1,
+        )
         with lock:
-            state["cpu"] += cpu
+            windows.append(window)
 
     threads = [
         threading.Thread(target=worker, name=f"gilfree-probe-{k}", daemon=True) for k in range(2)
@@ -228,14 +289,85 @@ def _pair_phase(
         # Unbounded on purpose: the threads run the user's calls, and a call
         # that never returns would hang the same call on any backend.
         th.join()
-    done = state["next"] - base
+    done = shared["next"] - base
     result.outcomes.extend(s for s in slots[:done] if s is not None)
-    if state["broken"] or done == 0:
+    if shared["broken"] or done == 0:
         result.pair_skipped = "the two-thread measurement could not start"
         return
     result.pair_calls = done
-    result.pair_wall = state["end"] - state["t0"]
-    result.pair_cpu = state["cpu"]
+    result.pair_windows = [w for w in windows if w.calls]
+    result.pair_wall = max(w.end for w in windows) - shared["t0"]
+    result.pair_cpu = sum(w.cpu for w in windows)
+    a, b = shared["a"], shared["b"]
+    if a is not None and b is not None and b.wall > a.wall:
+        result.overlap = _Overlap(
+            wall=b.wall - a.wall,
+            cpu=sum(b.cpu) - sum(a.cpu),
+            runqueue=(sum(b.runqueue) - sum(a.runqueue)) / 2,
+        )
+    elif a is None and not shared["ran_out"]:
+        # One thread ran for the whole measurement and the other never got to
+        # take work: the first held the GIL throughout.
+        result.overlap = _Overlap(wall=0.0, cpu=0.0, runqueue=0.0, starved=True)
+
+
+@dataclass(frozen=True)
+class _Window:
+    """What one thread of the pair phase did, from its first take to its last finish."""
+
+    calls: int
+    wall: float
+    cpu: float
+    runqueue: float
+    end: float
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    wall: float
+    cpu: tuple[float, ...]
+    runqueue: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class _Overlap:
+    """Both threads' CPU time while both were running calls."""
+
+    wall: float
+    cpu: float  # summed over the two threads
+    runqueue: float  # mean over the two threads
+    starved: bool = False  # the second thread never got to run a call
+
+
+def _snapshot(members: list[tuple[int, int]]) -> _Snapshot:
+    cpu = []
+    rq = []
+    for ident, native in members:
+        try:
+            cpu.append(time.clock_gettime(time.pthread_getcpuclockid(ident)))
+        except (AttributeError, OSError):  # not on this platform
+            cpu.append(math.nan)
+        rq.append(runqueue_seconds(native))
+    return _Snapshot(time.perf_counter(), tuple(cpu), tuple(rq))
+
+
+def runqueue_seconds(native_id: int | None = None) -> float:
+    """Seconds a thread (default: this one) has waited for a CPU (Linux); 0.0 elsewhere."""
+    global _schedstat_ok
+    if not _schedstat_ok:
+        return 0.0
+    path = "/proc/thread-self/schedstat" if native_id is None else (
+        f"/proc/self/task/{native_id}/schedstat"
+    )
+    try:
+        with open(path, "rb") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        _schedstat_ok = False
+        return 0.0
+
+
+_schedstat_ok = True
 
 
 def _sizes(fn: Callable[[Any], Any], samples: Sequence[Any], result: ProbeResult) -> None:

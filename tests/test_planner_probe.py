@@ -1,0 +1,199 @@
+"""The probe and advise on real calls: only clear cases, with generous margins."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+
+import pytest
+
+import gilfree
+from gilfree._options import usable_cpus
+from gilfree.planner import _machine, advise, clear_cache, sample_indices
+from gilfree.planner._probe import probe
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GILFREE_CACHE_DIR", str(tmp_path / "cache"))
+    clear_cache()
+    yield
+    clear_cache()
+
+
+def cpu_bound(n):
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def sleeper(x):
+    time.sleep(0.02)
+    return x
+
+
+def square(x):
+    return x * x
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+class Recorder:
+    """Counts calls per item (thread-safe), to check each sample runs at most once."""
+
+    def __init__(self, fail_on=()):
+        self.calls: dict[int, int] = {}
+        self.lock = threading.Lock()
+        self.fail_on = set(fail_on)
+
+    def __call__(self, x):
+        with self.lock:
+            self.calls[x] = self.calls.get(x, 0) + 1
+        if x in self.fail_on:
+            raise ValueError(f"bad {x}")
+        return x * 10
+
+
+@pytest.mark.timeout(30)
+def test_outcomes_are_a_prefix_each_called_once():
+    rec = Recorder(fail_on={3})
+    samples = list(range(200))
+    result = probe(rec, samples, budget=0.3)
+    n = result.calls
+    assert 1 <= n <= len(samples)
+    assert result.serial_calls + result.pair_calls == n
+    assert set(rec.calls) == set(range(n))  # exactly the prefix ran
+    assert all(c == 1 for c in rec.calls.values())
+    for i, (ok, value) in enumerate(result.outcomes):
+        if i == 3:
+            assert not ok and isinstance(value, ValueError) and str(value) == "bad 3"
+        else:
+            assert ok and value == i * 10
+    assert result.failures == (1 if n > 3 else 0)
+
+
+@pytest.mark.timeout(30)
+def test_probe_respects_the_budget_for_slow_calls():
+    def slow(x):
+        time.sleep(0.15)
+        return x
+
+    started = time.perf_counter()
+    plan = advise(slow, list(range(20)), budget=0.5)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 1.5  # budget 0.5 s, at most one call past it, plus calibration
+    assert 1 <= len(plan.outcomes) <= 4
+    assert plan.outcomes[0] == (True, 0)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(usable_cpus() < 2, reason="processes only help with 2 or more CPUs")
+def test_cpu_bound_python_gets_processes():
+    plan = advise(cpu_bound, [200_000] * 40, total=1000)
+    assert plan.backend == "process", plan.explain()
+    assert plan.workers == usable_cpus()
+    assert plan.profile.cpu_fraction > 0.5
+    assert plan.profile.thread_scaling is not None and plan.profile.thread_scaling < 1.4
+    assert any(f.kind == "python_loop" for f in plan.findings)
+    assert all(ok and v == cpu_bound(200_000) for ok, v in plan.outcomes)
+
+
+@pytest.mark.timeout(60)
+def test_sleep_gets_many_threads():
+    plan = advise(sleeper, list(range(40)), total=1000)
+    assert plan.backend == "thread", plan.explain()
+    assert plan.workers >= 16
+    assert plan.profile.cpu_fraction < 0.3
+    assert [v for _, v in plan.outcomes] == list(range(len(plan.outcomes)))
+
+
+@pytest.mark.timeout(60)
+def test_tiny_function_runs_serially():
+    plan = advise(square, list(range(500)), total=100_000)
+    assert plan.backend == "serial", plan.explain()
+    assert plan.workers == 1
+    assert plan.profile.task_seconds < 50e-6
+    assert [v for _, v in plan.outcomes] == [i * i for i in range(len(plan.outcomes))]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(usable_cpus() < 2, reason="threads only help with 2 or more CPUs")
+def test_hashlib_on_8_mib_gets_threads():
+    blobs = [bytes([i]) * (8 << 20) for i in range(12)]
+    plan = advise(sha, blobs, total=200)
+    assert plan.backend == "thread", plan.explain()
+    assert 2 <= plan.workers <= 2 * usable_cpus()
+    assert plan.profile.arg_bytes >= 8 << 20
+    assert any(f.kind == "releases_gil" for f in plan.findings)
+
+
+@pytest.mark.timeout(60)
+def test_plans_are_cached_per_function_and_total_is_reapplied():
+    rec = Recorder()
+    first = advise(rec, list(range(50)), total=1000)
+    ran = dict(rec.calls)
+    assert first.outcomes and not first.cached
+    second = advise(rec, list(range(100, 150)), total=10)
+    assert rec.calls == ran  # nothing ran again
+    assert second.cached and second.outcomes == []
+    assert second.total == 10 and first.total == 1000
+    assert second.profile.task_seconds == first.profile.task_seconds
+    clear_cache()
+    third = advise(rec, list(range(200, 210)))
+    assert not third.cached and third.outcomes
+    fresh = advise(rec, list(range(300, 310)), cache=False)
+    assert not fresh.cached and fresh.outcomes
+
+
+@pytest.mark.timeout(30)
+def test_unpicklable_function_rules_out_processes():
+    lock = threading.Lock()
+
+    def locked_cpu(n):
+        with lock:
+            return cpu_bound(n)
+
+    plan = advise(locked_cpu, [100_000] * 20, total=1000)
+    assert plan.backend != "process"
+    assert "process" not in plan.predicted
+    assert any("cannot be pickled" in r for r in plan.reasons)
+
+
+@pytest.mark.timeout(30)
+def test_machine_costs_are_measured_once_and_cached_on_disk(tmp_path, monkeypatch):
+    costs = _machine.machine_costs()
+    path = tmp_path / "cache" / "machine.json"
+    assert path.exists()
+    assert json.loads(path.read_text())["costs"]["cpus"] == usable_cpus()
+    assert 0 < costs.roundtrip_s < 0.01 and 0 < costs.spawn_s + costs.ready_s < 1.0
+    _machine.forget()
+
+    def boom():
+        raise AssertionError("measured again although cached on disk")
+
+    monkeypatch.setattr(_machine, "measure", boom)
+    assert _machine.machine_costs() == costs
+
+
+@pytest.mark.timeout(30)
+def test_plan_to_dict_is_json_and_explain_reads():
+    plan = gilfree.advise(sleeper, list(range(10)))
+    data = json.loads(json.dumps(plan.to_dict()))
+    assert data["backend"] == plan.backend
+    assert data["probe_calls"] == len(plan.outcomes)
+    text = plan.explain()
+    assert "time.sleep" in text and "Why:" in text and "Measured:" in text
+
+
+def test_sample_indices_spread_over_the_input():
+    assert sample_indices(0, 5) == []
+    assert sample_indices(10, 3) == [0, 9, 4]
+    for n, k in ((1, 1), (7, 7), (100, 8), (1000, 64), (5, 10)):
+        idx = sample_indices(n, k)
+        assert len(idx) == min(n, k) and len(set(idx)) == len(idx)
+        assert all(0 <= i < n for i in idx)
