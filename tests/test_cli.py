@@ -182,6 +182,24 @@ def test_run_reads_stdin_and_accepts_a_py_path(gilfree, work, tmp_path_factory):
 
 
 @pytest.mark.timeout(60)
+def test_process_backend_with_a_py_path_and_a_dotted_module(gilfree, work, tmp_path_factory):
+    # A module loaded from a path travels to process workers by value, a dotted
+    # one by name (the workers find it on the path of the command's directory).
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    src = write_lines(work / "in.jsonl", range(6))
+    by_path = Gilfree(elsewhere)(
+        "run", f"{work / 'tasks.py'}:fail_on_odd", str(src), "--backend", "process"
+    )
+    by_name = gilfree("run", "tasks:fail_on_odd", str(src), "--backend", "process")
+    for result in (by_path, by_name):
+        assert result.returncode == 1, result.stderr
+        got = records(result.stdout)
+        assert [r.get("result") for r in got] == [0, None, 2, None, 4, None]
+        assert [r["error"]["type"] for r in got if "error" in r] == ["ValueError"] * 3
+        assert "fail_on_odd" in got[1]["error"]["traceback"]
+
+
+@pytest.mark.timeout(60)
 def test_unordered_writes_records_as_they_complete(gilfree, work):
     src = write_lines(work / "in.jsonl", range(8))
     args = ["tasks:gated", str(src), "--backend", "thread", "--workers", "2", "--chunksize", "1"]
@@ -295,12 +313,14 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("backend", ["thread", "serial"])
+@pytest.mark.parametrize("backend", ["serial", "thread", "process"])
 def test_killed_with_sigkill_then_resumed_every_index_exactly_once(gilfree, work, backend):
-    n = 150
+    n = 150  # 20 ms each on 2 workers: some 1.5 s, so every kill lands mid-run
     src = write_lines(work / "in.jsonl", range(n))
     out = work / "out.jsonl"
     args = ["run", "tasks:slow", str(src), "-o", str(out), "--backend", backend, "--resume"]
+    if backend != "serial":
+        args += ["--workers", "2", "--chunksize", "1"]
     for stop_at in (10, 40, 80):  # three crashes at different points
         proc = gilfree.start(*args, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         _wait_for_lines(out, stop_at, proc)

@@ -1,0 +1,166 @@
+"""The pieces of ``gilfree run`` that need no subprocess: records, resume, MODULE:FUNC."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from gilfree._cli import UsageError
+from gilfree._cli._jsonl import (
+    IndexSet,
+    error_record,
+    iter_lines,
+    parse_item,
+    repair_and_scan,
+    result_record,
+)
+from gilfree._cli._target import load_target
+from gilfree.errors import RemoteTraceback
+
+
+def test_index_set_grows_and_counts_each_index_once():
+    s = IndexSet()
+    assert 0 not in s
+    assert s.add(0) and s.add(7) and s.add(8) and s.add(1_000_003)
+    assert not s.add(7)
+    assert len(s) == 4
+    assert all(i in s for i in (0, 7, 8, 1_000_003))
+    assert all(i not in s for i in (1, 6, 9, 1_000_002, 10**9))
+
+
+@pytest.mark.parametrize(
+    ("content", "kept", "done", "failed"),
+    [
+        (b"", b"", set(), 0),
+        (b'{"index": 3, "res', b"", set(), 0),  # one torn line and nothing else
+        (b'{"index": 0, "result": 1}\n', b'{"index": 0, "result": 1}\n', {0}, 0),
+        (
+            b'{"index": 0, "result": 1}\n{"index": 2, "error": {"type": "E"}}\n{"index": 1',
+            b'{"index": 0, "result": 1}\n{"index": 2, "error": {"type": "E"}}\n',
+            {0, 2},
+            1,
+        ),
+        # A whole record that lost only its newline is still cut: it may not be whole.
+        (
+            b'{"index": 0, "result": 1}\n{"index": 1, "result": 2}',
+            b'{"index": 0, "result": 1}\n',
+            {0},
+            0,
+        ),
+    ],
+)
+def test_repair_cuts_the_torn_last_line_and_collects_indices(tmp_path, content, kept, done, failed):
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(content)
+    state = repair_and_scan(str(out))
+    assert out.read_bytes() == kept
+    assert state.repaired == len(content) - len(kept)
+    assert {i for i in range(10) if i in state.done} == done
+    assert state.failed == failed
+
+
+def test_repair_of_a_missing_file_is_an_empty_start(tmp_path):
+    state = repair_and_scan(str(tmp_path / "absent.jsonl"))
+    assert len(state.done) == 0 and state.repaired == 0
+
+
+@pytest.mark.parametrize(
+    "line", [b"not json\n", b"[1, 2]\n", b'{"index": -1, "result": 0}\n', b'{"index": 1}\n']
+)
+def test_resume_refuses_lines_that_are_not_records(tmp_path, line):
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b'{"index": 0, "result": 1}\n' + line)
+    with pytest.raises(UsageError, match="line 2"):
+        repair_and_scan(str(out))
+
+
+def test_iter_lines_numbers_lines_and_skips_blank_ones(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"1\n\n  \n2\r\n3")
+    with open(src, "rb") as f:
+        assert [(i, parse_item(raw)) for i, raw in iter_lines(f)] == [
+            (0, (True, 1)),
+            (3, (True, 2)),
+            (4, (True, 3)),
+        ]
+
+
+@pytest.mark.parametrize("raw", [b"{", b"\xff\n", b"[" * 100_000])
+def test_parse_item_explains_bad_lines(raw):
+    ok, why = parse_item(raw)
+    assert not ok and isinstance(why, str) and why
+
+
+def test_result_records_accept_numpy_and_reject_other_objects():
+    np = pytest.importorskip("numpy")
+    ok, line = result_record(4, {"a": np.arange(3), "b": np.float64(0.5), "s": "é"})
+    assert ok and json.loads(line) == {"index": 4, "result": {"a": [0, 1, 2], "b": 0.5, "s": "é"}}
+    ok, line = result_record(5, object())
+    record = json.loads(line)
+    assert not ok and record["index"] == 5
+    assert record["error"]["type"] == "SerializationError"
+    assert "object" in record["error"]["message"]
+
+
+def test_error_records_carry_the_remote_traceback_when_there_is_one():
+    remote = ValueError("bad")
+    remote.__cause__ = RemoteTraceback('File "w.py", line 3, in f\nValueError: bad\n')
+    record = json.loads(error_record(2, remote))
+    assert record == {
+        "index": 2,
+        "error": {
+            "type": "ValueError",
+            "message": "bad",
+            "traceback": 'File "w.py", line 3, in f\nValueError: bad\n',
+        },
+    }
+    try:
+        raise KeyError("k")
+    except KeyError as exc:
+        local = json.loads(error_record(3, exc))
+    assert local["error"]["type"] == "KeyError"
+    assert "test_error_records_carry" in local["error"]["traceback"]
+
+
+@pytest.fixture
+def isolated_imports(monkeypatch):
+    """Undo what loading a target does to sys.path, PYTHONPATH and sys.modules."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "")
+    before = set(sys.modules)
+    yield monkeypatch
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def test_load_target_by_path_and_dotted_attribute(tmp_path: Path, isolated_imports):
+    (tmp_path / "cli_target_mod.py").write_text(
+        "class Box:\n    @staticmethod\n    def double(x):\n        return 2 * x\n"
+    )
+    fn = load_target(f"{tmp_path / 'cli_target_mod.py'}:Box.double")
+    assert fn(21) == 42
+    del sys.modules["cli_target_mod"]
+    isolated_imports.chdir(tmp_path)
+    assert load_target("cli_target_mod:Box.double")(1) == 2
+    assert str(tmp_path) in os.environ["PYTHONPATH"].split(os.pathsep)
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("nocolon", "MODULE:FUNC"),
+        (":f", "MODULE:FUNC"),
+        ("json:", "MODULE:FUNC"),
+        ("json:no_such_thing", "no_such_thing"),
+        ("json:__doc__", "not a function"),
+        ("no_such_module_xyz:f", "no_such_module_xyz"),
+    ],
+)
+def test_load_target_errors_are_one_plain_sentence(spec, words):
+    with pytest.raises(UsageError, match=words) as info:
+        load_target(spec)
+    assert "\n" not in str(info.value)
