@@ -53,6 +53,10 @@ PREFETCH = 2
 #: queued behind it: that chunk could run on another worker that frees up
 #: first (the slow-tail problem). The idle gap it costs is one round trip.
 PREFETCH_MAX_S = 0.01
+#: Chunks predicted to run longer than this (or of unknown length) run in the
+#: worker's careful loop, which streams partial results home; shorter ones in
+#: its fast loop, which costs one slot write per task (~4x less overhead).
+CAREFUL_ABOVE_S = 0.1
 #: Seconds workers get to exit after their pipes close before they are killed.
 STOP_GRACE_S = 2.0
 #: Deaths a chunk may cause without any task of it running before its tasks
@@ -367,8 +371,11 @@ class ProcessPool:
         chunk.worker = w
         w.inflight.append(chunk)
         self._chunks[chunk.seq] = chunk
-        self._send(w, (_wire.CHUNK, chunk.seq, chunk.key, chunk.blob))
         timeout = chunk.job.options.timeout
+        # Careful mode times each task (for timeouts) and streams results of
+        # long chunks; fast mode is for chunks known to be short.
+        careful = timeout is not None or self._predicted_s(chunk) > CAREFUL_ABOVE_S
+        self._send(w, (_wire.CHUNK, chunk.seq, chunk.key, chunk.blob, careful))
         if timeout is not None:
             heapq.heappush(self._timers, (time.monotonic() + timeout, next(_seqs), chunk.seq))
         self.stats["chunks"] += 1
@@ -687,7 +694,13 @@ class ProcessPool:
     def _start_worker(self, index: int, method: str, inherited: list[int]) -> _Worker:
         self._slot_view[4 * index : 4 * index + 4] = memoryview(bytes(32)).cast("q")
         return _Worker(
-            index, method, self._slots_fd, self._alive_r, inherited, self._max_tasks, self._max_memory
+            index,
+            method,
+            self._slots_fd,
+            self._alive_r,
+            inherited,
+            self._max_tasks,
+            self._max_memory,
         )
 
     def _watch(self, w: _Worker) -> None:

@@ -37,7 +37,6 @@ from typing import Any
 
 from . import _worker
 
-
 _SPAWN_MAIN = "from gilfree.pool._worker import spawned_main; spawned_main()"
 
 

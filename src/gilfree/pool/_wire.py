@@ -20,7 +20,7 @@ HEADER = 8
 # parent -> worker
 FN = 1  # (FN, key, blob): define function `key`
 FORGET = 2  # (FORGET, key): drop function `key`
-CHUNK = 3  # (CHUNK, seq, key, items_blob)
+CHUNK = 3  # (CHUNK, seq, key, items_blob, careful)
 # worker -> parent
 RESULT = 11  # (RESULT, seq, offset, values, failures, elapsed, final)
 LOADFAIL = 12  # (LOADFAIL, seq, message): the chunk's items did not unpickle

@@ -1,0 +1,190 @@
+"""Core engine against its peers, side by side in one run (issue 2's targets).
+
+    .venv/bin/python benchmarks/bench_core.py [--repeat N] [--quick]
+
+Each case times the whole call, pool start-up included, best of N runs, and
+prints the ratio peer / gilfree (above 1: gilfree is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import multiprocessing
+import os
+import platform
+import time
+
+import gilfree
+
+
+def square(x):
+    return x * x
+
+
+def spin(n):
+    """Pure-Python CPU work: ~50 ms for n=COUNT on the dev machine."""
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+def nap(s):
+    time.sleep(s)
+    return s
+
+
+def best(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def calibrate(target_s=0.05):
+    n = 100_000
+    t0 = time.perf_counter()
+    spin(n)
+    dt = time.perf_counter() - t0
+    return int(n * target_s / dt)
+
+
+def peers_tiny(items):
+    from mpire import WorkerPool
+
+    def mp_pool():
+        with multiprocessing.Pool() as p:
+            return p.map(square, items)
+
+    def ppe_default():
+        with cf.ProcessPoolExecutor() as ex:
+            return list(ex.map(square, items))
+
+    def mpire():
+        with WorkerPool() as p:
+            return p.map(square, items)
+
+    return {
+        "multiprocessing.Pool.map": mp_pool,
+        "ProcessPoolExecutor.map (chunksize=1)": ppe_default,
+        "mpire WorkerPool.map": mpire,
+    }
+
+
+def peers_cpu(items):
+    def mp_pool():
+        with multiprocessing.Pool() as p:
+            return p.map(spin, items, chunksize=1)
+
+    def ppe():
+        with cf.ProcessPoolExecutor() as ex:
+            return list(ex.map(spin, items, chunksize=1))
+
+    def joblib_():
+        from joblib import Parallel, delayed
+
+        return Parallel(n_jobs=-1)(delayed(spin)(i) for i in items)
+
+    return {
+        "multiprocessing.Pool.map(chunksize=1)": mp_pool,
+        "ProcessPoolExecutor.map(chunksize=1)": ppe,
+        "joblib Parallel": joblib_,
+    }
+
+
+def first_result_peers():
+    def ppe():
+        with cf.ProcessPoolExecutor() as ex:
+            return ex.submit(square, 3).result()
+
+    def mp_pool():
+        with multiprocessing.Pool() as p:
+            return p.apply(square, (3,))
+
+    return {"ProcessPoolExecutor submit": ppe, "multiprocessing.Pool.apply": mp_pool}
+
+
+def report(title, ours, peers, repeat, note=""):
+    t_ours = best(ours, repeat)
+    print(f"\n### {title}\n")
+    if note:
+        print(note + "\n")
+    print("| runner | seconds | peer / gilfree |")
+    print("|---|---:|---:|")
+    print(f"| **gilfree** | {t_ours:.4f} | 1.00 |")
+    out = {}
+    for name, fn in peers.items():
+        t = best(fn, repeat)
+        out[name] = t / t_ours
+        print(f"| {name} | {t:.4f} | {t / t_ours:.2f} |")
+    return t_ours, out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="skip the slow PPE chunksize=1 run")
+    args = ap.parse_args()
+    r = args.repeat
+    print(
+        f"# gilfree core benchmark -- {time.strftime('%Y-%m-%d')}, "
+        f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+
+    items = list(range(200_000))
+    peers = peers_tiny(items)
+    if args.quick:
+        peers.pop("ProcessPoolExecutor.map (chunksize=1)")
+    report(
+        "200,000 tiny tasks (x*x), pool start-up included",
+        lambda: gilfree.map(square, items, backend="process"),
+        peers,
+        r,
+    )
+
+    n = calibrate()
+    cpu_items = [n] * 48
+    t_serial = best(lambda: [spin(i) for i in cpu_items], 1)
+    t_ours, _ = report(
+        "48 pure-Python CPU tasks of ~50 ms, start-up included",
+        lambda: gilfree.map(spin, cpu_items, backend="process"),
+        peers_cpu(cpu_items),
+        r,
+        note=f"serial loop: {t_serial:.3f} s",
+    )
+    print(
+        f"\ngilfree speedup over the serial loop: {t_serial / t_ours:.2f}x on {os.cpu_count()} CPUs"
+    )
+
+    report(
+        "start-up to first result (one tiny task, pool created and shut down)",
+        _first_result,
+        first_result_peers(),
+        max(r, 5),
+    )
+
+    sleeps = [0.01] * 400
+
+    def tpe():
+        with cf.ThreadPoolExecutor(32) as ex:
+            return list(ex.map(nap, sleeps))
+
+    report(
+        "400 tasks sleeping 10 ms, thread backend",
+        lambda: gilfree.map(nap, sleeps, backend="thread"),
+        {"ThreadPoolExecutor(32)": tpe},
+        r,
+    )
+
+
+def _first_result():
+    with gilfree.Executor(backend="process") as ex:
+        return ex.submit(square, 3).result()
+
+
+if __name__ == "__main__":
+    main()
