@@ -1,0 +1,193 @@
+"""Locks shared with other processes join the wait-for graph of the process that made them.
+
+The lock is pickled into each child (multiprocessing's own pickler for spawn,
+cloudpickle bytes for fork, where Process arguments are not pickled), so the
+child holds a proxy that asks the lock server of this process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import threading
+
+import cloudpickle
+import pytest
+
+import gilfree
+from gilfree.deadlock import Lock, RLock
+from gilfree.deadlock._graph import GRAPH
+from gilfree.deadlock._proxy import RemoteLock, RemoteRLock
+from gilfree.deadlock._server import current_server, shutdown
+
+HERE = os.path.basename(__file__)
+CONTEXTS = ["fork", "spawn"]
+
+
+@pytest.fixture(autouse=True)
+def _server_stops_clean():
+    yield
+    server = current_server()
+    threads = server.threads() if server is not None else []
+    folder = os.path.dirname(server.address) if server is not None else None
+    shutdown()
+    assert not any(t.is_alive() for t in threads), "a lock server thread outlived shutdown()"
+    assert folder is None or not os.path.exists(folder), "the socket folder was left behind"
+    assert GRAPH.waiting() == {}
+
+
+def _pass(ctx_name, obj):
+    """What to give Process(args=...) so that ``obj`` really is pickled."""
+    return cloudpickle.dumps(obj) if ctx_name == "fork" else obj
+
+
+def _take(obj):
+    return pickle.loads(obj) if isinstance(obj, bytes) else obj
+
+
+def _cycle_worker(locks, index, barrier, results):
+    first, second = _take(locks)[index], _take(locks)[1 - index]
+    threading.current_thread().name = f"proc-{index}"
+    with first:
+        barrier.wait(30)
+        try:
+            with second:
+                results.put((index, os.getpid(), "acquired", ""))
+        except gilfree.DeadlockError as exc:
+            results.put((index, os.getpid(), "deadlock", str(exc)))
+
+
+def _run(ctx, target, *args):
+    proc = ctx.Process(target=target, args=args)
+    proc.start()
+    return proc
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ctx_name", CONTEXTS)
+def test_cycle_across_two_processes_is_refused_in_one(ctx_name):
+    ctx = multiprocessing.get_context(ctx_name)
+    a, b = Lock("shared-a"), RLock("shared-b")
+    barrier, results = ctx.Barrier(2), ctx.SimpleQueue()
+    procs = [_run(ctx, _cycle_worker, _pass(ctx_name, [a, b]), i, barrier, results) for i in (0, 1)]
+    got = sorted(results.get() for _ in procs)
+    for proc in procs:
+        proc.join(30)
+        assert proc.exitcode == 0
+    outcomes = [outcome for _, _, outcome, _ in got]
+    assert sorted(outcomes) == ["acquired", "deadlock"], got
+    message = next(msg for _, _, outcome, msg in got if outcome == "deadlock")
+    for _, pid, _, _ in got:
+        assert f"pid {pid}" in message
+    assert "thread 'proc-0'" in message and "thread 'proc-1'" in message
+    assert "Lock 'shared-a'" in message and "RLock 'shared-b'" in message
+    assert message.count(f"{HERE}:") == 2  # where each process waits
+    assert not a.locked() and not b.locked()
+
+
+def _hold_then_want(lock_pair, held_evt, go_evt, results):
+    mine, theirs = _take(lock_pair)
+    with mine:
+        held_evt.set()
+        go_evt.wait(30)
+        try:
+            ok = theirs.acquire(timeout=30)
+            results.put(("acquired" if ok else "timeout", ""))
+            if ok:
+                theirs.release()
+        except gilfree.DeadlockError as exc:
+            results.put(("deadlock", str(exc)))
+
+
+@pytest.mark.timeout(60)
+def test_cycle_between_a_local_thread_and_a_child_process():
+    """The child waits first; the main thread's request closes the cycle and is refused."""
+    ctx = multiprocessing.get_context("fork")
+    a, b = Lock("local-a"), Lock("child-b")
+    held, go, results = ctx.Event(), ctx.Event(), ctx.SimpleQueue()
+    with a:
+        proc = _run(ctx, _hold_then_want, _pass("fork", [b, a]), held, go, results)
+        assert held.wait(30)
+        go.set()
+        _wait_for_remote_waiter(proc.pid)
+        with pytest.raises(gilfree.DeadlockError) as info:
+            b.acquire()
+    assert results.get() == ("acquired", "")  # released a, the child went on
+    proc.join(30)
+    message = str(info.value)
+    assert f"pid {proc.pid}" in message and f"pid {os.getpid()}" in message
+    assert "Lock 'local-a'" in message and "Lock 'child-b'" in message
+
+
+def _wait_for_remote_waiter(pid, bound=20.0):
+    import time
+
+    deadline = time.monotonic() + bound
+    pause = threading.Event()
+    while not any(f"(pid {pid}," in w[0] for w in GRAPH.waiting().values()):
+        assert time.monotonic() < deadline, "the child never waited for the lock"
+        pause.wait(0.005)
+
+
+def _die_holding(lock_bytes, held_evt):
+    lock = _take(lock_bytes)
+    lock.acquire()
+    held_evt.set()
+    os._exit(3)  # no release: the server must let go on its behalf
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ctx_name", CONTEXTS)
+def test_a_dead_process_releases_what_it_held(ctx_name):
+    ctx = multiprocessing.get_context(ctx_name)
+    lock = Lock("orphan")
+    held = ctx.Event()
+    proc = _run(ctx, _die_holding, _pass(ctx_name, lock), held)
+    assert held.wait(30)
+    proc.join(30)
+    assert proc.exitcode == 3
+    assert lock.acquire(timeout=20), "the lock of a dead process was never released"
+    lock.release()
+
+
+def _use_remote(lock_bytes, results):
+    lock = _take(lock_bytes)
+    kind = type(lock).__name__
+    assert lock.acquire(False)
+    if isinstance(lock, RemoteRLock):
+        assert lock.acquire()  # re-entry over the wire
+        assert lock._is_owned()
+        lock.release()
+    else:
+        try:
+            lock.acquire()
+        except gilfree.DeadlockError:
+            kind += "+self-deadlock"
+    locked = lock.locked()
+    lock.release()
+    results.put((kind, locked, lock.locked(), pickle.loads(pickle.dumps(lock)).name))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cls", [Lock, RLock])
+def test_proxy_semantics_in_a_spawned_child(cls):
+    ctx = multiprocessing.get_context("spawn")
+    lock, results = cls("remote"), ctx.SimpleQueue()
+    proc = _run(ctx, _use_remote, lock, results)
+    kind, locked, unlocked_after, name = results.get()
+    proc.join(30)
+    expected = "RemoteRLock" if cls is RLock else "RemoteLock+self-deadlock"
+    assert (kind, locked, unlocked_after, name) == (expected, True, False, "remote")
+    assert not lock.locked()
+
+
+def test_proxy_fails_clearly_once_the_server_is_gone():
+    lock = Lock("gone")
+    proxy_args = lock.__reduce__()[1]
+    proxy = RemoteLock(*proxy_args[:3], proxy_args[4])
+    shutdown()
+    with pytest.raises(gilfree.GilfreeError, match="lock server hosting 'gone'"):
+        proxy.acquire()
+    # pickling again starts a new server, and the lock is found there
+    assert pickle.loads(pickle.dumps(lock)) is lock
