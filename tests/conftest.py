@@ -14,8 +14,9 @@ import time
 import psutil
 import pytest
 
-#: Helper processes multiprocessing keeps for the life of the interpreter.
-_LONG_LIVED = ("resource_tracker", "forkserver")
+#: Helper processes kept for the life of the interpreter by design: the fork
+#: servers of multiprocessing and of gilfree (see gilfree/pool/_zygote.py).
+_LONG_LIVED = ("resource_tracker", "forkserver", "gilfree.pool._zygote")
 #: How long exiting processes and threads get to finish before they count as leaked.
 _SETTLE_S = 5.0
 

@@ -10,7 +10,7 @@ from .errors import ConfigurationError
 
 BACKENDS = ("auto", "serial", "thread", "process", "dask")
 ERRORS = ("raise", "return")
-START_METHODS = (None, "fork", "spawn")
+START_METHODS = (None, "fork", "zygote", "spawn")
 
 
 def usable_cpus() -> int:
@@ -59,7 +59,7 @@ class Options:
             raise ConfigurationError(f"errors={self.errors!r} must be 'raise' or 'return'")
         if self.start_method not in START_METHODS:
             raise ConfigurationError(
-                f"start_method={self.start_method!r} must be 'fork' or 'spawn' (or None)"
+                f"start_method={self.start_method!r} must be 'fork', 'zygote' or 'spawn' (or None)"
             )
         if self.address is not None and not isinstance(self.address, str):
             raise ConfigurationError(

@@ -135,7 +135,7 @@ class ProcessPool:
         max_worker_memory: int | None = None,
     ) -> None:
         self.size = workers
-        self._later_method = "fork" if start_method == "fork" else "spawn"
+        self._later_method = start_method or "zygote"
         self._max_tasks = max_tasks_per_worker
         self._max_memory = max_worker_memory
         self._lock = threading.Lock()

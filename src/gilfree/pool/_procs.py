@@ -9,13 +9,16 @@ Two ways to start a worker:
   unsafe in a process with other threads, whose locks the child inherits
   held. The first workers of a pool are forked while the parent has a single
   thread (the manager thread starts after them).
-* ``spawn`` -- a fresh interpreter running ``_worker.spawned_main`` with the pipes passed
-  as file descriptors. Used for every worker started later (a replacement for
-  a dead, timed-out or recycled one is started from the manager thread) and
-  when the parent already has threads. Unlike ``multiprocessing``'s spawn and
-  forkserver it does not re-import the caller's ``__main__``: functions
-  arrive by value through cloudpickle, so an unguarded script is not run
-  again in every worker.
+* ``zygote`` -- forked by our own fork server (``_zygote``), a clean
+  single-threaded interpreter started once per parent process. Used for every
+  worker started later (a replacement for a dead, timed-out or recycled one is
+  started from the manager thread) and when the parent already has threads.
+* ``spawn`` -- a fresh interpreter per worker running
+  ``_worker.spawned_main``, on request only (slowest, ~60 ms a worker).
+
+Neither re-imports the caller's ``__main__``, as ``multiprocessing``'s spawn
+and forkserver do: functions arrive by value through cloudpickle, so an
+unguarded script is not run again in every worker.
 
 The exit of either kind is watched through a file descriptor (the
 multiprocessing sentinel, or a pidfd) so the manager can wait on it with
@@ -35,7 +38,7 @@ import sys
 import threading
 from typing import Any
 
-from . import _worker
+from . import _worker, _zygote
 
 _SPAWN_MAIN = "from gilfree.pool._worker import spawned_main; spawned_main()"
 
@@ -52,7 +55,7 @@ def choose_start_method(requested: str | None) -> str:
         return requested
     if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
         return "fork"
-    return "spawn"
+    return "zygote"
 
 
 class WorkerProcess:
@@ -77,7 +80,9 @@ class WorkerProcess:
         child_fds = [task_r, result_w, stack_w, alive_fd, slots_fd]
         self._proc: Any = None
         self._popen: subprocess.Popen[bytes] | None = None
+        self._zygote: _zygote.Zygote | None = None
         self._pidfd: int | None = None
+        self._exitcode: int | None = None
         try:
             if method == "fork":
                 # The child inherits every fd: it closes the parent's ends, or
@@ -92,6 +97,10 @@ class WorkerProcess:
                 self._proc.start()
                 self.pid = self._proc.pid
                 self.sentinel = self._proc.sentinel
+            elif method == "zygote":
+                self._zygote = _zygote.get()
+                self.pid, self._pidfd = self._zygote.fork(config, child_fds)
+                self.sentinel = self._pidfd
             else:
                 config["sys_path"] = sys.path
                 self._popen = subprocess.Popen(
@@ -150,11 +159,20 @@ class WorkerProcess:
             os.close(self.task_fd)
 
     def exitcode(self) -> int | None:
+        """The exit code once the process has exited, else None."""
         if self._proc is not None:
             self._proc.join(0)
             return self._proc.exitcode
-        assert self._popen is not None
-        return self._popen.poll()
+        if self._popen is not None:
+            return self._popen.poll()
+        assert self._zygote is not None
+        if self._exitcode is None and self._exited(0):
+            self._exitcode = self._zygote.status(self.pid)
+        return self._exitcode
+
+    def _exited(self, timeout: float) -> bool:
+        assert self._pidfd is not None
+        return bool(select.select([self._pidfd], [], [], timeout)[0])
 
     def wait(self, timeout: float) -> None:
         if self._proc is not None:
@@ -164,6 +182,8 @@ class WorkerProcess:
                 self._popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
+        elif self._pidfd is not None:
+            self._exited(timeout)
 
     def release(self) -> None:
         """Close the parent's ends and reap the process (it has exited)."""
@@ -174,6 +194,8 @@ class WorkerProcess:
             except OSError:
                 pass
         self.wait(0)
+        if self._zygote is not None and self._exitcode is None and self._exited(0):
+            self.exitcode()  # let the zygote forget it
         if self._proc is not None:
             try:
                 self._proc.close()
