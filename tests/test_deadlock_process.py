@@ -191,3 +191,52 @@ def test_proxy_fails_clearly_once_the_server_is_gone():
         proxy.acquire()
     # pickling again starts a new server, and the lock is found there
     assert pickle.loads(pickle.dumps(lock)) is lock
+
+
+def _gilfree_task(args):
+    """Run in a gilfree process worker: hold mine, pass the gate, then want theirs."""
+    mine, theirs, gate = args
+    with mine:
+        with gate:  # blocks until the test opens it, after both hold their first lock
+            pass
+        try:
+            with theirs:
+                return ("acquired", os.getpid(), type(mine).__name__)
+        except gilfree.DeadlockError as exc:
+            return ("deadlock", os.getpid(), str(exc))
+
+
+@pytest.mark.timeout(90)
+def test_cycle_across_gilfree_process_workers():
+    a, b = Lock("task-a"), Lock("task-b")
+    gates = [Lock("gate-0"), Lock("gate-1")]
+    for gate in gates:
+        gate.acquire()
+    with gilfree.Executor(backend="process", workers=2) as pool:
+        futures = [
+            pool.submit(_gilfree_task, (a, b, gates[0])),
+            pool.submit(_gilfree_task, (b, a, gates[1])),
+        ]
+        # Both workers now hold their first lock and wait at their gate: open both.
+        _wait_for_waiters_on({"gate-0", "gate-1"})
+        for gate in gates:
+            gate.release()
+        results = sorted(f.result(timeout=60) for f in futures)
+    assert [r[0] for r in results] == ["acquired", "deadlock"], results
+    assert results[0][2] == "RemoteLock"  # the worker had a proxy, not a copy
+    message = results[1][2]
+    assert len({r[1] for r in results}) == 2, "both tasks ran in one worker"
+    for _, pid, _ in results:
+        assert f"pid {pid}" in message
+    assert "Lock 'task-a'" in message and "Lock 'task-b'" in message
+    assert not a.locked() and not b.locked()
+
+
+def _wait_for_waiters_on(lock_names, bound=60.0):
+    import time
+
+    deadline = time.monotonic() + bound
+    pause = threading.Event()
+    while not lock_names <= {w[1] for w in GRAPH.waiting().values()}:
+        assert time.monotonic() < deadline, f"never saw waiters on {lock_names}"
+        pause.wait(0.005)
