@@ -152,6 +152,8 @@ class LocalDaskCluster:
         env["PYTHONPATH"] = os.pathsep.join([*self.pythonpath, env.get("PYTHONPATH", "")])
         # Quieter logs; a lost worker is noticed through its closed connection anyway.
         env.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+        # Scratch space (the scheduler makes one too) inside our directory, not /tmp.
+        env["DASK_TEMPORARY_DIRECTORY"] = self._dir
         log = open(os.path.join(self._dir, f"{name}.log"), "wb")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
         return subprocess.Popen(

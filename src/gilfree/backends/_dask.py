@@ -290,13 +290,19 @@ class DaskBackend(Backend):
         from distributed import Client
 
         self.address = address
+        # Built in two steps so that a failed connection can still be cleaned up: the
+        # constructor starts the client's event-loop thread before it connects.
+        self._client = Client.__new__(Client)
         try:
-            self._client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
-        except OSError as exc:  # includes TimeoutError
-            raise ConnectionError(
-                f"could not reach the Dask scheduler at {address} "
-                f"(from address= or {ADDRESS_ENV}): {exc}"
-            ) from exc
+            self._client.__init__(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        except BaseException as exc:
+            _discard(self._client)
+            if isinstance(exc, OSError):  # includes TimeoutError
+                raise ConnectionError(
+                    f"could not reach the Dask scheduler at {address} "
+                    f"(from address= or {ADDRESS_ENV}): {exc}"
+                ) from exc
+            raise
         try:
             threads = sum(self._client.nthreads().values())
             # workers= bounds gilfree's tasks in flight; it cannot resize the cluster.
@@ -666,6 +672,16 @@ class DaskBackend(Backend):
                 "in_flight": len(self._chunks),
                 **self._stats,
             }
+
+
+def _discard(client: Any) -> None:
+    """Close a client whose connection failed, including its event-loop thread."""
+    try:
+        client.close(timeout=CONNECT_TIMEOUT_S)
+    finally:
+        runner = getattr(client, "_loop_runner", None)  # close() skips it after a failure
+        if runner is not None:
+            runner.stop()
 
 
 def _short(item: Any, limit: int = 80) -> str:
