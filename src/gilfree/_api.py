@@ -218,6 +218,10 @@ class Executor(concurrent.futures.Executor):
         self._plans: dict[Any, Options] = {}
         self._pending: set[FutureJob] = set()
         self._shutdown = False
+        if self._options.backend != "auto":
+            # Start workers now: while the caller may still have one thread, a
+            # process pool can fork them (see gilfree/pool/_procs.py).
+            self._backend(self._options)
 
     # which backend runs fn
     def _route(self, fn: Any, key: Any, samples: list[Any]) -> tuple[Options, Any]:
