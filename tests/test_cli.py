@@ -370,14 +370,15 @@ def test_resume_refuses_a_file_that_is_not_gilfree_output(gilfree, work):
 
 
 @pytest.mark.timeout(60)
-def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(gilfree, work):
-    n = 400
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(gilfree, work, backend):
+    n = 200
     src = write_lines(work / "in.jsonl", range(n))
     out = work / "out.jsonl"
-    args = ["run", "tasks:slow", str(src), "-o", str(out), "--backend", "thread"]
+    args = ["run", "tasks:slow", str(src), "-o", str(out), "--backend", backend, "--workers", "2"]
     proc = gilfree.start(*args)
     _wait_for_lines(out, 10, proc)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: the whole group
     try:
         _out, err = proc.communicate(timeout=20)
     finally:
