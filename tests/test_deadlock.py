@@ -364,3 +364,12 @@ def test_stress_consistent_order_never_raises():
                 expected[i] += 1
     assert counters == expected  # every increment happened under its lock
     assert not any(lock.locked() for lock in locks)
+
+
+def test_public_names():
+    import gilfree.deadlock as dl
+
+    assert dl.__all__ == ["Lock", "RLock", "deadlock_detection"]
+    assert gilfree.Lock is Lock and gilfree.RLock is RLock
+    assert gilfree.deadlock_detection is deadlock_detection
+    assert issubclass(gilfree.DeadlockError, gilfree.GilfreeError)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import sys
 import threading
 
 import cloudpickle
@@ -240,3 +241,55 @@ def _wait_for_waiters_on(lock_names, bound=60.0):
     while not lock_names <= {w[1] for w in GRAPH.waiting().values()}:
         assert time.monotonic() < deadline, f"never saw waiters on {lock_names}"
         pause.wait(0.005)
+
+
+def _wait_forever_on(lock_bytes, results):
+    lock = _take(lock_bytes)
+    try:
+        lock.acquire()
+        results.put("acquired")
+    except gilfree.GilfreeError as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_while_a_remote_thread_waits_ends_cleanly():
+    ctx = multiprocessing.get_context("fork")
+    lock, results = Lock("held-forever"), ctx.SimpleQueue()
+    with lock:
+        proc = _run(ctx, _wait_forever_on, _pass("fork", lock), results)
+        _wait_for_remote_waiter(proc.pid)
+        server = current_server()
+        threads = server.threads()
+        shutdown()
+        assert not any(t.is_alive() for t in threads)
+        outcome = results.get()
+    proc.join(30)
+    assert outcome.startswith("GilfreeError: the lock server hosting 'held-forever'"), outcome
+
+
+@pytest.mark.timeout(60)
+def test_fork_from_a_thread_made_under_the_patch(monkeypatch):
+    """threading re-initialises the forking thread's (instrumented) locks in the child.
+
+    A failing at-fork hook does not stop the child, it is only reported to
+    ``sys.unraisablehook``: the child exits 0 only if that hook was not called.
+    """
+    from gilfree.deadlock import deadlock_detection
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    codes = []
+
+    def fork_one():
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if not unraisable else 7)
+        codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+
+    with deadlock_detection():
+        thread = threading.Thread(target=fork_one, name="patched-forker")
+    assert isinstance(thread._started._cond._lock, Lock)
+    thread.start()
+    thread.join(40)
+    assert codes == [0]

@@ -34,10 +34,12 @@ import atexit
 import itertools
 import os
 import shutil
+import socket
 import tempfile
 import threading
 from _thread import allocate_lock
-from multiprocessing.connection import Client, Connection, Listener, wait
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Connection, Listener, wait
 from time import monotonic
 from typing import Any
 
@@ -100,7 +102,7 @@ class LockServer:
         while not self.stopped:
             try:
                 conn = self._listener.accept()
-            except OSError:
+            except (OSError, EOFError, AuthenticationError):
                 if self.stopped:
                     return
                 continue  # a client that failed the handshake or hung up
@@ -194,8 +196,12 @@ class LockServer:
                 return
             self.stopped = True
         os.write(self._stop_w, b"x")
-        try:  # wake the accept() call: a connection that is closed at once
-            Client(self.address, family="AF_UNIX", authkey=self.authkey).close()
+        # Wake the accept() call with a bare connection that hangs up at once: its
+        # handshake fails, and the loop sees ``stopped``. (No handshake on this
+        # side, so this cannot block even if the accept thread is gone.)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as wake:
+                wake.connect(self.address)
         except OSError:
             pass
         deadline = monotonic() + timeout
