@@ -370,21 +370,31 @@ def test_resume_refuses_a_file_that_is_not_gilfree_output(gilfree, work):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("backend", ["thread", "process"])
-def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(gilfree, work, backend):
+@pytest.mark.parametrize(
+    ("backend", "how", "status"),
+    [
+        ("thread", "ctrl-c", 130),
+        ("process", "ctrl-c", 130),
+        ("process", "sigterm", 128 + signal.SIGTERM),
+    ],
+)
+def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(gilfree, work, backend, how, status):
     n = 200
     src = write_lines(work / "in.jsonl", range(n))
     out = work / "out.jsonl"
     args = ["run", "tasks:slow", str(src), "-o", str(out), "--backend", backend, "--workers", "2"]
     proc = gilfree.start(*args)
     _wait_for_lines(out, 10, proc)
-    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: the whole group
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: the whole group
+    else:
+        proc.terminate()  # SIGTERM to the command alone: it must stop its own workers
     try:
         _out, err = proc.communicate(timeout=20)
     finally:
         left = _reap_group(proc.pid)
     assert not left
-    assert proc.returncode == 130
+    assert proc.returncode == status
     assert "Traceback" not in err.decode()
     assert "--resume" in err.decode()
     data = out.read_bytes()
