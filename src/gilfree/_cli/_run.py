@@ -40,6 +40,7 @@ from ._progress import Silent, make_bar
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as if the default handler had run
 
 
@@ -57,7 +58,6 @@ class Feed:
         # (position of the next item when the bad line was read, its record); appended by
         # whichever thread drains the generator, popped by the main loop: deque is thread-safe.
         self._pending: deque[tuple[int, bytes]] = deque()
-        self.exhausted = False
 
     def items(self) -> Iterator[Any]:
         pos = 0
@@ -71,7 +71,6 @@ class Feed:
             self._origin[pos] = index
             pos += 1
             yield value
-        self.exhausted = True
 
     def line_of(self, pos: int) -> int:
         return self._origin.pop(pos)
@@ -115,12 +114,13 @@ def run(
         except KeyboardInterrupt as exc:
             where = output_path or "stdout"
             how = "--resume" if output_path else "-o OUT --resume"
+            terminated = isinstance(exc, Terminated)
             print(
-                f"gilfree: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; "
+                f"gilfree: {'terminated' if terminated else 'interrupted'}; "
                 f"{writer.lines} new records are in {where}; rerun with {how} to finish",
                 file=sys.stderr,
             )
-            return EXIT_INTERRUPTED if not isinstance(exc, Terminated) else 128 + 15
+            return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
         except BrokenPipeError:
             return EXIT_BROKEN_PIPE
         finally:
