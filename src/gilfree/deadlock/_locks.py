@@ -2,7 +2,7 @@
 
 Each wraps a raw ``_thread`` lock and records its owner. The fast path is a
 non-blocking acquire of that inner lock plus one attribute store, so an
-uncontended acquire/release costs about 2x a plain ``threading.Lock``
+uncontended acquire/release costs about 2.4x a plain ``threading.Lock``
 (``benchmarks/bench_locks.py``). Only when the inner lock is taken does a
 request go to the wait-for graph (:mod:`._graph`), which either records the
 wait or refuses it with :class:`~gilfree.errors.DeadlockError`.
