@@ -61,8 +61,11 @@ PROCESS_ITEM_S = 5e-6
 POOL_ROUNDTRIP_FACTOR = 3.0
 # Pickling costs about as much again as moving the bytes through the pipe.
 PICKLE_FACTOR = 2.0
-# Copying an argument into shared memory, per byte (memcpy-speed, ~5 GB/s).
-SHM_BYTE_S = 0.2e-9
+# Sending an argument through shared memory, per byte: a memcpy is ~0.2 ns/B,
+# but gilfree's process pool measured 20-90 ms per 16 MiB array (segment
+# creation, copy, page faults on both sides) in benchmarks/bench_auto.py on a
+# busy 2-CPU VM, i.e. 1-5 ns/B; we take the low end.
+SHM_BYTE_S = 1.2e-9
 # Fixed cost of making a process pool (pipes, manager thread) besides the workers.
 POOL_FIXED_S = 0.01
 # The engine's adaptive chunker aims at chunks of about this much work and at

@@ -49,6 +49,9 @@ ONE_CALL_ENOUGH_S = 0.05
 # Each thread of the pair phase takes work in batches at least this long, so
 # that taking work (a lock) is not what we measure for tiny functions.
 PAIR_BATCH_S = 0.002
+# Samples kept back from the serial phase for the two-thread phase (two calls
+# per thread) when there are at least PAIR_RESERVE + 2 samples.
+PAIR_RESERVE = 4
 # Pickled sizes are measured on this many samples (pickling is not free).
 SIZE_SAMPLES = 3
 # NumPy buffers of at least this size go to process workers through shared
@@ -149,10 +152,11 @@ def probe(fn: Callable[[Any], Any], samples: Sequence[Any], budget: float = 1.0)
     result = ProbeResult()
     started = time.perf_counter()
     n = len(samples)
-    _serial_phase(fn, samples, result, cap=SERIAL_SHARE * budget)
+    limit = n - PAIR_RESERVE if n >= PAIR_RESERVE + 2 else n
+    _serial_phase(fn, samples, result, cap=SERIAL_SHARE * budget, limit=limit)
     t = result.task_seconds
     pair_cap = PAIR_SHARE * budget
-    if result.calls >= n - 1:
+    if result.calls >= n - 1 or not result.calls:
         result.pair_skipped = "there were no samples left for the two-thread measurement"
     elif t is not None and 2 * t > pair_cap:
         result.pair_skipped = (
@@ -175,9 +179,13 @@ def _call(fn: Callable[[Any], Any], item: Any) -> tuple[bool, Any]:
 
 
 def _serial_phase(
-    fn: Callable[[Any], Any], samples: Sequence[Any], result: ProbeResult, cap: float
+    fn: Callable[[Any], Any],
+    samples: Sequence[Any],
+    result: ProbeResult,
+    cap: float,
+    limit: int,
 ) -> None:
-    n = len(samples)
+    n = min(limit, len(samples))
     batch = 1
     while result.calls < n:
         first = result.calls
@@ -303,7 +311,12 @@ def _pair_phase(
         result.overlap = _Overlap(
             wall=b.wall - a.wall,
             cpu=sum(b.cpu) - sum(a.cpu),
-            runqueue=(sum(b.runqueue) - sum(a.runqueue)) / 2,
+            # The smaller of the two: a thread waiting for the GIL also sits
+            # on the run queue after each timed wake-up while the other one
+            # makes progress, so only time *both* may have lost is subtracted
+            # (never more than the smaller), which keeps a GIL-bound function
+            # from ever reading above 1.0x.
+            runqueue=min(q1 - q0 for q0, q1 in zip(a.runqueue, b.runqueue, strict=True)),
         )
     elif a is None and not shared["ran_out"]:
         # One thread ran for the whole measurement and the other never got to
@@ -335,7 +348,7 @@ class _Overlap:
 
     wall: float
     cpu: float  # summed over the two threads
-    runqueue: float  # mean over the two threads
+    runqueue: float  # the smaller of the two threads' run-queue waits
     starved: bool = False  # the second thread never got to run a call
 
 
