@@ -34,7 +34,7 @@ from typing import Any
 
 from ..errors import DeadlockError
 
-__all__ = ["GRAPH", "WaitForGraph", "call_site", "local_thread_label"]
+__all__ = ["GRAPH", "WaitForGraph", "call_site", "caller", "local_thread_label"]
 
 # Frames in these files are lock plumbing, not the place a user waits.
 _PLUMBING = (
@@ -43,15 +43,22 @@ _PLUMBING = (
 )
 
 
-def call_site(depth: int = 2) -> str:
-    """``file:line`` of the first caller outside the lock plumbing."""
+def caller(depth: int = 2) -> tuple[str, int]:
+    """``(file, line)`` of the first caller outside the lock plumbing."""
     frame = sys._getframe(depth)
+    plumbing, threading_file = _PLUMBING
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not filename.startswith(_PLUMBING[0]) and filename != _PLUMBING[1]:
-            return f"{filename}:{frame.f_lineno}"
+        if filename != threading_file and not filename.startswith(plumbing):
+            return filename, frame.f_lineno
         frame = frame.f_back
-    return "<unknown>"
+    return "<unknown>", 0
+
+
+def call_site(depth: int = 3) -> str:
+    """``file:line`` of the first caller outside the lock plumbing."""
+    filename, lineno = caller(depth)
+    return f"{filename}:{lineno}"
 
 
 def local_thread_label(ident: int) -> str:

@@ -20,7 +20,7 @@ from _thread import allocate_lock, get_ident
 from collections.abc import Callable
 from typing import Any
 
-from ._graph import GRAPH, call_site, local_thread_label
+from ._graph import GRAPH, call_site, caller, local_thread_label
 
 __all__ = ["Lock", "RLock"]
 
@@ -38,7 +38,7 @@ def _plain_wait(inner: Any, timeout: float) -> bool:
 class _GraphLock:
     """What Lock and RLock share: the contended path through the wait-for graph."""
 
-    __slots__ = ("__weakref__", "_inner", "_owner", "_shared", "name")
+    __slots__ = ("__weakref__", "_inner", "_name", "_owner", "_shared", "_site")
 
     _kind = "Lock"
 
@@ -46,9 +46,18 @@ class _GraphLock:
         self._inner = allocate_lock()
         self._owner: Any = None
         self._shared: Any = None  # (server, lock id) once pickled, see _server
-        if name is None:
-            name = f"{self._kind}-{next(_serial)} (created at {call_site()})"
-        self.name = name
+        self._name = name
+        # Without a name, remember where the lock was made and format it only
+        # when someone asks: under deadlock_detection() every Condition, Event
+        # and Future makes locks, so creation cost matters more than naming.
+        self._site = None if name is not None else (next(_serial), *caller(2))
+
+    @property
+    def name(self) -> str:
+        if self._name is None:
+            serial, filename, lineno = self._site
+            self._name = f"{self._kind}-{serial} (created at {filename}:{lineno})"
+        return self._name
 
     def _taken(self, me: Any) -> None:
         self._owner = me
