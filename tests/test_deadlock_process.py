@@ -293,3 +293,23 @@ def test_fork_from_a_thread_made_under_the_patch(monkeypatch):
     thread.start()
     thread.join(40)
     assert codes == [0]
+
+
+@pytest.mark.timeout(60)
+def test_a_waiter_killed_while_waiting_leaves_the_graph():
+    ctx = multiprocessing.get_context("fork")
+    lock, results = Lock("contended"), ctx.SimpleQueue()
+    with lock:
+        proc = _run(ctx, _wait_forever_on, _pass("fork", lock), results)
+        _wait_for_remote_waiter(proc.pid)
+        server = current_server()
+        handlers = [t for t in server.threads() if t.name == "gilfree-lock-handler"]
+        proc.kill()
+        proc.join(30)
+        for handler in handlers:  # it notices the hang-up within _WAKE_EVERY
+            handler.join(10)
+            assert not handler.is_alive()
+        assert GRAPH.waiting() == {}
+    assert results.empty()
+    assert lock.acquire(False)  # nobody took it on the dead waiter's behalf
+    lock.release()
