@@ -218,10 +218,12 @@ def test_cycle_across_gilfree_process_workers():
             pool.submit(_gilfree_task, (a, b, gates[0])),
             pool.submit(_gilfree_task, (b, a, gates[1])),
         ]
-        # Both workers now hold their first lock and wait at their gate: open both.
-        _wait_for_waiters_on({"gate-0", "gate-1"})
-        for gate in gates:
-            gate.release()
+        try:
+            # Both workers now hold their first lock and wait at their gate.
+            _wait_for_waiters_on({"gate-0", "gate-1"})
+        finally:  # open the gates even on failure, so the pool can shut down
+            for gate in gates:
+                gate.release()
         results = sorted(f.result(timeout=60) for f in futures)
     assert [r[0] for r in results] == ["acquired", "deadlock"], results
     assert results[0][2] == "RemoteLock"  # the worker had a proxy, not a copy
