@@ -8,7 +8,7 @@ request go to the wait-for graph (:mod:`._graph`), which either records the
 wait or refuses it with :class:`~gilfree.errors.DeadlockError`.
 
 Owners are keys, not threads: a local thread is its ``get_ident()``, a thread
-of another process is ``(pid, ident)``, so the lock server (:mod:`._server`)
+of another process is ``(pid, ident, connection)``, so the lock server (:mod:`._server`)
 can acquire and release on behalf of remote threads with the same code
 (``_acquire_as`` / ``_release_as``).
 """
@@ -128,7 +128,9 @@ class Lock(_GraphLock):
     """A ``threading.Lock`` that raises DeadlockError instead of deadlocking.
 
     Like ``threading.Lock`` any thread may release it. Acquiring it again in
-    the thread that holds it is a cycle of one and raises DeadlockError.
+    the thread that holds it is a cycle of one and raises DeadlockError, even
+    where another thread was meant to release it (a Lock used as a signal:
+    use an Event or a Semaphore for that).
     """
 
     __slots__ = ()
