@@ -197,3 +197,11 @@ def test_sample_indices_spread_over_the_input():
         idx = sample_indices(n, k)
         assert len(idx) == min(n, k) and len(set(idx)) == len(idx)
         assert all(0 <= i < n for i in idx)
+
+
+def test_no_samples_plans_from_the_bytecode_alone():
+    plan = advise(sleeper, [])
+    assert plan.backend == "thread" and plan.outcomes == []
+    assert "bytecode alone" in plan.reasons[0]
+    with pytest.raises(ValueError, match="budget"):
+        advise(sleeper, [1], budget=0)

@@ -88,6 +88,7 @@ COMPUTES_ABOVE = 0.7
 SCALES_ABOVE = 1.5  # 2-thread scaling above which threads "overlap"
 NO_SCALING_BELOW = 1.3
 PAIR_TELLS_BELOW = 1.8  # below this, g = 1/s; above, 2 threads cannot tell
+PAIR_NOISE = 1.1  # 2-thread scaling below this is read as none at all
 ORDER = ("serial", "thread", "process", "dask")
 
 
@@ -131,6 +132,8 @@ def gil_share(feat: Features) -> float:
     if s is None:
         return f * (0.2 if hinted else 1.0)
     s = min(2.0, max(1.0, s))
+    if s < PAIR_NOISE:
+        return f
     if s < PAIR_TELLS_BELOW:
         return min(f, 1.0 / s)
     # Two threads overlapped: g <= 0.5. The bytecode says whether the calls
