@@ -315,3 +315,26 @@ def test_a_waiter_killed_while_waiting_leaves_the_graph():
     assert results.empty()
     assert lock.acquire(False)  # nobody took it on the dead waiter's behalf
     lock.release()
+
+
+def _bump(args):
+    """Read-modify-write a counter file under a lock shared by every worker."""
+    lock, path = args
+    with lock:
+        with open(path) as f:
+            value = int(f.read())
+        with open(path, "w") as f:
+            f.write(str(value + 1))
+    return type(lock).__name__
+
+
+@pytest.mark.timeout(90)
+def test_gilfree_map_workers_exclude_each_other(tmp_path):
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    lock = RLock("counter")
+    kinds = gilfree.map(
+        _bump, [(lock, str(counter))] * 60, backend="process", workers=2, chunksize=1
+    )
+    assert set(kinds) == {"RemoteRLock"}
+    assert counter.read_text() == "60"
