@@ -205,3 +205,17 @@ def test_plan_serialises_and_explains() -> None:
     assert "process" in text and "<- chosen" in text
     assert "10 ms" in text  # the measured time per call
     assert "line 10" in text
+
+
+def test_busy_machine_trusts_a_gil_releasing_call_over_a_low_reading() -> None:
+    quiet = feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.05, findings=SHA,
+                 arg_bytes=8.0 * MIB)
+    busy = dataclasses.replace(quiet, busy_share=0.6)
+    assert choose(quiet).backend == "serial"
+    plan = choose(busy)
+    assert plan.backend == "thread", plan.explain()
+    assert "busy" in plan.reasons[1] and "60%" in plan.reasons[1]
+    # Pure Python on a busy machine stays GIL-bound: no bytecode hint to trust.
+    pure = feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.05, findings=LOOP,
+                busy_share=0.6)
+    assert choose(pure).backend == "process"

@@ -154,6 +154,7 @@ def _measure(
         cpu_fraction=result.cpu_fraction,
         pair_speedup=result.pair_speedup,
         pair_skipped=result.pair_skipped,
+        busy_share=result.busy_share,
         internal_parallelism=result.internal_parallelism,
         arg_bytes=result.arg_bytes or 0.0,
         shm_bytes=result.shm_bytes,

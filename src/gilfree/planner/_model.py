@@ -89,6 +89,10 @@ SCALES_ABOVE = 1.5  # 2-thread scaling above which threads "overlap"
 NO_SCALING_BELOW = 1.3
 PAIR_TELLS_BELOW = 1.8  # below this, g = 1/s; above, 2 threads cannot tell
 PAIR_NOISE = 1.1  # 2-thread scaling below this is read as none at all
+# When the probe's threads waited this share of their time for a CPU held by
+# other processes, 2 threads could not show scaling; a GIL-releasing call the
+# bytecode shows is then trusted over the low reading.
+BUSY_SHARE = 0.25
 ORDER = ("serial", "thread", "process", "dask")
 
 
@@ -101,6 +105,7 @@ class Features:
     cpu_fraction: float | None = None
     pair_speedup: float | None = None
     pair_skipped: str | None = None
+    busy_share: float = 0.0  # share of probe time spent waiting for a CPU
     internal_parallelism: float | None = None
     arg_bytes: float = 0.0
     shm_bytes: float = 0.0
@@ -132,6 +137,8 @@ def gil_share(feat: Features) -> float:
     if s is None:
         return f * (0.2 if hinted else 1.0)
     s = min(2.0, max(1.0, s))
+    if hinted and s < PAIR_TELLS_BELOW and feat.busy_share >= BUSY_SHARE:
+        return min(f, 0.5) * 0.2  # see _busy_sentence
     if s < PAIR_NOISE:
         return f
     if s < PAIR_TELLS_BELOW:
@@ -239,10 +246,14 @@ def choose(feat: Features) -> Plan:
     f = feat.cpu_fraction if feat.cpu_fraction is not None else 1.0
     g = gil_share(feat)
     reasons.append(_timing_sentence(t, f))
-    scaling = _scaling_sentence(feat)
-    if scaling:
-        reasons.append(scaling)
-    reasons.extend(_disagreements(feat, f))
+    busy = _busy_sentence(feat)
+    if busy:
+        reasons.append(busy)
+    else:
+        scaling = _scaling_sentence(feat)
+        if scaling:
+            reasons.append(scaling)
+        reasons.extend(_disagreements(feat, f))
 
     predicted: dict[str, float] = {"serial": predict_serial(n, t)}
 
@@ -309,6 +320,7 @@ def _profile(feat: Features) -> Profile:
         shm_bytes=feat.shm_bytes,
         result_bytes=feat.result_bytes if feat.task_seconds is not None else None,
         internal_parallelism=feat.internal_parallelism,
+        busy_share=feat.busy_share,
         failures=feat.failures,
         probe_seconds=feat.probe_seconds,
         process_start_s=m.spawn_s + m.ready_s,
@@ -344,6 +356,19 @@ def _scaling_sentence(feat: Features) -> str | None:
     if s > SCALES_ABOVE:
         return f"{rate}: the calls let go of the GIL, so threads overlap them."
     return f"{rate}: threads overlap part of the work."
+
+
+def _busy_sentence(feat: Features) -> str | None:
+    s = feat.pair_speedup
+    hints = feat.kinds("releases_gil") or feat.kinds("io")
+    if s is None or not hints or s >= PAIR_TELLS_BELOW or feat.busy_share < BUSY_SHARE:
+        return None
+    return (
+        f"2 threads ran at {s:.2f}x the rate of one, but the machine was busy (the probe "
+        f"waited {feat.busy_share:.0%} of its time for a CPU other programs held), so that "
+        f"reading says little; the bytecode shows {_first(hints)}, which lets go of the GIL, "
+        "so it is trusted here."
+    )
 
 
 def _first(findings: list[Finding]) -> str:

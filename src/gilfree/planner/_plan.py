@@ -28,6 +28,7 @@ class Profile:
     shm_bytes: float = 0.0  # mean argument bytes sent through shared memory
     result_bytes: float | None = None  # mean pickled result
     internal_parallelism: float | None = None  # process CPU / thread CPU (BLAS threads)
+    busy_share: float = 0.0  # share of probe time spent waiting for a CPU (busy machine)
     failures: int = 0
     probe_seconds: float = 0.0
     process_start_s: float | None = None  # starting one worker process here

@@ -102,6 +102,19 @@ class ProbeResult:
         return min(1.0, self.serial_cpu / busy) if busy > 0 else 1.0
 
     @property
+    def busy_share(self) -> float:
+        """Share of the probe's time its threads waited for a CPU that other
+        processes held: high on a busy machine, where two threads cannot show
+        how well they would scale."""
+        shares = []
+        if self.serial_wall > 0:
+            shares.append(self.serial_runqueue / self.serial_wall)
+        for w in self.pair_windows:
+            if w.wall > 0:
+                shares.append(w.runqueue / w.wall)
+        return min(1.0, max(shares, default=0.0))
+
+    @property
     def internal_parallelism(self) -> float | None:
         """Process CPU over thread CPU in the serial phase: above 1 when the
         function runs threads of its own (BLAS, for one)."""
