@@ -198,7 +198,13 @@ class RLock(_GraphLock):
             self._inner.release()
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        # release() inlined: __exit__ is on the fast path of every ``with``.
+        if self._owner != get_ident():
+            raise RuntimeError("cannot release un-acquired lock")
+        self._count = count = self._count - 1
+        if not count:
+            self._owner = None
+            self._inner.release()
 
     def _acquire_as(self, me: Any, blocking: bool = True, timeout: float = -1, **kw: Any) -> bool:
         if self._owner == me:
