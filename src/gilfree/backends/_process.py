@@ -24,6 +24,7 @@ class ProcessBackend(Backend):
             start_method=options.start_method,
             max_tasks_per_worker=options.max_tasks_per_worker,
             max_worker_memory=options.max_worker_memory,
+            share_threshold=options.share_threshold,
         )
 
     def max_chunk(self, job: Job) -> int:

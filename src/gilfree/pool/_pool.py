@@ -40,7 +40,8 @@ import time
 import weakref
 from typing import Any
 
-from .. import _serialize
+from .. import _serialize, _shm
+from .._options import usable_cpus
 from ..backends._base import Job
 from ..errors import SerializationError, TaskTimeout, WorkerDied
 from . import _wire
@@ -133,11 +134,19 @@ class ProcessPool:
         start_method: str | None = None,
         max_tasks_per_worker: int | None = None,
         max_worker_memory: int | None = None,
+        share_threshold: int = _shm.DEFAULT_THRESHOLD,
     ) -> None:
         self.size = workers
+        self._arena = _shm.Arena(share_threshold)
+        self._worker_config = {
+            "parent": os.getpid(),
+            "max_tasks": max_tasks_per_worker,
+            "max_memory": max_worker_memory,
+            "share_threshold": share_threshold,
+            # BLAS/OpenMP threads per worker, so workers x threads <= CPUs.
+            "blas_threads": max(1, usable_cpus() // workers),
+        }
         self._later_method = start_method or "zygote"
-        self._max_tasks = max_tasks_per_worker
-        self._max_memory = max_worker_memory
         self._lock = threading.Lock()
         self._state = PoolState.RUNNING
         self._incoming: collections.deque[_Chunk] = collections.deque()
@@ -200,7 +209,7 @@ class ProcessPool:
         _blob, key = fn
         chunks: list[_Chunk] = []
         try:
-            chunks.append(_Chunk(job, start, items, _serialize.dumps_data(items), key))
+            chunks.append(_Chunk(job, start, items, self._dumps(items), key))
         except Exception:
             chunks.extend(self._split_unpicklable(job, start, items, key))
         with self._lock:
@@ -208,6 +217,12 @@ class ProcessPool:
                 raise RuntimeError("cannot schedule new work after the pool was shut down")
             self._incoming.extend(chunks)
             self._wake_locked()
+
+    def _dumps(self, items: list[Any], by_value: bool = False) -> bytes:
+        """Pickle task items; large NumPy arrays go through shared memory."""
+        if _shm.numpy_loaded():
+            return _shm.dumps(items, self._arena.reduce, by_value=by_value)
+        return _serialize.dumps_data(items, by_value=by_value)
 
     def _function(self, job: Job) -> tuple[bytes, int] | SerializationError:
         cached = self._job_fns.get(job)
@@ -235,7 +250,7 @@ class ProcessPool:
         chunks = []
         for k, item in enumerate(items):
             try:
-                blob = _serialize.dumps_data([item])
+                blob = self._dumps([item])
             except Exception as exc:
                 job.fail(start + k, _serialize.argument_error(start + k, item, exc))
                 continue
@@ -488,9 +503,9 @@ class ProcessPool:
             return None
         items = chunk.items[a:b]
         try:
-            blob = _serialize.dumps_data(items, by_value=chunk.by_value)
+            blob = self._dumps(items, by_value=chunk.by_value)
         except Exception:  # pickled before, so this does not happen; be safe
-            blob = _serialize.dumps_data(items, by_value=True)
+            blob = self._dumps(items, by_value=True)
         new = _Chunk(
             chunk.job, chunk.start + a, items, blob, chunk.key, chunk.attempt, chunk.by_value
         )
@@ -508,7 +523,7 @@ class ProcessPool:
             again = self._rechunk(chunk, 0, len(chunk.items))
             assert again is not None
             again.by_value = True
-            again.blob = _serialize.dumps_data(chunk.items, by_value=True)
+            again.blob = self._dumps(chunk.items, by_value=True)
             self._pending.appendleft(again)
         elif len(chunk.items) > 1:
             for k in reversed(range(len(chunk.items))):
@@ -556,6 +571,7 @@ class ProcessPool:
         self._want_write(w, False)
         w.wait(1.0)  # the sentinel can fire a moment before the process is reapable
         exitcode = w.exitcode()
+        self._sweep(w)
         if w.inflight:
             self._recover(w, exitcode)
         expected = w.state in (WorkerState.RETIRING, WorkerState.STOPPING)
@@ -699,13 +715,17 @@ class ProcessPool:
             self._slots_fd,
             self._alive_r,
             inherited,
-            self._max_tasks,
-            self._max_memory,
+            self._worker_config,
         )
 
     def _watch(self, w: _Worker) -> None:
         self._selector.register(w.result_fd, selectors.EVENT_READ, ("result", w))
         self._selector.register(w.sentinel, selectors.EVENT_READ, ("exit", w))
+
+    @staticmethod
+    def _sweep(w: _Worker) -> None:
+        """Result segments a dead worker made that we never received."""
+        _shm.sweep(f"gilfree-{os.getpid()}-r{w.pid}-")
 
     def _unwatch(self, fd: int) -> None:
         try:
@@ -777,6 +797,10 @@ class ProcessPool:
             w.kill()
             w.wait(5)
             w.release()
+        for w in self._workers:
+            if w is not None:
+                self._sweep(w)
+        self._arena.close()
         with self._lock:
             self._state = PoolState.CLOSED
         self._selector.close()

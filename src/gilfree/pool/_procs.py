@@ -68,15 +68,14 @@ class WorkerProcess:
         slots_fd: int,
         alive_fd: int,
         inherited_fds: list[int],
-        max_tasks: int | None,
-        max_memory: int | None,
+        config: dict[str, Any],
     ) -> None:
         task_r, task_w = os.pipe()
         result_r, result_w = os.pipe()
         stack_r, stack_w = os.pipe()
         self.index = index
         self.task_fd, self.result_fd, self.stack_fd = task_w, result_r, stack_r
-        config = {"index": index, "max_tasks": max_tasks, "max_memory": max_memory}
+        config = {**config, "index": index}
         child_fds = [task_r, result_w, stack_w, alive_fd, slots_fd]
         self._proc: Any = None
         self._popen: subprocess.Popen[bytes] | None = None

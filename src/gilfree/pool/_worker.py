@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any
 
-from .. import _serialize
+from .. import _serialize, _shm
 from ..errors import SerializationError
 from . import _wire
 
@@ -58,10 +58,34 @@ def main(
     faulthandler.enable(file=stack_fd, all_threads=False)
     faulthandler.register(signal.SIGUSR1, file=stack_fd, all_threads=False)
     _watch_parent(alive_fd)
+    _cap_native_threads(config["blas_threads"])
     index = config["index"]
     slots = mmap.mmap(slots_fd, 0)
     slot = memoryview(slots).cast("q")[4 * index : 4 * index + 4]
-    Worker(task_fd, result_fd, slot, config["max_tasks"], config["max_memory"]).serve()
+    worker = Worker(task_fd, result_fd, slot, config["max_tasks"], config["max_memory"])
+    worker.results = _shm.ResultPickler(config["share_threshold"], config["parent"])
+    worker.serve()
+
+
+#: Variables read by BLAS and OpenMP runtimes when they load.
+_THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+def _cap_native_threads(n: int) -> None:
+    """workers x native threads <= CPUs: no oversubscription of the machine."""
+    for var in _THREAD_VARS:  # for libraries loaded from now on
+        os.environ[var] = str(n)
+    if "numpy" in sys.modules:  # already loaded (inherited through fork)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=n)
 
 
 def _watch_parent(fd: int) -> None:
@@ -92,6 +116,12 @@ class Worker:
         self.max_tasks = max_tasks
         self.max_memory = max_memory
         self.tasks_done = 0
+        self.results: _shm.ResultPickler | None = None
+
+    def dumps(self, msg: Any) -> bytes:
+        if self.results is not None and _shm.numpy_loaded():
+            return self.results.dumps(msg)
+        return _serialize.dumps_data(msg)
 
     def send(self, msg: tuple[Any, ...]) -> None:
         _wire.send_frame(self.result_fd, pickle.dumps(msg, _serialize.PROTOCOL))
@@ -201,9 +231,9 @@ class Worker:
     ) -> None:
         msg = (_wire.RESULT, seq, offset, values, failures, elapsed, final)
         try:
-            payload = _serialize.dumps_data(msg)
+            payload = self.dumps(msg)
         except Exception:
-            payload = _serialize.dumps_data(self._isolate_unpicklable(msg))
+            payload = self.dumps(self._isolate_unpicklable(msg))
         _wire.send_frame(self.result_fd, payload)
 
     @staticmethod
@@ -214,7 +244,7 @@ class Worker:
         clean = []
         for k, value in enumerate(values):
             try:
-                _serialize.dumps_data(value)
+                _serialize.dumps_data(value)  # plain pickling: no segment is made
                 clean.append(value)
             except Exception as exc:
                 clean.append(None)
