@@ -1,0 +1,110 @@
+"""gilfree on Dask beside Dask's own ``Client.map``, on the same local cluster.
+
+Starts a real cluster (``dask scheduler`` + 2 ``dask worker`` processes, 1 thread each,
+on 127.0.0.1), then runs each workload with:
+
+* ``dask Client.map``      -- ``client.gather(client.map(fn, items, pure=False))``;
+* ``gilfree (auto chunks)`` -- ``gilfree.map(fn, items, backend="dask")``;
+* ``gilfree chunksize=1``   -- one Dask task per item, as Client.map does.
+
+Overhead per task = (wall time - the work itself spread over the cluster's threads) / n.
+Each figure is the best of ``--repeat`` runs (the machine is shared; the minimum is the
+least disturbed). The ratio column is Client.map's overhead divided by gilfree's: above
+1 gilfree costs less per task.
+
+    .venv/bin/python benchmarks/bench_dask.py [--quick] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from dask_cluster import LocalDaskCluster  # noqa: E402
+
+
+def noop(x):
+    return x
+
+
+def busy(x, seconds=0.005):
+    """About ``seconds`` of pure-Python work (holds the GIL, like most user code)."""
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return x
+
+
+def best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer items")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    from distributed import Client
+
+    import gilfree
+
+    scale = 4 if args.quick else 1
+    workloads = [
+        ("no-op", noop, 0.0, 4000 // scale),
+        ("5 ms of Python", busy, 0.005, 400 // scale),
+    ]
+    threads = 2
+    with LocalDaskCluster(n_workers=2, nthreads=1, pythonpath=[str(HERE)]) as cluster:
+        address = cluster.address
+        with Client(address, set_as_default=False) as client:
+            # Warm up: imports on the workers, the first connection of each client.
+            client.gather(client.map(noop, range(10), pure=False))
+            gilfree.map(noop, range(10), backend="dask", address=address)
+
+            header = f"{'workload':<16}{'runner':<24}{'n':>6}{'wall s':>9}{'ovh/task ms':>13}"
+            print(f"dask cluster: 2 workers x 1 thread at {address}")
+            print(header + f"{'ratio':>8}")
+            print("-" * (len(header) + 8))
+            for label, fn, seconds, n in workloads:
+                items = list(range(n))
+                ideal = n * seconds / threads
+                runs = {
+                    "dask Client.map": lambda fn=fn, items=items: client.gather(
+                        client.map(fn, items, pure=False)
+                    ),
+                    "gilfree (auto chunks)": lambda fn=fn, items=items: gilfree.map(
+                        fn, items, backend="dask", address=address
+                    ),
+                    "gilfree chunksize=1": lambda fn=fn, items=items: gilfree.map(
+                        fn, items, backend="dask", address=address, chunksize=1
+                    ),
+                }
+                overhead = {}
+                for runner, run in runs.items():
+                    wall = best(run, args.repeat)
+                    overhead[runner] = max(wall - ideal, 1e-9) / n
+                    ratio = overhead["dask Client.map"] / overhead[runner]
+                    print(
+                        f"{label:<16}{runner:<24}{n:>6}{wall:>9.3f}"
+                        f"{overhead[runner] * 1e3:>13.3f}{ratio:>7.1f}x"
+                    )
+            print(
+                "\nratio = Client.map's overhead per task / this runner's (same cluster, "
+                "same run); above 1x gilfree costs less per task."
+            )
+
+
+if __name__ == "__main__":
+    main()
