@@ -100,8 +100,16 @@ def main() -> None:
                         f"{label:<16}{runner:<24}{n:>6}{wall:>9.3f}"
                         f"{overhead[runner] * 1e3:>13.3f}{ratio:>7.1f}x"
                     )
+            # Fixed cost of one gilfree.map on Dask: connect a client, scatter the runner
+            # and the function, one task. Beside it: one task on an already open client.
+            fixed = best(lambda: gilfree.map(noop, [0], backend="dask", address=address), 5)
+            one = best(lambda: client.submit(noop, 0, pure=False).result(), 5)
             print(
-                "\nratio = Client.map's overhead per task / this runner's (same cluster, "
+                f"\nfixed cost of a gilfree.map call: {fixed * 1e3:.1f} ms "
+                f"(one task on an open Client: {one * 1e3:.1f} ms)"
+            )
+            print(
+                "ratio = Client.map's overhead per task / this runner's (same cluster, "
                 "same run); above 1x gilfree costs less per task."
             )
 
