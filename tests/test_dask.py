@@ -383,6 +383,31 @@ def test_large_numpy_argument_through_the_public_api(address):
     assert out == [(True, 1.0)] * 6
 
 
+class Scaler:
+    def __init__(self, k):
+        self.k = k
+
+    def scale(self, x):
+        return self.k * x
+
+
+def test_function_is_scattered_once_per_backend(address):
+    """Executor-style submits of the same callable, even `obj.method`, reuse one copy."""
+    scaler = Scaler(3)
+    backend = DaskBackend(Options(address=address))
+    try:
+        job_results = []
+        for i in range(4):
+            job = StreamJob(scaler.scale, backend.options)  # a new bound method each time
+            backend.submit(job, 0, [i])
+            job_results.append(job.outcomes.get(timeout=30))
+        stats = backend.statistics()
+    finally:
+        backend.shutdown()
+    assert job_results == [(True, 0, [3 * i]) for i in range(4)]
+    assert stats["functions"] == 1 and stats["tasks"] == 4
+
+
 def test_runner_needs_no_gilfree_on_the_worker():
     """The chunk runner is pickled by value: it loads where gilfree cannot be imported."""
     import cloudpickle

@@ -77,6 +77,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 import uuid
 import weakref
 from collections import OrderedDict
@@ -321,7 +322,7 @@ class DaskBackend(Backend):
         self._seq = itertools.count()
         self._chunks: dict[str, _Chunk] = {}  # key -> chunk, under self._lock
         self._idle = threading.Condition(self._lock)  # notified when _chunks empties
-        self._functions: OrderedDict[int, tuple[Any, Any]] = OrderedDict()  # id -> (fn, fut)
+        self._functions: OrderedDict[Any, tuple[Any, Any]] = OrderedDict()  # -> (fn, fut)
         self._arrays: dict[int, tuple[weakref.ref, Any]] = {}  # id -> (ref, future)
         self._closed = False
         self._stats = {"tasks": 0, "resubmitted": 0, "scattered_arrays": 0, "functions": 0}
@@ -430,14 +431,19 @@ class DaskBackend(Backend):
         return buf.getvalue(), []
 
     def _scattered_function(self, fn: Any) -> Any:
+        # Each `obj.method` is a new bound-method object: key those by what they bind.
+        if isinstance(fn, types.MethodType):
+            key: Any = (id(fn.__self__), id(fn.__func__))
+        else:
+            key = id(fn)
         with self._lock:
-            entry = self._functions.get(id(fn))
-            if entry is not None and entry[0] is fn:
-                self._functions.move_to_end(id(fn))
+            entry = self._functions.get(key)
+            if entry is not None:
+                self._functions.move_to_end(key)
                 return entry[1]
         future = self._client.scatter(fn, broadcast=True, hash=False)
         with self._lock:
-            self._functions[id(fn)] = (fn, future)  # holding fn keeps its id unique
+            self._functions[key] = (fn, future)  # holding fn keeps the ids in key unique
             self._stats["functions"] += 1
             while len(self._functions) > FUNCTION_CACHE:
                 self._functions.popitem(last=False)
@@ -658,7 +664,9 @@ class DaskBackend(Backend):
             if self._closed:
                 return
             self._closed = True
-            if wait and not kill:
+            # Not from the collector itself (a Future callback calling shutdown): it is
+            # the thread that would empty _chunks.
+            if wait and not kill and threading.current_thread() is not self._collector:
                 while self._chunks:
                     self._idle.wait()
             futures = [c.future for c in self._chunks.values() if c.future is not None]
