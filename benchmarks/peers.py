@@ -7,7 +7,8 @@ and each of serial/thread/process so that the best gilfree backend is known)
 and through multiprocessing.Pool, ProcessPoolExecutor, ThreadPoolExecutor,
 joblib, mpire and pebble, each used the way its documentation shows, with its
 defaults: no peer is tuned by hand, and neither is gilfree. Each time is
-one pool opened, mapped over the whole input and closed (best of --repeat).
+one pool opened, mapped over the whole input and closed: the best of --repeat
+rounds, each round running every contender once.
 Every result list is checked against a plain loop's.
 
 Prints a Markdown table of times and ratios (peer time / gilfree time: above
@@ -21,6 +22,7 @@ import argparse
 import concurrent.futures
 import gc
 import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -88,22 +90,16 @@ PEERS: dict[str, Runner] = {
 # ---------------------------------------------------------------- measuring
 
 
-def best_time(run: Callable[[], list[Any]], expected: list[Any] | None, repeat: int) -> Any:
-    """Best seconds of ``repeat`` runs, or an error string; the last results too."""
-    best = None
-    values: list[Any] = []
-    for _ in range(repeat):
-        gc.collect()
-        start = time.perf_counter()
-        try:
-            values = run()
-        except Exception as exc:
-            return f"{type(exc).__name__}: {exc}".splitlines()[0], values
-        seconds = time.perf_counter() - start
-        if expected is not None and values != expected:
-            return "wrong results", values
-        best = seconds if best is None else min(best, seconds)
-    return best, values
+def timed(run: Callable[[], list[Any]], expected: list[Any]) -> float | str:
+    """Seconds for one run, or why it does not count (an error, wrong results)."""
+    gc.collect()
+    start = time.perf_counter()
+    try:
+        values = run()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    seconds = time.perf_counter() - start
+    return seconds if values == expected else "wrong results"
 
 
 def measure(workload: Workload, *, quick: bool, repeat: int, cpus: int) -> dict[str, Any]:
@@ -111,7 +107,6 @@ def measure(workload: Workload, *, quick: bool, repeat: int, cpus: int) -> dict[
     row: dict[str, Any] = {"name": workload.name, "description": workload.description}
     row["tasks"] = len(items)
     expected = [workload.fn(x) for x in items]  # a plain loop, also the reference
-    times: dict[str, Any] = {}
     used: dict[str, str] = {}
 
     def via_gilfree(backend: str) -> Callable[[], list[Any]]:
@@ -122,12 +117,21 @@ def measure(workload: Workload, *, quick: bool, repeat: int, cpus: int) -> dict[
 
         return run
 
-    for backend in (*GILFREE_BACKENDS, "auto"):
-        print(f"  {workload.name}: gilfree {backend}", file=sys.stderr, flush=True)
-        times[f"gilfree {backend}"], _ = best_time(via_gilfree(backend), expected, repeat)
+    contenders: dict[str, Callable[[], list[Any]]] = {
+        f"gilfree {b}": via_gilfree(b) for b in (*GILFREE_BACKENDS, "auto")
+    }
     for name, runner in PEERS.items():
-        print(f"  {workload.name}: {name}", file=sys.stderr, flush=True)
-        times[name], _ = best_time(lambda r=runner: r(workload.fn, items, cpus), expected, repeat)
+        contenders[name] = lambda r=runner: r(workload.fn, items, cpus)
+    # Rounds, not one contender's runs back to back: on a shared machine the
+    # load drifts, and each contender's best time should see the same drift.
+    times: dict[str, Any] = {}
+    for round_ in range(repeat):
+        for name, run in contenders.items():
+            if isinstance(times.get(name), str):
+                continue  # failed once: that is its answer
+            print(f"  {workload.name} round {round_ + 1}: {name}", file=sys.stderr, flush=True)
+            t = timed(run, expected)
+            times[name] = t if isinstance(t, str) or name not in times else min(times[name], t)
     ok = {b: times[f"gilfree {b}"] for b in GILFREE_BACKENDS}
     ok = {b: t for b, t in ok.items() if isinstance(t, float)}
     row["best_backend"] = min(ok, key=ok.__getitem__) if ok else None
@@ -158,10 +162,11 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
         "# gilfree beside other pools",
         "",
         f"Measured {machine['date']} on {machine['cpus']} CPUs ({machine['cpu_model']}), "
-        f"{machine['python']}, {machine['platform']}, gilfree {machine['gilfree']}.",
+        f"{machine['python']}, {machine['platform']}, gilfree {machine['gilfree']}; "
+        f"load average {args.load_before:.1f} before the run, {args.load_after:.1f} after.",
         f"Command: `python benchmarks/peers.py{' --quick' if args.quick else ''} "
-        f"--repeat {args.repeat}`; each cell is the best of {args.repeat} runs of one whole map "
-        "(pool start and shutdown included).",
+        f"--repeat {args.repeat}`; each cell is the best of {args.repeat} rounds (every "
+        "contender runs once per round) of one whole map, pool start and shutdown included.",
         "",
         "## Time, and ratio to gilfree auto",
         "",
@@ -236,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cpus = usable_cpus()
     names = set(args.only.split(",")) if args.only else {w.name for w in SUITE}
+    args.load_before = os.getloadavg()[0]
     rows = []
     for workload in SUITE:
         if workload.name not in names:
@@ -245,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping {workload.name}: {missing}", file=sys.stderr)
             continue
         rows.append(measure(workload, quick=args.quick, repeat=args.repeat, cpus=cpus))
+    args.load_after = os.getloadavg()[0]
     text = markdown(rows, machine_info(), args)
     print(text)
     if args.out != "-":
