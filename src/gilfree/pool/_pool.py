@@ -120,6 +120,7 @@ class _Worker(WorkerProcess):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.inflight: collections.deque[_Chunk] = collections.deque()
+        self.assigned = 0  # tasks sent, for max_tasks_per_worker
         self.fn_keys: set[int] = set()
         self.reader = _wire.FrameReader(self.result_fd)
         self.writer = _wire.FrameWriter(self.task_fd)
@@ -364,13 +365,26 @@ class ProcessPool:
                 continue  # a stale entry
             if w.inflight and self._predicted_s(w.inflight[-1]) > PREFETCH_MAX_S:
                 continue  # re-added when its chunk completes
+            budget = self._budget(w)
+            if budget == 0:
+                continue  # it retires after its running chunk
             chunk = pending.popleft()
             if chunk.job.cancelled or not chunk.job.begin():
                 free.appendleft(w)
                 continue
+            if len(chunk.items) > budget:  # recycling: never send past max_tasks
+                rest = self._rechunk(chunk, budget, len(chunk.items))
+                chunk = self._rechunk(chunk, 0, budget)  # type: ignore[assignment]
+                pending.appendleft(rest)  # type: ignore[arg-type]
+            w.assigned += len(chunk.items)
             self._assign(w, chunk)
             if len(w.inflight) < PREFETCH:
                 free.append(w)
+
+    def _budget(self, w: _Worker) -> int:
+        """Tasks `w` may still be sent before max_tasks_per_worker retires it."""
+        limit = self._worker_config["max_tasks"]
+        return (1 << 62) if limit is None else max(0, limit - w.assigned)
 
     @staticmethod
     def _predicted_s(chunk: _Chunk) -> float:
@@ -585,6 +599,13 @@ class ProcessPool:
 
     def _recover(self, w: _Worker, exitcode: int | None) -> None:
         """Give every task the dead worker held an outcome or a new home."""
+        if w.state is WorkerState.RETIRING:  # recycled on purpose: nothing failed
+            rests = [self._rechunk(c, c.done, len(c.items)) for c in w.inflight]
+            for c in w.inflight:
+                self._chunks.pop(c.seq, None)
+            w.inflight.clear()
+            self._pending.extendleft(reversed([r for r in rests if r is not None]))
+            return
         culprit: tuple[int, int] | None = None  # (chunk seq, position)
         timeout_stack: str | None = None
         if w.kill_reason is not None and w.kill_reason[0] == "timeout":

@@ -51,6 +51,14 @@ class WorkerState(enum.Enum):
 
 
 def choose_start_method(requested: str | None) -> str:
+    """fork while the caller has one Python thread, else the zygote.
+
+    Native threads that Python did not start (an OpenBLAS pool after ``import
+    numpy``) are not counted: they sit idle in their own condition waits and
+    register at-fork handlers, and treating them as a reason not to fork would
+    send every NumPy user through the zygote. (Python 3.12 warns about such a
+    fork with a DeprecationWarning, shown under pytest.)
+    """
     if requested is not None:
         return requested
     if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1:
