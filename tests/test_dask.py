@@ -263,6 +263,22 @@ def test_errors_return_keeps_the_other_results(address):
     assert isinstance(out[3], KeyError)
 
 
+def raise_with_unpicklable_context(x):
+    try:
+        raise LookupError(threading.Lock())  # cannot be pickled
+    except LookupError:
+        raise ValueError(f"item {x}") from None
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_error_whose_chain_cannot_be_pickled_keeps_its_type(address, retries):
+    with pytest.raises(ValueError, match="item 5") as info:
+        gilfree.map(
+            raise_with_unpicklable_context, [5], backend="dask", address=address, retries=retries
+        )
+    assert "raise_with_unpicklable_context" in info.value.__cause__.tb
+
+
 def test_unpicklable_result_and_argument_fail_alone(address):
     lock = threading.Lock()
     out = gilfree.map(
@@ -374,11 +390,17 @@ def test_large_numpy_argument_is_scattered_once(address):
     assert stats["scattered_arrays"] == 1 and stats["tasks"] == 13
 
 
-def test_large_numpy_argument_through_the_public_api(address):
+@pytest.mark.parametrize("timeout", [None, 20.0])
+def test_large_numpy_argument_through_the_public_api(address, timeout):
+    """Also under a timeout, where fn runs in a helper thread: get_worker() still works."""
     np = pytest.importorskip("numpy")
     big = np.ones(1 << 18)
     out = gilfree.map(
-        in_worker_memory, [(big, i) for i in range(6)], backend="dask", address=address
+        in_worker_memory,
+        [(big, i) for i in range(6)],
+        backend="dask",
+        address=address,
+        timeout=timeout,
     )
     assert out == [(True, 1.0)] * 6
 

@@ -67,6 +67,7 @@ Errors, retries and timeouts:
 
 from __future__ import annotations
 
+import contextvars
 import io
 import itertools
 import operator
@@ -116,6 +117,8 @@ _OK, _RAISED, _TIMEOUT, _BAD_RESULT = 0, 1, 2, 3
 _TIMEOUT_MARK = "gilfree-task-timeout"
 # Names of the runner's frames, trimmed from the top of remote tracebacks.
 _RUNNER = frozenset({"_run_chunk", "_run_one"})
+# Attribute carrying the formatted traceback on an exception raised for Dask's retries.
+_TB_ATTR = "_gilfree_remote_traceback"
 
 # The runner must reach workers that do not have gilfree installed: pickle it by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -144,7 +147,9 @@ def _run_chunk(
         outcome = _run_one(fn, item) if timeout is None else _call_with_deadline(fn, item, timeout)
         seconds = time.perf_counter() - t0
         if strict and outcome[0] == _RAISED:
-            raise outcome[1]
+            exc = outcome[1]
+            exc.__dict__[_TB_ATTR] = outcome[2]  # travels with it; the client pops it
+            raise exc
         if strict and outcome[0] == _TIMEOUT:
             raise TimeoutError(_TIMEOUT_MARK, outcome[2])
         outcomes.append((*outcome, seconds))
@@ -160,6 +165,10 @@ def _run_one(fn: Any, item: Any) -> tuple[int, Any, str | None]:
 
 def _raised(exc: BaseException) -> tuple[int, Any, str]:
     text = _format_remote(exc, exc.__traceback__)
+    # The text holds the traceback and the chained exceptions. Drop the objects: Dask
+    # installs tblib's exception reducers, which would pickle the whole chain with its
+    # frames, and one unpicklable link (a ContextVar in a LookupError, say) would fail it.
+    exc.__traceback__ = exc.__context__ = exc.__cause__ = None
     try:  # the exception must survive the trip back, or the whole chunk would be lost
         pickle.loads(cloudpickle.dumps(exc))
     except Exception as why:
@@ -181,18 +190,13 @@ def _call_with_deadline(fn: Any, item: Any, timeout: float) -> tuple[int, Any, s
     """Run ``fn(item)`` in a daemon thread; give up on it after ``timeout`` seconds."""
     box: list[tuple[int, Any, str | None]] = []
     done = threading.Event()
-    try:  # let fn use distributed.get_worker() / get_client() as in a worker thread
-        from distributed.worker import thread_state
-
-        context = dict(vars(thread_state))
-    except Exception:
-        thread_state, context = None, {}
+    # Dask finds the current worker through context variables (get_worker, get_client):
+    # run the call in a copy of this worker thread's context.
+    context = contextvars.copy_context()
 
     def target() -> None:
-        if thread_state is not None:
-            vars(thread_state).update(context)
         try:
-            box.append(_run_one(fn, item))
+            box.append(context.run(_run_one, fn, item))
         finally:
             done.set()
 
@@ -534,7 +538,7 @@ class DaskBackend(Backend):
             return
         else:  # "error": the task itself raised (strict one-item tasks, or the runner)
             exc = future.exception()
-            text = _format_remote(exc, future.traceback())
+            text = exc.__dict__.pop(_TB_ATTR, None) or _format_remote(exc, future.traceback())
             self._fail_chunk(chunk, exc, text)
             return
         try:
