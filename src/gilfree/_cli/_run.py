@@ -177,6 +177,8 @@ def _drive(
 
 def _open_input(path: str | None) -> tuple[IO[bytes], int | None]:
     if path is None or path == "-":
+        if sys.stdin.isatty():
+            print("gilfree: reading JSON lines from the terminal; end with Ctrl-D", file=sys.stderr)
         # Our own handle on fd 0 so that closing it does not close sys.stdin.
         return open(sys.stdin.fileno(), "rb", closefd=False), None
     try:
