@@ -147,23 +147,40 @@ def _resolve_auto(
         address=dask_address(opts),
         workers=opts.workers,
     )
-    prefilled: list[Event] = []
-    resubmit: list[tuple[int, Any]] = []
-    for i, (ok, value) in enumerate(plan.outcomes):
-        if ok:
-            prefilled.append((True, i, [value]))
-        elif opts.retries > 0:  # the probe was attempt one; the backend retries
-            resubmit.append((i, samples[i]))
-        else:
-            prefilled.append((False, i, value))
-    n_run = len(plan.outcomes)
-    rest = itertools.chain(samples[n_run:], it)
-    chosen = opts.with_(
+    prefilled, resubmit, rest = _reuse_probe(plan, samples, it, opts.retries)
+    return _apply_plan(opts, plan), rest, prefilled, resubmit
+
+
+def _apply_plan(opts: Options, plan: Any) -> Options:
+    """The plan decides what the caller left open."""
+    return opts.with_(
         backend=plan.backend,
         workers=opts.workers or plan.workers,
         chunksize=opts.chunksize or plan.chunksize,
     )
-    return chosen, _Offset(rest, n_run), prefilled, resubmit
+
+
+def _reuse_probe(
+    plan: Any, samples: list[Any], it: Iterator[Any], retries: int
+) -> tuple[list[Event], list[tuple[int, Any]], _Offset]:
+    """The probe's calls were real: their outcomes become the first events.
+
+    A sample that failed is run again by the backend when retries are allowed
+    (the probe was its first attempt). Returns the events, the items to run
+    again, and the input still to run (from the first sample not probed on).
+    """
+    prefilled: list[Event] = []
+    resubmit: list[tuple[int, Any]] = []
+    outcomes = plan.outcomes if plan is not None else []
+    for i, (ok, value) in enumerate(outcomes):
+        if ok:
+            prefilled.append((True, i, [value]))
+        elif retries > 0:
+            resubmit.append((i, samples[i]))
+        else:
+            prefilled.append((False, i, value))
+    n_run = len(outcomes)
+    return prefilled, resubmit, _Offset(itertools.chain(samples[n_run:], it), n_run)
 
 
 class _Offset:
@@ -238,11 +255,7 @@ class Executor(concurrent.futures.Executor):
         plan = advise(
             fn, samples, budget=AUTO_BUDGET, address=dask_address(opts), workers=opts.workers
         )
-        chosen = opts.with_(
-            backend=plan.backend,
-            workers=opts.workers or plan.workers,
-            chunksize=opts.chunksize or plan.chunksize,
-        )
+        chosen = _apply_plan(opts, plan)
         with self._lock:
             self._plans[key] = chosen
         return chosen, plan
@@ -314,22 +327,17 @@ class Executor(concurrent.futures.Executor):
         opts, plan = self._route(call, _plan_key(fn), samples)
         if chunksize is not None:
             opts = opts.with_(chunksize=chunksize)
-        prefilled: list[Event] = []
-        n_run = 0
-        if plan is not None:
-            n_run = len(plan.outcomes)
-            prefilled = [
-                (True, i, [v]) if ok else (False, i, v) for i, (ok, v) in enumerate(plan.outcomes)
-            ]
+        prefilled, resubmit, rest = _reuse_probe(plan, samples, it, opts.retries)
         backend = self._backend(opts)
         job = StreamJob(call, opts.with_(ordered=ordered))
         run = Run(
             backend,
             job,
-            _Offset(itertools.chain(samples[n_run:], it), n_run),
+            rest,
             ordered=ordered,
             total=total,
             prefilled=prefilled,
+            resubmit=resubmit,
         )
         if timeout is not None:
             run.deadline = time.monotonic() + timeout

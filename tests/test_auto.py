@@ -1,0 +1,81 @@
+"""backend="auto": the probe's calls count as real calls, and the plan is used."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+import gilfree
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Recorder:
+    """Appends each input to a file, so calls in any process are counted."""
+
+    def __init__(self, path, work):
+        self.path, self.work = path, work
+
+    def __call__(self, x):
+        with open(self.path, "a") as f:
+            f.write(f"{x}\n")
+        if self.work == "sleep":
+            time.sleep(0.01)
+        elif self.work == "cpu":
+            sum(i * i for i in range(20_000))
+        elif self.work == "fail" and x == 3:
+            raise KeyError(x)
+        return x * 2
+
+
+@pytest.mark.parametrize("work", ["tiny", "sleep", "cpu"])
+def test_auto_map_calls_each_item_exactly_once(tmp_path, work):
+    path = tmp_path / "calls"
+    out = gilfree.map(Recorder(str(path), work), range(40), backend="auto")
+    assert out == [x * 2 for x in range(40)]
+    calls = sorted(int(line) for line in path.read_text().split())
+    assert calls == list(range(40)), "an item was run twice or not at all"
+
+
+def test_auto_keeps_a_failed_probe_result_in_its_slot(tmp_path):
+    out = gilfree.map(Recorder(str(tmp_path / "c"), "fail"), range(6), errors="return")
+    assert isinstance(out[3], KeyError) and out[5] == 10
+
+
+def test_auto_retries_a_sample_that_failed_in_the_probe(tmp_path):
+    marker = tmp_path / "failed-once"
+
+    def flaky(x):
+        if x == 1 and not marker.exists():
+            marker.touch()
+            raise ConnectionError("first attempt")
+        return x
+
+    assert gilfree.map(flaky, range(5), retries=1) == list(range(5))
+
+
+def test_auto_imap_is_lazy_and_ordered():
+    it = gilfree.imap(abs, (-i for i in range(10**7)))
+    assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
+    it.close()
+
+
+def test_executor_plans_once_per_function(monkeypatch):
+    from gilfree import planner
+
+    calls = []
+    real = planner.advise
+
+    def counting(fn, samples, **kw):
+        calls.append(fn)
+        return real(fn, samples, **kw)
+
+    monkeypatch.setattr(planner, "advise", counting)
+    with gilfree.Executor() as ex:
+        assert list(ex.map(abs, [-1, -2, -3])) == [1, 2, 3]
+        assert [ex.submit(abs, -i).result() for i in range(5)] == list(range(5))
+        assert list(ex.map(abs, [-4])) == [4]
+        assert ex.submit(os.getpid).result() > 0
+    assert len(calls) == 2  # abs once, os.getpid once
