@@ -42,6 +42,11 @@ class Status:
             self._status.update(f"bench {text}")
 
 
+def _load(machine: dict[str, Any]) -> str:
+    load = machine.get("load_average")
+    return "" if load is None else f", load average {load:.1f}"
+
+
 def format_seconds(seconds: float) -> str:
     return f"{seconds:.2f} s" if seconds >= 0.1 else f"{seconds * 1000:.1f} ms"
 
@@ -83,6 +88,7 @@ def print_table(
         caption=(
             f"time of one map (best of {repeat}); {TIMES} = speedup over serial. "
             f"{machine['cpus']} CPUs, {machine['cpu_model']}, {machine['python']}"
+            f"{_load(machine)}"
         ),
     )
     table.add_column("workload", no_wrap=True)
@@ -202,7 +208,8 @@ def plot(
     title = "gilfree bench" + (" --quick" if quick else "")
     ax.set_title(
         f"{title}: speedup over a plain loop\n"
-        f"{machine['cpus']} CPUs, {machine['cpu_model']}, {machine['python']}, {machine['date']}",
+        f"{machine['cpus']} CPUs, {machine['cpu_model']}, {machine['python']}, {machine['date']}"
+        f"{_load(machine)}",
         fontsize=10,
     )
     from matplotlib.patches import Patch

@@ -161,6 +161,8 @@ def machine_info() -> dict[str, Any]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "platform": platform.platform(terse=True),
         "gilfree": __version__,
+        # Other work on the machine while timing: speedups shrink when it is near `cpus`.
+        "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
 
 
