@@ -243,6 +243,27 @@ def test_executor_submit_and_map(address):
     assert "fail_on_three" in exc.__cause__.tb
 
 
+def test_executor_cancel_and_shutdown_drop_dask_tasks(address, client):
+    """A dask future stays pending until its outcome arrives; cancelling drops the task."""
+    name = f"block-{uuid.uuid4().hex}"
+    ex = gilfree.Executor(backend="dask", address=address)
+    t0 = time.monotonic()
+    try:
+        blocked = [ex.submit(wait_for_event, i, name) for i in range(6)]  # 4 threads
+        assert not any(f.done() or f.running() for f in blocked)
+        assert blocked[0].cancel()
+        ex.shutdown(wait=True, cancel_futures=True)
+        elapsed = time.monotonic() - t0
+    finally:
+        Event(name, client=client).set()
+    assert all(f.cancelled() for f in blocked)
+    assert elapsed < 10, "shutdown waited for calls whose futures were cancelled"
+    deadline = time.monotonic() + 10
+    while client.run_on_scheduler(_our_tasks) and time.monotonic() < deadline:
+        time.sleep(0.05)  # waiting for the scheduler to forget, not forcing a race
+    assert client.run_on_scheduler(_our_tasks) == []
+
+
 # -- errors --------------------------------------------------------------------------------
 def test_error_keeps_type_and_remote_traceback(address):
     with pytest.raises(KeyError, match="no 3 here") as info:

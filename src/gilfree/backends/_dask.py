@@ -95,7 +95,7 @@ from ..errors import (
     TaskTimeout,
     WorkerDied,
 )
-from ._base import Backend, Job
+from ._base import Backend, FutureJob, Job
 
 #: Environment variable naming the scheduler when ``address=`` is not given.
 ADDRESS_ENV = "GILFREE_DASK_ADDRESS"
@@ -278,6 +278,17 @@ class _Chunk:
 
 
 _STOP = object()
+
+
+class _Cancel:
+    """Inbox message: cancel these Dask futures."""
+
+    __slots__ = ("futures",)
+
+    def __init__(self, futures: list[Any]) -> None:
+        self.futures = futures
+
+
 _SETTLED = ("finished", "error", "cancelled")
 
 
@@ -345,8 +356,13 @@ class DaskBackend(Backend):
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new work after shutdown")
-        if not job.begin():
+        if job.cancelled:
             return
+        if isinstance(job, FutureJob):
+            # The cluster does not tell us when a task starts, so job.begin() waits for
+            # the outcome: the future stays pending until then, and cancelling it (say,
+            # Executor.shutdown(cancel_futures=True)) drops its Dask task.
+            job.future.add_done_callback(lambda f, job=job: f.cancelled() and self.cancel(job))
         strict = job.options.retries > 0 and len(items) == 1
         self._launch(job, start, items, strict=strict, retries=job.options.retries)
 
@@ -481,8 +497,11 @@ class DaskBackend(Backend):
                 except queue.Empty:
                     break
             stop = any(m is _STOP for m in batch)
-            futures = [m for m in batch if m is not _STOP]
+            cancels = [f for m in batch if isinstance(m, _Cancel) for f in m.futures]
+            futures = [m for m in batch if m is not _STOP and not isinstance(m, _Cancel)]
             try:
+                if cancels:
+                    self._client.cancel(cancels)
                 self._settle(futures)
             except BaseException as exc:  # never die silently: fail what we hold
                 self._fail_all(exc)
@@ -514,7 +533,7 @@ class DaskBackend(Backend):
 
     def _settle_one(self, chunk: _Chunk, blobs: dict[str, Any]) -> None:
         job, future = chunk.job, chunk.future
-        if job.cancelled:
+        if not job.begin():  # cancelled meanwhile: drop the outcome
             return
         if future.key in blobs:
             blob = blobs[future.key]
@@ -661,7 +680,9 @@ class DaskBackend(Backend):
         futures = [c.future for c in chunks if c.future is not None]
         if futures:
             # Queued tasks are dropped; a running call runs on, its result discarded.
-            self._client.cancel(futures)
+            # The collector sends it: cancel() may be called from any thread, and must
+            # not wait for a round trip to the scheduler.
+            self._inbox.put(_Cancel(futures))
 
     def shutdown(self, *, wait: bool = True, kill: bool = False) -> None:
         with self._lock:
