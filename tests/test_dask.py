@@ -264,6 +264,24 @@ def test_executor_cancel_and_shutdown_drop_dask_tasks(address, client):
     assert client.run_on_scheduler(_our_tasks) == []
 
 
+def test_workers_caps_our_tasks_on_the_cluster(address, client):
+    """workers=1 on a 4-thread cluster: one task out there at a time, the rest wait here."""
+    name = f"cap-{uuid.uuid4().hex}"
+    backend = DaskBackend(Options(address=address, workers=1))
+    try:
+        job = StreamJob(lambda x: wait_for_event(x, name), backend.options)
+        for i in range(6):
+            backend.submit(job, i, [i])
+        stats = backend.statistics()
+        Event(name, client=client).set()
+        got = sorted(job.outcomes.get(timeout=30)[1] for _ in range(6))
+    finally:
+        Event(name, client=client).set()
+        backend.shutdown()
+    assert (stats["in_flight"], stats["waiting"]) == (1, 5)
+    assert got == list(range(6))
+
+
 # -- errors --------------------------------------------------------------------------------
 def test_error_keeps_type_and_remote_traceback(address):
     with pytest.raises(KeyError, match="no 3 here") as info:

@@ -62,6 +62,15 @@ Errors, retries and timeouts:
   worker (~0.1 ms). A call that holds the GIL forever (a C loop that never releases it)
   stalls the whole worker process, timeouts included.
 
+Concurrency and cancelling:
+
+* ``workers=None`` uses all the cluster's threads; ``workers=N`` caps how many of our
+  tasks are on the cluster at once (chunks over the cap wait here, in order). It cannot
+  resize the cluster.
+* An ``Executor`` future stays *pending* until its outcome arrives -- the cluster does
+  not tell us when a task starts -- so ``Future.cancel()`` succeeds until then and drops
+  the Dask task (a call already running on a worker runs on; its result is discarded).
+
 ``shutdown()`` closes our client; it never closes the user's cluster.
 """
 
@@ -81,7 +90,7 @@ import traceback
 import types
 import uuid
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 import cloudpickle
@@ -267,9 +276,10 @@ class _ArgumentPickler(cloudpickle.Pickler):
 class _Chunk:
     """One Dask task in flight: the items of ``job`` starting at input ``start``."""
 
-    __slots__ = ("future", "items", "job", "start", "strict")
+    __slots__ = ("future", "items", "job", "key", "start", "strict")
 
-    def __init__(self, job: Job, start: int, items: list[Any], strict: bool) -> None:
+    def __init__(self, key: str, job: Job, start: int, items: list[Any], strict: bool) -> None:
+        self.key = key
         self.job = job
         self.start = start
         self.items = items
@@ -327,7 +337,6 @@ class DaskBackend(Backend):
             raise
         try:
             threads = sum(self._client.nthreads().values())
-            # workers= bounds gilfree's tasks in flight; it cannot resize the cluster.
             self.workers = options.workers or max(1, threads)
             self._runner = self._client.scatter(_run_chunk, broadcast=True, hash=False)
         except BaseException:
@@ -336,7 +345,12 @@ class DaskBackend(Backend):
         self._token = uuid.uuid4().hex[:8]
         self._seq = itertools.count()
         self._chunks: dict[str, _Chunk] = {}  # key -> chunk, under self._lock
-        self._idle = threading.Condition(self._lock)  # notified when _chunks empties
+        self._idle = threading.Condition(self._lock)  # notified when nothing is left
+        # workers=N caps how many of our tasks are on the cluster at once (it cannot
+        # resize the cluster); chunks over the cap wait here, in order. None: no cap.
+        self._cap = options.workers
+        self._waiting: deque[tuple[Job, int, list[Any], bool, int]] = deque()
+        self._active = 0  # tasks on the cluster or being sent, counted against the cap
         self._functions: OrderedDict[Any, tuple[Any, Any]] = OrderedDict()  # -> (fn, fut)
         self._arrays: dict[int, tuple[weakref.ref, Any]] = {}  # id -> (ref, future)
         self._closed = False
@@ -371,6 +385,41 @@ class DaskBackend(Backend):
     ) -> None:
         if job.cancelled:
             return
+        with self._lock:
+            if self._cap is not None and self._active >= self._cap:
+                self._waiting.append((job, start, items, strict, retries))
+                return
+            self._active += 1
+        self._send_in_slot(job, start, items, strict, retries)
+
+    def _send_in_slot(
+        self, job: Job, start: int, items: list[Any], strict: bool, retries: int
+    ) -> None:
+        """Send a chunk whose slot under the cap is taken; give it back if nothing went."""
+        sent = False
+        try:
+            sent = not job.cancelled and self._send(
+                job, start, items, strict=strict, retries=retries
+            )
+        finally:
+            if not sent:
+                self._release()
+
+    def _release(self, n: int = 1) -> None:
+        """Give back ``n`` slots of the cap; send waiting chunks into them."""
+        with self._lock:
+            self._active -= n
+            ready = []
+            while self._waiting and (self._cap is None or self._active < self._cap):
+                ready.append(self._waiting.popleft())
+                self._active += 1
+            if not self._chunks and not self._waiting:
+                self._idle.notify_all()
+        for job, start, items, strict, retries in ready:
+            self._send_in_slot(job, start, items, strict, retries)
+
+    def _send(self, job: Job, start: int, items: list[Any], *, strict: bool, retries: int) -> bool:
+        """Submit one Dask task for the chunk (its slot is taken). False: none was sent."""
         try:
             fn = self._scattered_function(job.fn)
         except Exception as exc:
@@ -381,31 +430,38 @@ class DaskBackend(Backend):
             err.__cause__ = exc
             for k in range(len(items)):
                 job.fail(start + k, err)
-            return
+            return False
         try:
             payload, refs = self._pack(items, job.options.share_threshold)
         except Exception:
             self._launch_picklable_parts(job, start, items, strict=strict, retries=retries)
-            return
+            return False
         key = f"gilfree-{self._token}-{job.id}-{start}-{next(self._seq)}"
-        chunk = _Chunk(job, start, items, strict)
+        chunk = _Chunk(key, job, start, items, strict)
         with self._lock:
             self._chunks[key] = chunk
             self._stats["tasks"] += 1
-        future = self._client.submit(
-            operator.call,
-            self._runner,
-            fn,
-            payload,
-            refs,
-            job.options.timeout,
-            strict,
-            key=key,
-            pure=False,
-            retries=retries or None,
-        )
-        chunk.future = future
-        self._when_done(future)
+        try:
+            chunk.future = self._client.submit(
+                operator.call,
+                self._runner,
+                fn,
+                payload,
+                refs,
+                job.options.timeout,
+                strict,
+                key=key,
+                pure=False,
+                retries=retries or None,
+            )
+        except Exception as exc:  # the client is closing or lost the scheduler
+            with self._lock:
+                self._chunks.pop(key, None)
+            for k in range(len(items)):
+                job.fail(start + k, exc)
+            return False
+        self._when_done(chunk.future)
+        return True
 
     def _when_done(self, future: Any) -> None:
         """Put ``future`` on the collector's inbox once it is finished, failed or cancelled."""
@@ -511,6 +567,7 @@ class DaskBackend(Backend):
     def _settle(self, futures: list[Any]) -> None:
         with self._lock:
             chunks = [self._chunks.get(f.key) for f in futures]
+        # A chunk whose future is still None was cancelled while being sent.
         finished = [c for c in chunks if c is not None and c.future.status == "finished"]
         blobs: dict[str, Any] = {}
         if finished:
@@ -649,20 +706,22 @@ class DaskBackend(Backend):
 
     def _forget(self, chunk: _Chunk) -> None:
         with self._lock:
-            if chunk.future is not None:
-                self._chunks.pop(chunk.future.key, None)
-            if not self._chunks:
-                self._idle.notify_all()
+            if self._chunks.pop(chunk.key, None) is None:
+                return  # cancel() already forgot it and gave its slot back
+        self._release()
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._lock:
-            chunks = list(self._chunks.values())
+            held = [(c.job, c.start, c.items) for c in self._chunks.values()]
+            held += [(job, start, items) for job, start, items, _, _ in self._waiting]
             self._chunks.clear()
+            self._waiting.clear()
+            self._active = 0
             self._idle.notify_all()
-        for chunk in chunks:
-            if not chunk.job.cancelled:
-                for k in range(len(chunk.items)):
-                    chunk.job.fail(chunk.start + k, exc)
+        for job, start, items in held:
+            if not job.cancelled:
+                for k in range(len(items)):
+                    job.fail(start + k, exc)
 
     # -- control --------------------------------------------------------------------------
     def check(self) -> None:
@@ -674,9 +733,9 @@ class DaskBackend(Backend):
         with self._lock:
             chunks = [c for c in self._chunks.values() if c.job is job]
             for c in chunks:
-                self._chunks.pop(c.future.key, None)
-            if not self._chunks:
-                self._idle.notify_all()
+                del self._chunks[c.key]
+            self._waiting = deque(w for w in self._waiting if w[0] is not job)
+        self._release(len(chunks))
         futures = [c.future for c in chunks if c.future is not None]
         if futures:
             # Queued tasks are dropped; a running call runs on, its result discarded.
@@ -692,12 +751,13 @@ class DaskBackend(Backend):
             # Not from the collector itself (a Future callback calling shutdown): it is
             # the thread that would empty _chunks.
             if wait and not kill and threading.current_thread() is not self._collector:
-                while self._chunks:
+                while self._chunks or self._waiting:
                     self._idle.wait()
             futures = [c.future for c in self._chunks.values() if c.future is not None]
-            for chunk in self._chunks.values():
-                chunk.job.cancelled = True
+            for job in [c.job for c in self._chunks.values()] + [w[0] for w in self._waiting]:
+                job.cancelled = True
             self._chunks.clear()
+            self._waiting.clear()
             self._functions.clear()
             self._arrays.clear()
         try:
@@ -717,6 +777,7 @@ class DaskBackend(Backend):
                 "address": self.address,
                 "workers": self.workers,
                 "in_flight": len(self._chunks),
+                "waiting": len(self._waiting),
                 **self._stats,
             }
 
