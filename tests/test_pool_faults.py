@@ -250,6 +250,17 @@ SCRIPT = textwrap.dedent(
         time.sleep(30)
         return x
 
+    def report_pid(x):
+        os.write(1, f"{os.getpid()}\\n".encode())  # one write: lines from 2 workers stay whole
+        time.sleep(30)
+
+    if sys.argv[2] == "map":
+        try:
+            gilfree.map(report_pid, range(2), backend="process", workers=2, chunksize=1)
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt", flush=True)
+            raise
+
     with gilfree.Executor(backend="process", workers=2) as ex:
         pids = ex.statistics()[0]["pids"]
         print(" ".join(map(str, pids)), flush=True)
@@ -263,13 +274,19 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _start_script(tmp_path, mode):
+def _start_script(tmp_path, mode, api):
     path = tmp_path / "script.py"
     path.write_text(SCRIPT)
     proc = subprocess.Popen(
-        [sys.executable, str(path), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(path), mode, api],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    pids = [int(p) for p in proc.stdout.readline().split()]
+    if api == "map":  # each worker prints its pid as its task starts
+        pids = [int(proc.stdout.readline()) for _ in range(2)]
+    else:
+        pids = [int(p) for p in proc.stdout.readline().split()]
     assert len(pids) == 2, proc.stderr.read()
     time.sleep(0.5)  # let the tasks start
     return proc, pids
@@ -289,20 +306,23 @@ def _gone(pids, within):
     return False
 
 
+@pytest.mark.parametrize("api", ["executor", "map"])
 @pytest.mark.parametrize("mode", ["plain", "thread"])
-def test_ctrl_c_reaches_the_user_within_two_seconds(tmp_path, mode):
-    proc, pids = _start_script(tmp_path, mode)
+def test_ctrl_c_reaches_the_user_within_two_seconds(tmp_path, mode, api):
+    proc, pids = _start_script(tmp_path, mode, api)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    out, _err = proc.communicate(timeout=10)
-    assert time.monotonic() - t0 < 2.0
-    assert "KeyboardInterrupt" in out and proc.returncode != 0
-    assert _gone(pids, 2.0)
+    out, err = proc.communicate(timeout=10)
+    took = time.monotonic() - t0
+    assert took < 2.0, f"exited {took:.2f} s after SIGINT; stderr: {err[-2000:]}"
+    assert "KeyboardInterrupt" in out and proc.returncode != 0, err[-2000:]
+    assert _gone(pids, 2.0), "workers outlived the interrupted parent"
 
 
+@pytest.mark.parametrize("api", ["executor", "map"])
 @pytest.mark.parametrize("mode", ["plain", "thread"])
-def test_workers_exit_when_the_parent_is_killed(tmp_path, mode):
-    proc, pids = _start_script(tmp_path, mode)
+def test_workers_exit_when_the_parent_is_killed(tmp_path, mode, api):
+    proc, pids = _start_script(tmp_path, mode, api)
     proc.kill()
     proc.communicate(timeout=10)
     assert _gone(pids, 5.0), "workers outlived their parent"

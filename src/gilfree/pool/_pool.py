@@ -258,13 +258,15 @@ class ProcessPool:
             chunks.append(_Chunk(job, start + k, [item], blob, key))
         return chunks
 
-    def _wake_locked(self) -> None:
-        if not self._woken:
-            self._woken = True
+    def _wake_locked(self, force: bool = False) -> None:
+        # The byte is written before the flag is set: a KeyboardInterrupt in
+        # between must not leave the flag up with the manager asleep.
+        if force or not self._woken:
             try:
                 os.write(self._wake_w, b"\0")
             except (BlockingIOError, OSError):
                 pass
+            self._woken = True
 
     def shutdown(self, *, wait: bool = True, kill: bool = False) -> None:
         with self._lock:
@@ -272,7 +274,7 @@ class ProcessPool:
                 self._state = PoolState.KILLING
             elif self._state is PoolState.RUNNING:
                 self._state = PoolState.CLOSING
-            self._wake_locked()
+            self._wake_locked(force=True)
         if (wait or kill) and threading.current_thread() is not self._thread:
             # Bounded: the manager kills workers that outstay STOP_GRACE_S.
             self._thread.join()
