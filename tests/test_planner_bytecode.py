@@ -176,3 +176,19 @@ def test_recursion_terminates() -> None:
         return 1 if n <= 1 else n * fact(n - 1)
 
     assert analyze(fact).findings == []
+
+
+def imports_inside(a):
+    from hashlib import sha1
+
+    import numpy as npx
+
+    return npx.sort(a), sha1(a)  # LOCAL_IMPORTS
+
+
+def test_imports_inside_the_function_are_resolved() -> None:
+    found = analyze(imports_inside).findings
+    line = _line(imports_inside, "# LOCAL_IMPORTS")
+    assert {(f.kind, f.line) for f in found} == {("releases_gil", line)}
+    whats = " ".join(f.what for f in found)
+    assert "numpy.sort" in whats and "sha1" in whats

@@ -26,6 +26,8 @@ import builtins
 import dis
 import functools
 import inspect
+import itertools
+import sys
 import types
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -377,6 +379,7 @@ def _references(
     resolved, line)``. ``resolved`` is False when the head is a local variable
     or an attribute could not be looked up safely."""
     out: list[tuple[int, str, Any, bool, int | None]] = []
+    imported = _local_imports(instructions)
     chain: list[str] = []
     obj: Any = None
     resolved = False
@@ -393,7 +396,10 @@ def _references(
             chain = [ins.argval]
             start = ins.offset
             line = ins.positions.lineno if ins.positions else None
-            obj, resolved = _resolve_head(ins.opname, ins.argval, globs, closure)
+            if ins.argval in imported:
+                obj, resolved = imported[ins.argval], True
+            else:
+                obj, resolved = _resolve_head(ins.opname, ins.argval, globs, closure)
         elif ins.opname in _ATTRS and chain and isinstance(ins.argval, str):
             chain.append(ins.argval)
             if resolved and isinstance(obj, types.ModuleType | type):
@@ -410,6 +416,42 @@ def _references(
             chain = []
     flush()
     return out
+
+
+_STORES = {"STORE_FAST", "STORE_NAME", "STORE_DEREF", "STORE_GLOBAL"}
+
+
+def _local_imports(instructions: list[dis.Instruction]) -> dict[str, Any]:
+    """Names bound by ``import`` statements inside the code (``import numpy as
+    np`` in a worker function), resolved only through modules already imported:
+    reading bytecode must never import anything."""
+    found: dict[str, Any] = {}
+    module: Any = None
+    dotted = ""
+    for prev, ins in itertools.pairwise(instructions):
+        if prev.opname == "IMPORT_NAME" and isinstance(prev.argval, str):
+            dotted = prev.argval
+            module = sys.modules.get(dotted)
+            if ins.opname in _STORES and isinstance(ins.argval, str):
+                head = dotted.split(".")[0]
+                # `import a.b` binds `a`; `import a.b as c` binds the full module.
+                target = sys.modules.get(head) if ins.argval == head else module
+                if target is not None:
+                    found[ins.argval] = target
+        elif (
+            prev.opname == "IMPORT_FROM"
+            and isinstance(prev.argval, str)
+            and module is not None
+            and ins.opname in _STORES
+            and isinstance(ins.argval, str)
+        ):
+            try:
+                found[ins.argval] = inspect.getattr_static(module, prev.argval)
+            except AttributeError:
+                sub = sys.modules.get(f"{dotted}.{prev.argval}")
+                if sub is not None:
+                    found[ins.argval] = sub
+    return found
 
 
 def _resolve_head(
