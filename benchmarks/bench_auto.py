@@ -179,7 +179,7 @@ def suite(scale: float, port: int) -> list[Workload]:
             fetch, lambda: [(port, i) for i in range(n(3200))],
         ),
         Workload("hashlib", "sha256 of an 8 MiB buffer", sha, blobs),
-        Workload("numpy", "sort 1M random floats", numpy_sort, lambda: list(range(n(100)))),
+        Workload("numpy", "sort 1M random floats", numpy_sort, lambda: list(range(n(300)))),
         Workload("tiny", "x * x", square, lambda: list(range(n(2_000_000)))),
         Workload("array", "16 MiB array argument, (a*a).sum()", array_energy, arrays),
         Workload("mix", "~50 us calls first, then ~20 ms calls", spin, mix),
