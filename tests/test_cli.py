@@ -398,6 +398,26 @@ def test_resume_repairs_a_torn_last_line_and_skips_done_indices(gilfree, work):
 
 
 @pytest.mark.timeout(60)
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(gilfree, work):
+    src = write_lines(work / "in.jsonl", range(200))
+    out = work / "out.jsonl"
+    args = ["run", "tasks:slow", str(src), "-o", str(out), "--backend", "serial"]
+    first = gilfree.start(*args, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        _wait_for_lines(out, 3, first)
+        for extra in (["--resume"], []):  # neither appending nor truncating
+            second = gilfree(*args, *extra)
+            assert_usage_error(second, "another gilfree run")
+        assert first.poll() is None
+        assert out.read_bytes().count(b"\n") >= 3
+    finally:
+        _kill_group(first)
+    resumed = gilfree(*args, "--resume", "--backend", "thread", "--workers", "8")
+    assert resumed.returncode == 0
+    assert sorted(r["index"] for r in records(out.read_text())) == list(range(200))
+
+
+@pytest.mark.timeout(60)
 def test_resume_refuses_a_file_that_is_not_gilfree_output(gilfree, work):
     src = write_lines(work / "in.jsonl", range(3))
     out = work / "out.jsonl"

@@ -97,15 +97,15 @@ def run(
     with source:
         if output_path is not None and input_path not in (None, "-"):
             _refuse_same_file(input_path, output_path)
-        state = repair_and_scan(output_path) if resume and output_path else ResumeState()
-        if state.repaired:
-            print(
-                f"gilfree: cut a torn last line ({state.repaired} bytes) off {output_path}",
-                file=sys.stderr,
-            )
         fd, close_fd = _open_output(output_path, append=resume)
         writer = LineWriter(fd)
         try:
+            state = repair_and_scan(output_path) if resume and output_path else ResumeState()
+            if state.repaired:
+                print(
+                    f"gilfree: cut a torn last line ({state.repaired} bytes) off {output_path}",
+                    file=sys.stderr,
+                )
             feed = Feed(iter_lines(source), state.done)
             show_total = None if total is None else max(0, total - len(state.done))
             bar = make_bar(show_total, target) if _bar_wanted(output_path) else Silent()
@@ -199,11 +199,40 @@ def _open_output(path: str | None, *, append: bool) -> tuple[int, bool]:
     if path is None:
         sys.stdout.flush()
         return sys.stdout.fileno(), False
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    # No O_TRUNC here: the file is emptied only once we hold its lock.
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else 0)
     try:
-        return os.open(path, flags, 0o666), True
+        fd = os.open(path, flags, 0o666)
     except OSError as exc:
         raise UsageError(f"cannot write output {path!r}: {exc.strerror}")
+    try:
+        _lock_output(fd, path)
+        if not append:
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, True
+
+
+def _lock_output(fd: int, path: str) -> None:
+    """Hold an exclusive lock on OUT for the whole run.
+
+    Two runs appending to one file (a resume started while the first run is
+    still going) would each write the indices the other has not yet written:
+    duplicates. The kernel drops the lock when the process ends, SIGKILL
+    included, so a crash never leaves the file locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Windows
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UsageError(f"{path!r} is being written by another gilfree run; wait for it to end")
+    except OSError:  # a file system without locks (some network mounts): go on unlocked
+        return
 
 
 def _refuse_same_file(input_path: str, output_path: str) -> None:
