@@ -317,12 +317,19 @@ def test_run_streams_in_bounded_memory(work):
         (["run", "tasks:square", "in.jsonl", "--resume"], ["--resume"]),
         (["run", "tasks:square", "in.jsonl", "-o", "in.jsonl"], ["input"]),
         (["run", "tasks:square", "in.jsonl", "-o", "no/such/dir/out.jsonl"], ["out.jsonl"]),
+        (["advise", "tasks:square", "missing.jsonl"], ["missing.jsonl"]),
+        (["advise", "tasks:square", "bad.jsonl"], ["line 2", "JSON"]),
+        (["advise", "tasks:square", "empty.jsonl"], ["no JSON lines"]),
+        (["advise", "tasks:nope", "in.jsonl"], ["nope"]),
         (["frobnicate"], ["frobnicate"]),
         (["bench", "--only", "nonsense"], ["nonsense"]),
+        (["bench", "--plot", "no/such/dir/b.png"], ["no/such/dir"]),
     ],
 )
 def test_bad_usage_exits_2_with_one_plain_line(gilfree, work, args, words):
     write_lines(work / "in.jsonl", [1, 2])
+    (work / "bad.jsonl").write_text("1\n{oops\n")
+    (work / "empty.jsonl").write_text("\n")
     (work / "broken.py").write_text("x = 1\ny = 1 / 0\n")
     result = gilfree(*args)
     assert_usage_error(result, *words)
