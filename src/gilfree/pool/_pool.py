@@ -96,6 +96,7 @@ class ProcessPool(ResultHandling, FaultHandling):
         )
         self._fn_keys: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         self._forgotten: list[int] = []
+        self._fn_time: dict[int, tuple[int, float]] = {}  # fn key -> (tasks, seconds)
         self._key_seq = itertools.count(1)
         self.stats = collections.Counter[str]()
 
@@ -286,6 +287,7 @@ class ProcessPool(ResultHandling, FaultHandling):
             forgotten, self._forgotten = self._forgotten, []
         self._pending.extend(incoming)
         for key in forgotten:
+            self._fn_time.pop(key, None)
             for w in self._live_workers():
                 if key in w.fn_keys:
                     w.fn_keys.discard(key)
@@ -326,9 +328,13 @@ class ProcessPool(ResultHandling, FaultHandling):
         limit = self._worker_config["max_tasks"]
         return (1 << 62) if limit is None else max(0, limit - w.assigned)
 
-    @staticmethod
-    def _predicted_s(chunk: Chunk) -> float:
+    def _predicted_s(self, chunk: Chunk) -> float:
+        """Seconds the rest of `chunk` should take: from its job, else from its function
+        (Executor.submit makes a job per call, so the function is what repeats)."""
         mean = chunk.job.mean_task_seconds()
+        if mean is None:
+            n, s = self._fn_time.get(chunk.key, (0, 0.0))
+            mean = s / n if n else None
         return float("inf") if mean is None else mean * (len(chunk.items) - chunk.done)
 
     def _assign(self, w: Worker, chunk: Chunk) -> None:

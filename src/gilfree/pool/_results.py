@@ -53,6 +53,8 @@ class ResultHandling:
             return
         job = chunk.job
         job.record(len(values), elapsed)
+        n, s = self._fn_time.get(chunk.key, (0, 0.0))
+        self._fn_time[chunk.key] = (n + len(values), s + elapsed)
         if not failures:
             job.deliver(chunk.start + offset, values)
         else:
