@@ -354,6 +354,7 @@ def sweep_sessions() -> int:
     for p in psutil.process_iter():
         try:
             if os.getsid(p.pid) in SESSIONS and p.status() != psutil.STATUS_ZOMBIE:
+                print(f"stray: {_describe([p])} ({p.status()})", file=sys.stderr)
                 p.kill()
                 killed += 1
         except (OSError, psutil.Error):
@@ -419,11 +420,18 @@ class Trial:
         while left and time.monotonic() < deadline:
             time.sleep(0.05)
             left = self.session_processes()
-        with contextlib.suppress(OSError):
-            os.killpg(self.sid, signal.SIGKILL)
-        for p in left:  # any that left the process group but not the session
-            with contextlib.suppress(Exception):
-                p.kill()
+        # Kill until the session stays empty: a process may fork while we kill, or
+        # may have left the process group (but not the session).
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                os.killpg(self.sid, signal.SIGKILL)
+            procs = self.session_processes()
+            if not procs:
+                break
+            for p in procs:
+                with contextlib.suppress(Exception):
+                    p.kill()
+            time.sleep(0.02)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
         self.stderr.close()
@@ -462,7 +470,7 @@ def _describe(procs: list[Any]) -> str:
     names = []
     for p in procs:
         try:
-            names.append(" ".join(p.cmdline())[:60] or p.name())
+            names.append(f"{p.pid} " + (" ".join(p.cmdline())[:70] or p.name()))
         except Exception:
             names.append(str(p.pid))
     return "; ".join(names)
@@ -575,11 +583,10 @@ def run_signal_trial(lib: str, fault: Fault, deadline: float) -> Verdict:
         trial.proc.kill()
         trial.proc.wait()
         alive, seconds = wait_gone(procs, WORKERS_GONE)
+        which = _describe(alive)
         trial.finish(0)
         if alive:
-            notes.insert(
-                0, f"{len(alive)} still alive {WORKERS_GONE:.0f} s later: {_describe(alive)}"
-            )
+            notes.insert(0, f"{len(alive)} still alive {WORKERS_GONE:.0f} s later: {which}")
             return Verdict("workers left", None, "—", notes)
         return Verdict("survived", seconds, "—", notes)
 
@@ -591,15 +598,16 @@ def run_signal_trial(lib: str, fault: Fault, deadline: float) -> Verdict:
     exited = _wait(trial.proc, t0 + deadline)
     exit_seconds = time.monotonic() - t0
     alive, _ = wait_gone(procs, WORKERS_GONE) if exited else (procs, 0.0)
+    which = _describe(alive)
     tail = trial.stderr_tail(2000)
     trial.finish(0)
     error = "KeyboardInterrupt" if "KeyboardInterrupt" in tail else "—"
     if not exited:
-        notes.insert(0, f"still running {deadline:.0f} s after SIGINT")
+        notes.insert(0, f"still running {deadline:.0f} s after SIGINT (tasks of {LONG_SECONDS} s)")
         return Verdict("hang", deadline, error, notes)
     notes.insert(0, f"exited {exit_seconds:.1f} s after SIGINT, status {trial.proc.returncode}")
     if alive:
-        notes.insert(1, f"{len(alive)} still alive {WORKERS_GONE:.0f} s later: {_describe(alive)}")
+        notes.insert(1, f"{len(alive)} still alive {WORKERS_GONE:.0f} s later: {which}")
         return Verdict("workers left", exit_seconds, error, notes)
     if exit_seconds > CTRL_C_EXIT:
         return Verdict("slow exit", exit_seconds, error, notes)
