@@ -219,7 +219,9 @@ def markdown(rows: list[dict[str, Any]], machine: dict[str, Any], args: argparse
         "`ProcessPoolExecutor(n).map` (chunksize 1), `ThreadPoolExecutor().map`, "
         "`joblib.Parallel(n_jobs=n)` (loky, auto-batching, memmapped arrays), "
         "`mpire.WorkerPool(n).map`, `pebble.ProcessPool(n).map` (chunksize 1); "
-        "gilfree through `gilfree.Executor(backend=...).map`.",
+        "gilfree through `gilfree.Executor(backend=...).map`. joblib keeps its loky workers "
+        "alive between calls by default, so after the first round it skips worker start-up; "
+        "every other pool starts its workers in every run.",
         "A 2-CPU machine shared with other jobs gives noisy absolute times; compare within a row.",
         "",
     ]
