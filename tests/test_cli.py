@@ -604,3 +604,40 @@ def test_bench_quick_whole_suite_with_plot(gilfree, work):
     _check_bench_json(json.loads(result.stdout), {"cpu", "io", "hash", "tiny", "array"})
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert time.monotonic() - start < 60
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_peers_script_writes_a_markdown_table(work):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py"
+    out = work / "peers.md"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            "--quick",
+            "--repeat",
+            "1",
+            "--only",
+            "io",
+            "--out",
+            str(out),
+        ],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        printed, err = proc.communicate(timeout=100)
+    finally:
+        left = _reap_group(proc.pid)
+    assert proc.returncode == 0, err
+    assert not left
+    text = out.read_text()
+    assert printed.decode().strip() == text.strip()
+    row = next(line for line in text.splitlines() if line.startswith("| sleeping I/O"))
+    for peer in ("multiprocessing.Pool", "ProcessPoolExecutor", "joblib", "mpire", "pebble"):
+        assert peer in text
+    assert "failed" not in row
+    assert row.count("x)") == 6  # a ratio for each of the six peers
