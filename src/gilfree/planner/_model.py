@@ -36,6 +36,7 @@ error is larger than a few percent and simpler backends fail in fewer ways.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ._bytecode import Finding
@@ -271,7 +272,8 @@ def choose(feat: Features) -> Plan:
         k_best = min(k for k, v in times.items() if v <= best * (1 + WORKERS_MARGIN))
         predicted["thread"] = times[k_best]
     if k_best == 1:
-        # One thread is the serial loop plus overhead: only say so.
+        # Threads gain nothing: show what a pool of one per CPU would cost
+        # rather than "1 thread", which is a serial loop with extra steps.
         k_best = min(n, cpus, feat.workers or cpus)
         predicted["thread"] = predict_thread(n, t, k_best, g, f, cpus)
 
@@ -489,7 +491,13 @@ def _choice_sentences(
     return out
 
 
-def _from_bytecode_only(feat, n, cpus, reasons, plan):  # type: ignore[no-untyped-def]
+def _from_bytecode_only(
+    feat: Features,
+    n: int,
+    cpus: int,
+    reasons: list[str],
+    plan: Callable[[str, int, dict[str, float]], Plan],
+) -> Plan:
     """No call could be measured: fall back on what the bytecode shows."""
     io = feat.kinds("io")
     rel = feat.kinds("releases_gil")

@@ -75,8 +75,7 @@ class Plan:
                 mark = "  <- chosen" if name == self.backend else ""
                 slower = f"  ({secs / best:.2f}x the fastest)" if best > 0 and secs > best else ""
                 lines.append(f"  {name:<8} {format_seconds(secs):>9}{slower}{mark}")
-        code = [f for f in self.findings if f.kind != "no_bytecode"]
-        if code or self.findings:
+        if self.findings:
             lines += ["", "What the bytecode shows:"]
             for f in self.findings[:12]:
                 lines.append(f"  - {f.detail}")
