@@ -264,10 +264,12 @@ def test_executor_cancel_and_shutdown_drop_dask_tasks(address, client):
     assert client.run_on_scheduler(_our_tasks) == []
 
 
-def test_workers_caps_our_tasks_on_the_cluster(address, client):
-    """workers=1 on a 4-thread cluster: one task out there at a time, the rest wait here."""
+@pytest.mark.parametrize(("workers", "out_there"), [(1, 1), (4, 6)])
+def test_workers_caps_our_tasks_on_the_cluster(address, client, workers, out_there):
+    """workers=1 on a 4-thread cluster: one task out there at a time, the rest wait here.
+    workers=4, the cluster's size: no cap, the scheduler queues the next tasks itself."""
     name = f"cap-{uuid.uuid4().hex}"
-    backend = DaskBackend(Options(address=address, workers=1))
+    backend = DaskBackend(Options(address=address, workers=workers))
     try:
         job = StreamJob(lambda x: wait_for_event(x, name), backend.options)
         for i in range(6):
@@ -278,7 +280,7 @@ def test_workers_caps_our_tasks_on_the_cluster(address, client):
     finally:
         Event(name, client=client).set()
         backend.shutdown()
-    assert (stats["in_flight"], stats["waiting"]) == (1, 5)
+    assert (stats["in_flight"], stats["waiting"]) == (out_there, 6 - out_there)
     assert got == list(range(6))
 
 

@@ -64,9 +64,9 @@ Errors, retries and timeouts:
 
 Concurrency and cancelling:
 
-* ``workers=None`` uses all the cluster's threads; ``workers=N`` caps how many of our
-  tasks are on the cluster at once (chunks over the cap wait here, in order). It cannot
-  resize the cluster.
+* ``workers=None`` uses all the cluster's threads; ``workers=N`` fewer than that caps how
+  many of our tasks are on the cluster at once (chunks over the cap wait here, in
+  order). It cannot resize the cluster.
 * An ``Executor`` future stays *pending* until its outcome arrives -- the cluster does
   not tell us when a task starts -- so ``Future.cancel()`` succeeds until then and drops
   the Dask task (a call already running on a worker runs on; its result is discarded).
@@ -346,9 +346,11 @@ class DaskBackend(Backend):
         self._seq = itertools.count()
         self._chunks: dict[str, _Chunk] = {}  # key -> chunk, under self._lock
         self._idle = threading.Condition(self._lock)  # notified when nothing is left
-        # workers=N caps how many of our tasks are on the cluster at once (it cannot
-        # resize the cluster); chunks over the cap wait here, in order. None: no cap.
-        self._cap = options.workers
+        # workers=N below the cluster's threads caps how many of our tasks are on the
+        # cluster at once (it cannot resize the cluster); chunks over the cap wait here,
+        # in order. At or above the cluster's size a cap would only stop the scheduler
+        # from queueing the next tasks (as "auto" passes workers=threads): no cap then.
+        self._cap = options.workers if options.workers and options.workers < threads else None
         self._waiting: deque[tuple[Job, int, list[Any], bool, int]] = deque()
         self._active = 0  # tasks on the cluster or being sent, counted against the cap
         self._functions: OrderedDict[Any, tuple[Any, Any]] = OrderedDict()  # -> (fn, fut)
