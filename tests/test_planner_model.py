@@ -219,3 +219,13 @@ def test_busy_machine_trusts_a_gil_releasing_call_over_a_low_reading() -> None:
     pure = feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.05, findings=LOOP,
                 busy_share=0.6)
     assert choose(pure).backend == "process"
+
+
+def test_busy_machine_trusts_pure_python_bytecode_over_a_high_reading() -> None:
+    quiet = feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.6, findings=LOOP)
+    assert gil_share(quiet) == pytest.approx(1 / 1.6)
+    busy = dataclasses.replace(quiet, busy_share=0.5)
+    assert gil_share(busy) == pytest.approx(1.0)
+    plan = choose(busy)
+    assert plan.backend == "process"
+    assert "busy" in plan.reasons[1] and "pure-Python" in plan.reasons[1]

@@ -138,8 +138,11 @@ def gil_share(feat: Features) -> float:
     if s is None:
         return f * (0.2 if hinted else 1.0)
     s = min(2.0, max(1.0, s))
-    if hinted and s < PAIR_TELLS_BELOW and feat.busy_share >= BUSY_SHARE:
+    overruled = _bytecode_overrules(feat)
+    if overruled == "releases":
         return min(f, 0.5) * 0.2  # see _busy_sentence
+    if overruled == "holds":
+        return f
     if s < PAIR_NOISE:
         return f
     if s < PAIR_TELLS_BELOW:
@@ -360,16 +363,43 @@ def _scaling_sentence(feat: Features) -> str | None:
     return f"{rate}: threads overlap part of the work."
 
 
-def _busy_sentence(feat: Features) -> str | None:
+def _bytecode_overrules(feat: Features) -> str | None:
+    """On a busy machine the 2-thread reading is unreliable both ways: other
+    programs holding the CPUs hide real scaling, and their comings and goings
+    can fake some. Only then, and only when the bytecode is unambiguous, the
+    bytecode decides: "releases" (a GIL-releasing or I/O call, reading under
+    PAIR_TELLS_BELOW) or "holds" (pure-Python loops only, reading above
+    NO_SCALING_BELOW)."""
     s = feat.pair_speedup
-    hints = feat.kinds("releases_gil") or feat.kinds("io")
-    if s is None or not hints or s >= PAIR_TELLS_BELOW or feat.busy_share < BUSY_SHARE:
+    if s is None or feat.busy_share < BUSY_SHARE:
         return None
+    hints = feat.kinds("releases_gil") or feat.kinds("io")
+    if hints and s < PAIR_TELLS_BELOW:
+        return "releases"
+    if not hints and feat.kinds("python_loop") and s >= NO_SCALING_BELOW:
+        return "holds"
+    return None
+
+
+def _busy_sentence(feat: Features) -> str | None:
+    verdict = _bytecode_overrules(feat)
+    if verdict is None:
+        return None
+    head = (
+        f"2 threads ran at {feat.pair_speedup:.2f}x the rate of one, but the machine was busy "
+        f"(the probe waited {feat.busy_share:.0%} of its time for a CPU other programs held), "
+        "so that reading says little"
+    )
+    if verdict == "releases":
+        hints = feat.kinds("releases_gil") or feat.kinds("io")
+        return (
+            f"{head}; the bytecode shows {_first(hints)}, which lets go of the GIL, "
+            "so it is trusted here."
+        )
+    loops = feat.kinds("python_loop")
     return (
-        f"2 threads ran at {s:.2f}x the rate of one, but the machine was busy (the probe "
-        f"waited {feat.busy_share:.0%} of its time for a CPU other programs held), so that "
-        f"reading says little; the bytecode shows {_first(hints)}, which lets go of the GIL, "
-        "so it is trusted here."
+        f"{head}; the bytecode shows only pure-Python work ({_first(loops)}), which holds "
+        "the GIL, so it is trusted here."
     )
 
 
