@@ -21,9 +21,15 @@ _LONG_LIVED = ("resource_tracker", "forkserver", "gilfree.pool._zygote")
 _SETTLE_S = 5.0
 
 
+#: Processes of the session-wide Dask cluster: they outlive single tests on purpose.
+_SESSION_PIDS: set[int] = set()
+
+
 def _children() -> dict[int, str]:
     out = {}
     for p in psutil.Process().children(recursive=True):
+        if p.pid in _SESSION_PIDS:
+            continue
         try:
             cmd = " ".join(p.cmdline())
             if p.status() == psutil.STATUS_ZOMBIE:
@@ -85,9 +91,26 @@ def _ignorable(t: threading.Thread) -> bool:
     return t.name.startswith(("asyncio_", "AsyncProcess", "Dask-Offload", "TCP-Executor"))
 
 
-BACKENDS = ["serial", "thread", "process"]
+BACKENDS = ["serial", "thread", "process", "dask"]
+
+
+@pytest.fixture(scope="session")
+def dask_cluster_address():
+    """A real scheduler and two workers (command-line programs), shared by the session."""
+    pytest.importorskip("distributed")
+    from dask_cluster import LocalDaskCluster
+
+    with LocalDaskCluster(n_workers=2, nthreads=2) as cluster:
+        for proc in psutil.Process().children(recursive=True):
+            _SESSION_PIDS.add(proc.pid)
+        yield cluster.address
+    _SESSION_PIDS.clear()
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request):
+def backend(request, monkeypatch):
+    """Each local backend, and Dask against the session's real cluster."""
+    if request.param == "dask":
+        address = request.getfixturevalue("dask_cluster_address")
+        monkeypatch.setenv("GILFREE_DASK_ADDRESS", address)
     return request.param

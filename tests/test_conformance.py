@@ -113,8 +113,10 @@ def test_errors_return_in_imap(backend):
 
 def test_imap_indexed_reports_every_index_once(backend):
     seen = sorted(
-        (i, ok) for i, ok, _ in gilfree._api.imap_indexed(fail_on_3, range(8), backend=backend,
-                                                          ordered=False)
+        (i, ok)
+        for i, ok, _ in gilfree._api.imap_indexed(
+            fail_on_3, range(8), backend=backend, ordered=False
+        )
     )
     assert seen == [(i, i != 3) for i in range(8)]
 
@@ -157,7 +159,8 @@ def test_timeout_fails_the_task_on_time_and_others_finish(backend):
             time.sleep(0 if release.is_set() else 30)
         return x
 
-    fn = stuck_on_2 if backend == "process" else slow_on_2  # an Event cannot be pickled
+    # An Event cannot reach another process.
+    fn = stuck_on_2 if backend in ("process", "dask") else slow_on_2
     t0 = time.monotonic()
     out = gilfree.map(fn, range(5), backend=backend, timeout=0.5, errors="return")
     elapsed = time.monotonic() - t0
@@ -169,10 +172,18 @@ def test_timeout_fails_the_task_on_time_and_others_finish(backend):
     time.sleep(0.2)  # let an abandoned thread see the event and finish
 
 
-@pytest.mark.parametrize("bad", [
-    {"backend": "gpu"}, {"workers": 0}, {"chunksize": -1}, {"timeout": 0}, {"retries": -1},
-    {"errors": "ignore"}, {"wrkers": 2},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"backend": "gpu"},
+        {"workers": 0},
+        {"chunksize": -1},
+        {"timeout": 0},
+        {"retries": -1},
+        {"errors": "ignore"},
+        {"wrkers": 2},
+    ],
+)
 def test_bad_options_name_the_problem(bad):
     with pytest.raises(ConfigurationError, match=next(iter(bad)).rstrip("s")[:5]):
         gilfree.map(square, [1], **bad)
@@ -219,7 +230,7 @@ def test_executor_shutdown_cancels_pending_futures(backend):
     try:
         if backend == "serial":
             pytest.skip("serial submit runs inline: nothing is ever pending")
-        if backend == "process":
+        if backend in ("process", "dask"):
             blocker = ex.submit(time.sleep, 0.5)
         else:
             blocker = ex.submit(gate.wait, 5)
