@@ -250,6 +250,13 @@ SCRIPT = textwrap.dedent(
         time.sleep(30)
         return x
 
+    def hold_gil(x):
+        os.write(1, f"{os.getpid()}\\n".encode())
+        return (7 ** (5 * 10**7)) & 1  # one C call of ~100 s that never releases the GIL
+
+    if sys.argv[2] == "gil":
+        gilfree.map(hold_gil, range(2), backend="process", workers=2, chunksize=1)
+
     def report_pid(x):
         os.write(1, f"{os.getpid()}\\n".encode())  # one write: lines from 2 workers stay whole
         time.sleep(30)
@@ -283,7 +290,7 @@ def _start_script(tmp_path, mode, api):
         stderr=subprocess.PIPE,
         text=True,
     )
-    if api == "map":  # each worker prints its pid as its task starts
+    if api in ("map", "gil"):  # each worker prints its pid as its task starts
         pids = [int(proc.stdout.readline()) for _ in range(2)]
     else:
         pids = [int(p) for p in proc.stdout.readline().split()]
@@ -319,7 +326,7 @@ def test_ctrl_c_reaches_the_user_within_two_seconds(tmp_path, mode, api):
     assert _gone(pids, 2.0), "workers outlived the interrupted parent"
 
 
-@pytest.mark.parametrize("api", ["executor", "map"])
+@pytest.mark.parametrize("api", ["executor", "map", "gil"])
 @pytest.mark.parametrize("mode", ["plain", "thread"])
 def test_workers_exit_when_the_parent_is_killed(tmp_path, mode, api):
     proc, pids = _start_script(tmp_path, mode, api)

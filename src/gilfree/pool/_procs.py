@@ -95,6 +95,8 @@ class WorkerProcess:
                 # The child inherits every fd: it closes the parent's ends, or
                 # EOF would never arrive when the parent dies.
                 close_fds = [*inherited_fds, *self.parent_fds]
+                if threading.current_thread() is threading.main_thread():
+                    config["ppid"] = os.getpid()  # the worker dies with us (see _worker)
                 self._proc = multiprocessing.get_context("fork").Process(
                     target=_worker.main,
                     args=(config, *child_fds, close_fds),
@@ -231,4 +233,6 @@ def describe_exit(exitcode: int | None) -> tuple[str, str | None]:
             signal.SIGTERM: "terminated from outside",
         }.get(sig, signal.strsignal(sig) or "")
         return f"was killed by {sig.name} ({hint})", sig.name
+    if exitcode == _worker.PARENT_GONE:
+        return "exited after losing its pipe to the parent (status 70)", None
     return f"exited with status {exitcode} (os._exit or sys.exit outside a task)", None

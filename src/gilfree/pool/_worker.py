@@ -17,6 +17,7 @@ a pipe whose only write end the parent holds, and reads EOF when it is gone.
 
 from __future__ import annotations
 
+import ctypes
 import faulthandler
 import json
 import mmap
@@ -57,6 +58,8 @@ def main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.enable(file=stack_fd, all_threads=False)
     faulthandler.register(signal.SIGUSR1, file=stack_fd, all_threads=False)
+    if config.get("ppid"):
+        _die_with_parent(config["ppid"])
     _watch_parent(alive_fd)
     _cap_native_threads(config["blas_threads"])
     index = config["index"]
@@ -88,14 +91,39 @@ def _cap_native_threads(n: int) -> None:
         threadpool_limits(limits=n)
 
 
+#: Exit status of a worker that lost its parent (or its end of the alive pipe).
+PARENT_GONE = 70
+
+
+def _die_with_parent(ppid: int) -> None:
+    """Have the kernel SIGKILL us when our parent process dies.
+
+    The watcher thread below needs the GIL to exit, which a task stuck in one
+    long C call never gives up; the kernel needs nothing from us. Only set for
+    a parent whose forking thread lives as long as it does (the caller's main
+    thread, or the single-threaded zygote): PR_SET_PDEATHSIG fires when the
+    *thread* that forked us ends.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the watcher thread remains
+        return
+    if os.getppid() != ppid:  # the parent died before prctl took effect
+        os._exit(PARENT_GONE)
+
+
 def _watch_parent(fd: int) -> None:
     def watch() -> None:
+        # SIGUSR1 (stack dump before a timeout kill) must land in the task's
+        # thread, not here: faulthandler dumps the thread that receives it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
         try:
             while os.read(fd, 1):
                 pass
         except OSError:
             pass
-        os._exit(70)  # parent gone: nobody will read our results
+        os._exit(PARENT_GONE)  # parent gone: nobody will read our results
 
     threading.Thread(target=watch, name="gilfree-parent-watch", daemon=True).start()
 

@@ -184,6 +184,8 @@ def _reap(exited: dict[int, int]) -> None:
 
 
 def _fork_worker(worker: Any, config: dict[str, Any], fds: list[int], own: list[int]) -> int:
+    # We are single-threaded, so the worker may tie its life to ours (see _worker).
+    config = {**config, "ppid": os.getpid()}
     pid = os.fork()
     if pid == 0:
         code = 0
