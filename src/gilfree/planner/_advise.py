@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _bytecode, _machine, _probe
-from ._model import Features, choose
+from ._features import Features
+from ._model import choose
 from ._plan import Plan
 
 # A cached probe that ran fewer calls than this is redone when new samples come:

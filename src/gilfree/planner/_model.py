@@ -18,6 +18,7 @@ The model, per backend, for ``N`` items of ``T`` seconds each, a CPU fraction
   ``g`` comes from the two-thread measurement ``s``: with ``s < 1.8`` the GIL
   is the bottleneck and ``g = 1/s``; with ``s >= 1.8`` two threads cannot tell
   ``g <= 0.5`` apart, so the bytecode narrows it (see ``gil_share``).
+  The predictions and their cost constants are in ``_costs``.
 * **process** with ``w`` workers: compute ``N*T / min(w, c/f)``, plus starting
   the workers, a round trip per chunk (chunks as the engine's adaptive chunker
   makes them), and pickling/moving the bytes. The parent pickles and unpickles
@@ -35,50 +36,27 @@ error is larger than a few percent and simpler backends fail in fewer ways.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from ._bytecode import Finding
-from ._machine import MachineCosts
+from ._costs import (
+    POOL_FIXED_S,
+    POOL_ROUNDTRIP_FACTOR,
+    THREAD_ITEM_S,
+    predict_dask,
+    predict_process,
+    predict_serial,
+    predict_thread,
+)
+from ._features import Features
 from ._plan import Plan, Profile, format_bytes
 from ._probe import format_seconds
 
 # Items assumed when the caller does not know how many there will be.
 DEFAULT_TOTAL = 1000
-# Thread backend: per-item cost of handing work to a thread and collecting the
-# result (queue, future, chunk bookkeeping), paid under the GIL; per-thread
-# start cost. Order of magnitude of concurrent.futures on CPython 3.11.
-THREAD_ITEM_S = 5e-6
-THREAD_START_S = 100e-6
 # Threads are never more than this: past it the gain for waiting calls is small
 # and each thread costs memory and a connection to whatever it waits on.
 MAX_THREADS = 64
-# Process backend: per-item cost in the parent (pickling an item into a chunk,
-# unpickling and storing its result) beyond the bytes themselves.
-PROCESS_ITEM_S = 5e-6
-# The pool's round trip per chunk relative to the raw pipe ping-pong measured in
-# _machine (pickling the chunk, the manager thread, futures).
-POOL_ROUNDTRIP_FACTOR = 3.0
-# Pickling costs about as much again as moving the bytes through the pipe.
-PICKLE_FACTOR = 2.0
-# Sending an argument through shared memory, per byte: a memcpy is ~0.2 ns/B,
-# but gilfree's process pool measured 20-90 ms per 16 MiB array (segment
-# creation, copy, page faults on both sides) in benchmarks/bench_auto.py on a
-# busy 2-CPU VM, i.e. 1-5 ns/B; we take the low end.
-SHM_BYTE_S = 1.2e-9
-# Fixed cost of making a process pool (pipes, manager thread) besides the workers.
-POOL_FIXED_S = 0.01
-# The engine's adaptive chunker aims at chunks of about this much work and at
-# least CHUNKS_PER_WORKER chunks per worker so the last ones balance.
-TARGET_CHUNK_S = 0.02
-CHUNKS_PER_WORKER = 4
-# Dask: distributed's documentation puts the scheduler's overhead at roughly
-# 200 us - 1 ms per task; we take the high end per chunk. Connecting a client
-# costs ~0.1-0.3 s; data moves over TCP at ~1 GB/s plus pickling.
-DASK_TASK_S = 1e-3
-DASK_CONNECT_S = 0.2
-DASK_BYTE_S = 2e-9
 # Keep a simpler backend unless a more complex one is this much faster.
 SIMPLER_MARGIN = 0.05
 # Among thread counts, take the smallest within this of the best prediction.
@@ -95,39 +73,6 @@ PAIR_NOISE = 1.1  # 2-thread scaling below this is read as none at all
 # bytecode shows is then trusted over the low reading.
 BUSY_SHARE = 0.25
 ORDER = ("serial", "thread", "process", "dask")
-
-
-@dataclass(frozen=True)
-class Features:
-    """Everything ``choose`` looks at. Times in seconds, sizes in bytes."""
-
-    machine: MachineCosts
-    task_seconds: float | None = None  # None: nothing measured (no samples)
-    cpu_fraction: float | None = None
-    pair_speedup: float | None = None
-    pair_skipped: str | None = None
-    busy_share: float = 0.0  # share of probe time spent waiting for a CPU
-    internal_parallelism: float | None = None
-    arg_bytes: float = 0.0
-    shm_bytes: float = 0.0
-    result_bytes: float = 0.0
-    calls: int = 0
-    failures: int = 0
-    failure_type: str | None = None
-    unpicklable: str | None = None
-    probe_seconds: float = 0.0
-    findings: tuple[Finding, ...] = ()
-    function: str = "the function"
-    total: int | None = None
-    workers: int | None = None  # imposed by the user
-    address: str | None = None
-    dask_threads: int | None = None  # total threads on the cluster
-    dask_workers: int | None = None  # worker processes on the cluster
-    dask_error: str | None = None
-    notes: tuple[str, ...] = field(default=())
-
-    def kinds(self, kind: str) -> list[Finding]:
-        return [f for f in self.findings if f.kind == kind]
 
 
 def gil_share(feat: Features) -> float:
@@ -150,55 +95,6 @@ def gil_share(feat: Features) -> float:
     # Two threads overlapped: g <= 0.5. The bytecode says whether the calls
     # release the GIL for most of their time (then g is small) or not.
     return min(f, 0.5) * (0.2 if hinted else 1.0)
-
-
-def thread_speedup(k: int, g: float, f: float, cpus: int) -> float:
-    return 1.0 / max(1.0 / k, g, f / cpus)
-
-
-def predict_serial(n: int, t: float) -> float:
-    return n * t
-
-
-def predict_thread(n: int, t: float, k: int, g: float, f: float, cpus: int) -> float:
-    return n * t / thread_speedup(k, g, f, cpus) + n * THREAD_ITEM_S + k * THREAD_START_S
-
-
-def chunk_count(n: int, t: float, w: int) -> int:
-    """Chunks the engine's adaptive chunker would make (an estimate)."""
-    by_work = math.ceil(n * t / TARGET_CHUNK_S) if t > 0 else 0
-    return max(1, min(n, max(CHUNKS_PER_WORKER * w, by_work)))
-
-
-def predict_process(feat: Features, n: int, t: float, w: int) -> float:
-    m = feat.machine
-    f = feat.cpu_fraction if feat.cpu_fraction is not None else 1.0
-    ip = feat.internal_parallelism or 1.0
-    # BLAS threads are capped inside workers, so a call that used ip cores
-    # in one process takes about ip times longer there but w run at once.
-    speedup = 1.0 / max(1.0 / w, f * ip / m.cpus)
-    chunks = chunk_count(n, t, w)
-    rt = m.roundtrip_s * POOL_ROUNDTRIP_FACTOR
-    moved = feat.arg_bytes + feat.result_bytes
-    parent = (
-        chunks * rt / 2
-        + n * (PROCESS_ITEM_S + moved * m.byte_s * PICKLE_FACTOR + feat.shm_bytes * SHM_BYTE_S)
-    )
-    workers_side = n * t / speedup + (chunks * rt + n * moved * m.byte_s) / w
-    # The last chunks run on fewer workers: about half a chunk of imbalance.
-    tail = 0.5 * n * t / chunks
-    start = POOL_FIXED_S + w * m.spawn_s + m.ready_s
-    return start + max(workers_side, parent) + tail
-
-
-def predict_dask(feat: Features, n: int, t: float, g: float) -> float:
-    threads = max(1, feat.dask_threads or 1)
-    procs = max(1, feat.dask_workers or 1)
-    f = feat.cpu_fraction if feat.cpu_fraction is not None else 1.0
-    speedup = 1.0 / max(1.0 / threads, g / procs, f / threads)
-    chunks = chunk_count(n, t, threads)
-    moved = feat.arg_bytes + feat.shm_bytes + feat.result_bytes
-    return DASK_CONNECT_S + n * t / speedup + chunks * DASK_TASK_S + n * moved * DASK_BYTE_S
 
 
 def _thread_candidates(n: int, cpus: int, limit: int) -> list[int]:
