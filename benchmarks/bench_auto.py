@@ -1,6 +1,6 @@
 """backend="auto" against the best hand-picked backend, workload by workload (issue 4).
 
-    .venv/bin/python benchmarks/bench_auto.py [--quick] [--only cpu,sleep] [--repeat N]
+    .venv/bin/python benchmarks/bench_auto.py [--quick] [--only cpu,sleep] [--repeat N] [--explain]
 
 For every workload the script times ``gilfree.map(fn, items, backend=b)`` for
 b in serial / thread / process (with each backend's default workers) and for
@@ -222,6 +222,7 @@ def run_workload(w: Workload, repeat: int) -> dict[str, Any]:
         "best": best,
         "auto": min(auto_times),
         "auto_plan": f"{plan.backend} x{plan.workers}",
+        "explain": plan.explain(),
         "ratio": min(auto_times) / times[best],
     }
 
@@ -231,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a quarter of the items")
     parser.add_argument("--only", default="", help="comma-separated workload names")
     parser.add_argument("--repeat", type=int, default=1, help="best of N runs (default 1)")
+    parser.add_argument(
+        "--explain", action="store_true", help="print the plan auto used for each workload"
+    )
     args = parser.parse_args(argv)
     import gilfree.planner  # noqa: F401  (clear_cache between auto runs)
 
@@ -246,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     ratios = []
+    explanations = []
     with LocalServer() as port:
         for w in suite(scale, port):
             if args.only and w.name not in args.only.split(","):
@@ -261,11 +266,14 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             ratios.append(r["ratio"])
+            explanations.append(f"== {w.name}: {w.what}\n{r['explain']}")
     if ratios:
         geo = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
         print("-" * len(header))
         print(f"geometric mean auto/best: {geo:.3f}   (worst {max(ratios):.2f})")
     print("seconds; * best hand-picked backend, ~ extrapolated from every tenth item")
+    if args.explain:
+        print("\n\n".join(["", *explanations]))
     return 0
 
 
