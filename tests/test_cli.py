@@ -406,7 +406,8 @@ def test_resume_repairs_a_torn_last_line_and_skips_done_indices(gilfree, work):
 
 @pytest.mark.timeout(60)
 def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(gilfree, work):
-    src = write_lines(work / "in.jsonl", range(200))
+    n = 1000  # 20 s serially: still running, however slow the machine, when killed below
+    src = write_lines(work / "in.jsonl", range(n))
     out = work / "out.jsonl"
     args = ["run", "tasks:slow", str(src), "-o", str(out), "--backend", "serial"]
     first = gilfree.start(*args, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -419,9 +420,9 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(gilfree
         assert out.read_bytes().count(b"\n") >= 3
     finally:
         _kill_group(first)
-    resumed = gilfree(*args, "--resume", "--backend", "thread", "--workers", "8")
+    resumed = gilfree(*args, "--resume", "--backend", "thread", "--workers", "32")
     assert resumed.returncode == 0
-    assert sorted(r["index"] for r in records(out.read_text())) == list(range(200))
+    assert sorted(r["index"] for r in records(out.read_text())) == list(range(n))
 
 
 @pytest.mark.timeout(60)
