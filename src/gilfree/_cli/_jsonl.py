@@ -16,7 +16,7 @@ import json
 import os
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from . import UsageError
@@ -28,17 +28,22 @@ _EXCERPT = 60
 # ---------------------------------------------------------------- input
 
 
-def iter_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+def iter_lines(
+    stream: IO[bytes], on_blank: Callable[[], object] | None = None
+) -> Iterator[tuple[int, bytes]]:
     """Yield ``(index, raw_line)`` for each line, reading lazily.
 
     The index is the 0-based line number, so an output record points at the
     input line it came from. Blank lines are not items (a trailing newline
     or an empty line between records is common in JSON Lines files) and
-    yield nothing, but still count toward the line number.
+    yield nothing, but still count toward the line number (and call
+    ``on_blank``, so a progress bar counting lines still reaches its end).
     """
     for index, raw in enumerate(stream):
         if raw.strip():
             yield index, raw
+        elif on_blank is not None:
+            on_blank()
 
 
 def parse_item(raw: bytes) -> tuple[bool, Any]:

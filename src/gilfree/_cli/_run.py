@@ -28,6 +28,7 @@ from ._jsonl import (
     IndexSet,
     LineWriter,
     ResumeState,
+    count_lines,
     error_record,
     input_error_record,
     iter_lines,
@@ -36,6 +37,11 @@ from ._jsonl import (
     result_record,
 )
 from ._progress import Silent, make_bar
+
+#: Input files up to this size are counted first (about 1 GB/s, in blocks) to
+#: give the planner, the chunker and the progress bar a total; past it the
+#: second read would cost more than a better plan is likely to save.
+_COUNT_LIMIT = 1 << 30
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -49,17 +55,31 @@ class Terminated(KeyboardInterrupt):
 
 
 class Feed:
-    """Turns input lines into items for ``imap_indexed`` and remembers where each came from."""
+    """Turns input lines into items for ``imap_indexed`` and remembers where each came from.
 
-    def __init__(self, lines: Iterator[tuple[int, bytes]], done: IndexSet) -> None:
+    Iterating a Feed yields the items. ``len()`` is the number of lines left
+    to run when the input is a file of known length (blank and bad lines
+    included, so an estimate): the planner and the chunker size their work
+    by it. With stdin there is no length, as for any generator.
+    """
+
+    def __init__(
+        self, lines: Iterator[tuple[int, bytes]], done: IndexSet, remaining: int | None
+    ) -> None:
         self._lines = lines
         self._done = done
+        self._remaining = remaining
         self._origin: dict[int, int] = {}  # position given to imap -> input line, in flight only
         # (position of the next item when the bad line was read, its record); appended by
         # whichever thread drains the generator, popped by the main loop: deque is thread-safe.
         self._pending: deque[tuple[int, bytes]] = deque()
 
-    def items(self) -> Iterator[Any]:
+    def __len__(self) -> int:
+        if self._remaining is None:
+            raise TypeError("the input's length is not known")
+        return self._remaining
+
+    def __iter__(self) -> Iterator[Any]:
         pos = 0
         for index, raw in self._lines:
             if index in self._done:
@@ -106,9 +126,9 @@ def run(
                     f"gilfree: cut a torn last line ({state.repaired} bytes) off {output_path}",
                     file=sys.stderr,
                 )
-            feed = Feed(iter_lines(source), state.done)
-            show_total = None if total is None else max(0, total - len(state.done))
-            bar = make_bar(show_total, target) if _bar_wanted(output_path) else Silent()
+            remaining = None if total is None else max(0, total - len(state.done))
+            bar = make_bar(remaining, target) if _bar_wanted(output_path) else Silent()
+            feed = Feed(iter_lines(source, on_blank=bar.advance), state.done, remaining)
             with bar:
                 failed = _drive(fn, feed, writer, bar, ordered=ordered, options=options)
         except KeyboardInterrupt as exc:
@@ -143,7 +163,7 @@ def _drive(
     from ..errors import ConfigurationError
 
     failed = 0
-    outcomes = imap_indexed(fn, feed.items(), ordered=ordered, **options)
+    outcomes = imap_indexed(fn, feed, ordered=ordered, **options)
     try:
         for pos, ok, value in outcomes:
             for record in feed.records_before(pos if ordered else None):
@@ -189,9 +209,8 @@ def _open_input(path: str | None) -> tuple[IO[bytes], int | None]:
         f.close()
         raise UsageError(f"cannot read input {path!r}: it is a directory")
     total = None
-    if sys.stderr is not None and sys.stderr.isatty() and os.path.isfile(path):
-        with open(path, "rb") as lines:
-            total = sum(1 for raw in lines if raw.strip())
+    if os.path.isfile(path) and os.path.getsize(path) <= _COUNT_LIMIT:
+        total = count_lines(path)
     return f, total
 
 
