@@ -205,3 +205,11 @@ def test_no_samples_plans_from_the_bytecode_alone():
     assert "bytecode alone" in plan.reasons[0]
     with pytest.raises(ValueError, match="budget"):
         advise(sleeper, [1], budget=0)
+
+
+def test_a_probe_where_every_call_failed_is_not_cached():
+    rec = Recorder(fail_on=set(range(10)))
+    first = advise(rec, list(range(10)))
+    assert first.backend == "serial" and all(not ok for ok, _ in first.outcomes)
+    second = advise(rec, list(range(10, 20)))
+    assert not second.cached and second.outcomes

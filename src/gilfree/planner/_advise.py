@@ -62,7 +62,9 @@ def advise(
         features = cached
     else:
         features, outcomes = _measure(fn, samples, budget)
-        if cache and key is not None and features.task_seconds is not None:
+        # Nothing measured, or every call failed: too little to plan later jobs on.
+        worth_keeping = features.task_seconds is not None and features.failures < features.calls
+        if cache and key is not None and worth_keeping:
             with _cache_lock:
                 _cache[key] = features
     dask = _dask_size(address) if address is not None else (None, None, None)
