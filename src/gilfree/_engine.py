@@ -82,9 +82,11 @@ class Run:
             self._outstanding += 1
             self.backend.submit(self.job, index, [item])
         window = self.backend.window
+        cap = self.backend.max_outstanding
         while not self._exhausted:
             size = self._chunker.next_size(self._next_index)
-            if self._outstanding >= window * size:
+            limit = window * size if cap is None else min(window * size, max(cap, size))
+            if self._outstanding >= limit:
                 return
             items = list(itertools.islice(self._it, size))
             if not items:

@@ -131,6 +131,10 @@ class Backend(ABC):
     def submit(self, job: Job, start: int, items: list[Any]) -> None:
         """Start running ``items`` (inputs ``start``, ``start+1``, ...); never blocks long."""
 
+    #: Most items submitted and not yet handed on, whatever the chunk sizes
+    #: (None: ``window`` chunks is the only bound).
+    max_outstanding: int | None = None
+
     def max_chunk(self, job: Job) -> int:
         """Largest chunk this backend accepts for ``job`` (e.g. 1 where a timeout needs it)."""
         return 1 << 30
