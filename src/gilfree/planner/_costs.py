@@ -10,14 +10,19 @@ import math
 
 from ._features import Features
 
-# Thread backend: per-item cost of handing work to a thread and collecting the
-# result (queue, future, chunk bookkeeping), paid under the GIL; per-thread
-# start cost. Order of magnitude of concurrent.futures on CPython 3.11.
-THREAD_ITEM_S = 5e-6
+# Thread backend: handing a chunk to a thread and collecting its results (queue,
+# wake-up), per chunk and per item, paid under the GIL; starting a thread.
+# gilfree's thread backend ran 2M `x * x` calls 0.03-0.06 s slower than a loop
+# (benchmarks/bench_auto.py, tiny), i.e. well under 0.1 us per item.
+THREAD_CHUNK_S = 30e-6
+THREAD_ITEM_S = 0.1e-6
 THREAD_START_S = 100e-6
+# The thread backend's chunks hold about this much work (backends/_thread.py).
+THREAD_CHUNK_TARGET_S = 0.002
 # Process backend: per-item cost in the parent (pickling an item into a chunk,
-# unpickling and storing its result) beyond the bytes themselves.
-PROCESS_ITEM_S = 5e-6
+# unpickling and storing its result) beyond the bytes themselves. gilfree's pool
+# ran 2M `x * x` calls in ~2.2 s on 2 CPUs (bench_auto, tiny): ~1 us per item.
+PROCESS_ITEM_S = 1e-6
 # The pool's round trip per chunk relative to the raw pipe ping-pong measured in
 # _machine (pickling the chunk, the manager thread, futures).
 POOL_ROUNDTRIP_FACTOR = 3.0
@@ -51,7 +56,10 @@ def predict_serial(n: int, t: float) -> float:
 
 
 def predict_thread(n: int, t: float, k: int, g: float, f: float, cpus: int) -> float:
-    return n * t / thread_speedup(k, g, f, cpus) + n * THREAD_ITEM_S + k * THREAD_START_S
+    by_work = math.ceil(n * t / THREAD_CHUNK_TARGET_S) if t > 0 else 0
+    chunks = max(1, min(n, max(CHUNKS_PER_WORKER * k, by_work)))
+    overhead = chunks * THREAD_CHUNK_S + n * THREAD_ITEM_S + k * THREAD_START_S
+    return n * t / thread_speedup(k, g, f, cpus) + overhead
 
 
 def chunk_count(n: int, t: float, w: int) -> int:

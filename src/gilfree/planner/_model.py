@@ -13,7 +13,7 @@ The model, per backend, for ``N`` items of ``T`` seconds each, a CPU fraction
   ``1/g``; the CPU part needs a core, so it is also bounded by ``c/f``::
 
       speedup(k) = 1 / max(1/k, g, f/c)
-      time = N*T/speedup(k) + N*THREAD_ITEM_S + k*THREAD_START_S
+      time = N*T/speedup(k) + chunks*THREAD_CHUNK_S + N*THREAD_ITEM_S + k*THREAD_START_S
 
   ``g`` comes from the two-thread measurement ``s``: with ``s < 1.8`` the GIL
   is the bottleneck and ``g = 1/s``; with ``s >= 1.8`` two threads cannot tell
@@ -42,7 +42,7 @@ from ._bytecode import Finding
 from ._costs import (
     POOL_FIXED_S,
     POOL_ROUNDTRIP_FACTOR,
-    THREAD_ITEM_S,
+    THREAD_CHUNK_S,
     predict_dask,
     predict_process,
     predict_serial,
@@ -289,13 +289,13 @@ def _busy_sentence(feat: Features) -> str | None:
     if verdict == "releases":
         hints = feat.kinds("releases_gil") or feat.kinds("io")
         return (
-            f"{head}; the bytecode shows {_first(hints)}, which lets go of the GIL, "
-            "so it is trusted here."
+            f"{head}; the bytecode shows it letting go of the GIL in {_first(hints)}, "
+            "so the bytecode is trusted here."
         )
     loops = feat.kinds("python_loop")
     return (
         f"{head}; the bytecode shows only pure-Python work ({_first(loops)}), which holds "
-        "the GIL, so it is trusted here."
+        "the GIL, so the bytecode is trusted here."
     )
 
 
@@ -318,7 +318,7 @@ def _disagreements(feat: Features, f: float) -> list[str]:
             "the time on the CPU; the measurement wins."
         )
     elif io and f < WAITS_BELOW:
-        out.append(f"The bytecode agrees: {_first(io)} waits.")
+        out.append(f"The bytecode agrees: it waits in {_first(io)}.")
     if rel and s is not None and s < NO_SCALING_BELOW:
         out.append(
             f"The bytecode shows {_first(rel)}, which can release the GIL on large inputs, "
@@ -326,14 +326,14 @@ def _disagreements(feat: Features, f: float) -> list[str]:
             "small); the measurement wins."
         )
     elif rel and s is not None and s > SCALES_ABOVE:
-        out.append(f"The bytecode agrees: {_first(rel)} releases the GIL.")
+        out.append(f"The bytecode agrees: it lets go of the GIL in {_first(rel)}.")
     if loops and not io and not rel and s is not None and s > SCALES_ABOVE:
         out.append(
             f"The bytecode shows only pure-Python loops ({_first(loops)}), but 2 threads ran "
             f"{s:.2f}x as fast as one; the measurement wins."
         )
     elif loops and not io and not rel and s is not None and s < NO_SCALING_BELOW:
-        out.append(f"The bytecode agrees: {_first(loops)} is pure Python.")
+        out.append(f"The bytecode agrees: it runs pure-Python work in {_first(loops)}.")
     return out
 
 
@@ -363,11 +363,12 @@ def _choice_sentences(
         )
     if backend == "serial":
         rt = m.roundtrip_s * POOL_ROUNDTRIP_FACTOR
-        if t < rt * 10 or t < 50 * THREAD_ITEM_S:
+        if t < rt * 10 or t < THREAD_CHUNK_S:
             out.append(
-                f"A call takes only {format_seconds(t)}, while handing one to a thread costs "
-                f"about {format_seconds(THREAD_ITEM_S)} and to a process about "
-                f"{format_seconds(rt)}: a plain loop is fastest."
+                f"A call takes only {format_seconds(t)}; handing a batch of calls to a "
+                f"thread costs about {format_seconds(THREAD_CHUNK_S)} and to a process about "
+                f"{format_seconds(rt)} plus pickling, and the GIL lets only one thread run "
+                "them anyway: a plain loop is fastest."
             )
         elif n * t < POOL_FIXED_S + m.spawn_s * cpus + m.ready_s:
             out.append(

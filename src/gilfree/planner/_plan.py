@@ -83,12 +83,13 @@ class Plan:
                 lines.append(f"  - ... and {len(self.findings) - 12} more")
         p = self.profile
         lines += ["", "Measured:"]
-        how = (
-            "reused from an earlier probe"
-            if self.cached
-            else f"in {format_seconds(p.probe_seconds)}"
-        )
-        lines.append(f"  {p.calls} real calls {how} (their results are kept)")
+        if self.cached:
+            lines.append(f"  {p.calls} real calls in an earlier probe of this function (reused)")
+        else:
+            lines.append(
+                f"  {p.calls} real calls in {format_seconds(p.probe_seconds)} "
+                "(their results are kept)"
+            )
         if p.task_seconds is not None:
             lines.append(f"  time per call    {format_seconds(p.task_seconds)}")
         if p.cpu_fraction is not None:
