@@ -33,6 +33,12 @@ from .. import _serialize, _shm
 from ..errors import SerializationError
 from . import _wire
 
+#: An inherited OpenBLAS pool is capped only once tasks take this long on
+#: average: changing its thread count wakes its threads, which spin for ~0.1 s
+#: of CPU (measured in a forked child), and paying that in every worker made
+#: 200,000 tiny tasks 1.7x slower. Tasks that call BLAS for long are capped
+#: after their first chunk; microsecond tasks never run BLAS at length.
+CAP_AFTER_S = 0.001
 #: Results of a chunk still running are sent home at least this often, so a
 #: crash late in a long chunk loses (and re-runs) little finished work.
 FLUSH_S = 0.2
@@ -66,6 +72,8 @@ def main(
     slots = mmap.mmap(slots_fd, 0)
     slot = memoryview(slots).cast("q")[4 * index : 4 * index + 4]
     worker = Worker(task_fd, result_fd, slot, config["max_tasks"], config["max_memory"])
+    if "numpy" in sys.modules:  # inherited through fork, with the parent's thread count
+        worker.blas_cap = config["blas_threads"]
     worker.results = _shm.ResultPickler(config["share_threshold"], config["parent"])
     worker.serve()
 
@@ -82,13 +90,13 @@ _THREAD_VARS = (
 
 
 def _cap_native_threads(n: int) -> None:
-    """workers x native threads <= CPUs: no oversubscription of the machine."""
-    for var in _THREAD_VARS:  # for libraries loaded from now on
-        os.environ[var] = str(n)
-    if "numpy" in sys.modules:  # already loaded (inherited through fork)
-        from threadpoolctl import threadpool_limits
+    """workers x native threads <= CPUs: no oversubscription of the machine.
 
-        threadpool_limits(limits=n)
+    These variables cap the libraries loaded from now on. Libraries inherited
+    through fork are capped later by ``Worker.cap_inherited_pools``.
+    """
+    for var in _THREAD_VARS:
+        os.environ[var] = str(n)
 
 
 #: Exit status of a worker that lost its parent (or its end of the alive pipe).
@@ -145,6 +153,7 @@ class Worker:
         self.max_memory = max_memory
         self.tasks_done = 0
         self.results: _shm.ResultPickler | None = None
+        self.blas_cap: int | None = None
 
     def dumps(self, msg: Any) -> bytes:
         if self.results is not None and _shm.numpy_loaded():
@@ -162,7 +171,10 @@ class Worker:
             msg = pickle.loads(raw)
             kind = msg[0]
             if kind == _wire.CHUNK:
-                self.run_chunk(msg[1], msg[2], msg[3], msg[4])
+                t0 = time.perf_counter()
+                n = self.run_chunk(msg[1], msg[2], msg[3], msg[4])
+                if self.blas_cap is not None and time.perf_counter() - t0 > CAP_AFTER_S * n:
+                    self.cap_inherited_pools()
                 reason = self.retire_reason()
                 if reason:
                     self.send((_wire.RETIRE, reason))
@@ -171,6 +183,13 @@ class Worker:
                 self.define(msg[1], msg[2])
             elif kind == _wire.FORGET:
                 self.fns.pop(msg[1], None)
+
+    def cap_inherited_pools(self) -> None:
+        """Cap BLAS/OpenMP pools this worker inherited loaded through fork."""
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=self.blas_cap)
+        self.blas_cap = None
 
     def define(self, key: int, blob: bytes) -> None:
         try:
@@ -181,7 +200,8 @@ class Worker:
                 what="function",
             )
 
-    def run_chunk(self, seq: int, key: int, blob: bytes, careful: bool) -> None:
+    def run_chunk(self, seq: int, key: int, blob: bytes, careful: bool) -> int:
+        """Run one chunk; returns how many tasks it held."""
         slot = self.slot
         slot[0] = seq
         slot[3] = _IDLE
@@ -189,18 +209,19 @@ class Worker:
             items = _serialize.loads(blob)
         except BaseException as exc:
             self.send((_wire.LOADFAIL, seq, f"{type(exc).__name__}: {exc}"))
-            return
+            return 1
         fn = self.fns.get(key)
         if fn is None or isinstance(fn, SerializationError):
             err = fn or SerializationError("function not defined in worker", what="function")
             failures = [(p, err, "") for p in range(len(items))]
             self.send((_wire.RESULT, seq, 0, [None] * len(items), failures, 0.0, True))
-            return
+            return max(1, len(items))
         if careful:
             self.run_careful(seq, fn, items)
         else:
             self.run_fast(seq, fn, items)
         self.tasks_done += len(items)
+        return max(1, len(items))
 
     def run_fast(self, seq: int, fn: Any, items: list[Any]) -> None:
         """Tiny tasks: one slot write per task, nothing else (as fast as list(map))."""
