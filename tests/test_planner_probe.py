@@ -213,3 +213,16 @@ def test_a_probe_where_every_call_failed_is_not_cached():
     assert first.backend == "serial" and all(not ok for ok, _ in first.outcomes)
     second = advise(rec, list(range(10, 20)))
     assert not second.cached and second.outcomes
+
+
+def test_a_slow_first_call_is_a_warm_up_not_the_mean():
+    from gilfree.planner._probe import ProbeResult
+
+    r = ProbeResult(serial_calls=4, serial_wall=1e-3 + 3 * 50e-9, first_wall=1e-3)
+    assert r.task_seconds == pytest.approx(50e-9)
+    # An ordinary first call counts like the others.
+    r = ProbeResult(serial_calls=4, serial_wall=4e-3, first_wall=1.5e-3)
+    assert r.task_seconds == pytest.approx(1e-3)
+    # With two calls there is nothing to compare it with.
+    r = ProbeResult(serial_calls=2, serial_wall=2e-3, first_wall=1.9e-3)
+    assert r.task_seconds == pytest.approx(1e-3)

@@ -73,6 +73,14 @@ PAIR_NOISE = 1.1  # 2-thread scaling below this is read as none at all
 # bytecode shows is then trusted over the low reading.
 BUSY_SHARE = 0.25
 ORDER = ("serial", "thread", "process", "dask")
+# Calls under SHORT_CALL_S timed over fewer than SHORT_CALL_MIN_CALLS calls read
+# slow: the interpreter specialises a function over its first calls and caches
+# are cold. Probes of `x * x` read ~500 ns over 4 calls and ~125 ns over 60
+# (2-CPU VM), so such readings are divided by SHORT_CALL_WARM_UP; erring this
+# way costs little (a plain loop), the other way a pool 10x slower than a loop.
+SHORT_CALL_S = 5e-6
+SHORT_CALL_MIN_CALLS = 16
+SHORT_CALL_WARM_UP = 4.0
 
 
 def gil_share(feat: Features) -> float:
@@ -146,6 +154,13 @@ def choose(feat: Features) -> Plan:
     f = feat.cpu_fraction if feat.cpu_fraction is not None else 1.0
     g = gil_share(feat)
     reasons.append(_timing_sentence(t, f))
+    if t < SHORT_CALL_S and feat.calls < SHORT_CALL_MIN_CALLS:
+        t = t / SHORT_CALL_WARM_UP
+        reasons.append(
+            f"Over only {feat.calls} calls, a call this short reads slow (the interpreter "
+            f"warms up on the first ones), so the model counts it as {SHORT_CALL_WARM_UP:.0f}x "
+            "faster."
+        )
     busy = _busy_sentence(feat)
     if busy:
         reasons.append(busy)

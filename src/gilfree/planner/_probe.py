@@ -49,6 +49,9 @@ ONE_CALL_ENOUGH_S = 0.05
 # Each thread of the pair phase takes work in batches at least this long, so
 # that taking work (a lock) is not what we measure for tiny functions.
 PAIR_BATCH_S = 0.002
+# A first call this many times slower than the next ones is a warm-up (imports,
+# cold caches) and is left out of the mean time per call.
+WARM_UP_OUTLIER = 3.0
 # Samples kept back from the serial phase for the two-thread phase (two calls
 # per thread) when there are at least PAIR_RESERVE + 2 samples.
 PAIR_RESERVE = 4
@@ -72,6 +75,7 @@ class ProbeResult:
     serial_cpu: float = 0.0  # thread CPU time of the serial calls
     serial_process_cpu: float = 0.0  # whole-process CPU time during them
     serial_runqueue: float = 0.0  # time the thread waited for a core (busy machine)
+    first_wall: float = 0.0  # wall time of the first serial call alone
     pair_calls: int = 0
     pair_wall: float = 0.0  # elapsed time of the two-thread phase
     pair_cpu: float = 0.0  # thread CPU time summed over both threads
@@ -92,7 +96,16 @@ class ProbeResult:
 
     @property
     def task_seconds(self) -> float | None:
-        return self.serial_wall / self.serial_calls if self.serial_calls else None
+        """Mean wall time of a serial call. The very first call of a function
+        often pays for imports and cold caches: with 3 or more calls, it is left
+        out when it took more than WARM_UP_OUTLIER times the others' mean."""
+        if not self.serial_calls:
+            return None
+        if self.serial_calls >= 3:
+            rest = (self.serial_wall - self.first_wall) / (self.serial_calls - 1)
+            if self.first_wall > WARM_UP_OUTLIER * rest:
+                return rest
+        return self.serial_wall / self.serial_calls
 
     @property
     def cpu_fraction(self) -> float | None:
@@ -184,25 +197,30 @@ def probe(fn: Callable[[Any], Any], samples: Sequence[Any], budget: float = 1.0)
     return result
 
 
-_overhead: float | None = None
+_overhead: tuple[float, float] | None = None
 
 
-def call_overhead() -> float:
-    """Seconds the serial phase's loop spends per call around the function
-    (measured once per process on a no-op, best of 3 runs of 256 calls)."""
+def call_overhead() -> tuple[float, float]:
+    """``(per batch, per call)`` seconds the serial phase's timing loop adds
+    around the function, measured once per process on a no-op (best of
+    several runs), so a 50 ns function is not reported as taking 500 ns."""
     global _overhead
     if _overhead is None:
-        outcomes: list[tuple[bool, Any]] = []
-        items = list(range(256))
-        best = math.inf
-        for _ in range(3):
-            outcomes.clear()
-            t0 = time.perf_counter()
-            for i in range(len(items)):
-                outcomes.append(_call(_noop, items[i]))
-            best = min(best, time.perf_counter() - t0)
-        _overhead = best / len(items)
+        one = min(_time_batch(1) for _ in range(20))
+        many = min(_time_batch(256) for _ in range(3))
+        per_call = max(0.0, (many - one) / 255)
+        _overhead = (max(0.0, one - per_call), per_call)
     return _overhead
+
+
+def _time_batch(k: int) -> float:
+    # The same shape as the loop in _serial_phase.
+    outcomes: list[tuple[bool, Any]] = []
+    items = list(range(k))
+    t0 = time.perf_counter()
+    for i in range(0, k):
+        outcomes.append(_call(_noop, items[i]))
+    return time.perf_counter() - t0
 
 
 def _noop(x: Any) -> Any:
@@ -240,9 +258,13 @@ def _serial_phase(
         q1 = runqueue_seconds()
         result.serial_runqueue += q1 - q0
         result.serial_calls += last - first
-        # The loop itself costs ~0.3 us a call: not the function's time.
-        own = (last - first) * call_overhead()
-        result.serial_wall += max(w1 - w0 - own, (w1 - w0) * 0.05)
+        # The timing loop itself is not the function's time.
+        per_batch, per_call = call_overhead()
+        own = per_batch + (last - first) * per_call
+        wall = max(w1 - w0 - own, (w1 - w0) * 0.05)
+        if first == 0:
+            result.first_wall = wall  # the first batch is one call
+        result.serial_wall += wall
         result.serial_cpu += max(c1 - c0 - own, (c1 - c0) * 0.05)
         result.serial_process_cpu += p1 - p0
         if result.serial_wall >= cap:
