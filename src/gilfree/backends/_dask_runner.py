@@ -41,9 +41,7 @@ def _run_chunk(
     the stack of the call when it was given up. With ``strict`` (one-item tasks under
     ``retries=``) a failure is raised instead, so that Dask's own retries rerun it.
     """
-    unpickler = pickle.Unpickler(io.BytesIO(payload))
-    unpickler.persistent_load = refs.__getitem__  # large arrays scattered by the client
-    items = unpickler.load()
+    items = _RefUnpickler(io.BytesIO(payload), refs).load()
     outcomes = []
     for item in items:
         t0 = time.perf_counter()
@@ -57,6 +55,20 @@ def _run_chunk(
             raise TimeoutError(_TIMEOUT_MARK, outcome[2])
         outcomes.append((*outcome, seconds))
     return _dump_outcomes(outcomes)
+
+
+class _RefUnpickler(pickle.Unpickler):
+    """Resolves the client's persistent ids to the large arrays it scattered.
+
+    A method, not an instance attribute: Python 3.13 made that attribute read-only.
+    """
+
+    def __init__(self, file: io.BytesIO, refs: list[Any]) -> None:
+        super().__init__(file)
+        self._refs = refs
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self._refs[pid]
 
 
 def _run_one(fn: Any, item: Any) -> tuple[int, Any, str | None]:
