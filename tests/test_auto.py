@@ -30,13 +30,22 @@ class Recorder:
         return x * 2
 
 
+@pytest.mark.parametrize("n", [40, 300], ids=["probe-leading", "probe-spread"])
 @pytest.mark.parametrize("work", ["tiny", "sleep", "cpu"])
-def test_auto_map_calls_each_item_exactly_once(tmp_path, work):
+def test_auto_map_calls_each_item_exactly_once(tmp_path, work, n):
+    # Over 64 items a list is probed at indices spread over all of it.
     path = tmp_path / "calls"
-    out = gilfree.map(Recorder(str(path), work), range(40), backend="auto")
-    assert out == [x * 2 for x in range(40)]
+    out = gilfree.map(Recorder(str(path), work), list(range(n)), backend="auto")
+    assert out == [x * 2 for x in range(n)]
     calls = sorted(int(line) for line in path.read_text().split())
-    assert calls == list(range(40)), "an item was run twice or not at all"
+    assert calls == list(range(n)), "an item was run twice or not at all"
+
+
+def test_auto_imap_spread_probe_keeps_order_and_runs_each_once(tmp_path):
+    path = tmp_path / "calls"
+    got = list(gilfree.imap(Recorder(str(path), "tiny"), list(range(500)), errors="return"))
+    assert got == [x * 2 for x in range(500)]
+    assert sorted(int(v) for v in path.read_text().split()) == list(range(500))
 
 
 def test_auto_keeps_a_failed_probe_result_in_its_slot(tmp_path):

@@ -58,6 +58,8 @@ class Run:
         self.ordered = ordered
         # Items before `offset` were already handled (prefilled or resubmitted).
         self._next_index = getattr(iterable, "offset", 0)  # next input index to submit
+        # Indices already run elsewhere (the planner's spread probe): not submitted.
+        self._skip: set[int] = set(getattr(iterable, "skip", ()))
         self._it = iter(iterable)
         self._chunker = Chunker(backend, job, total)
         self._head = 0  # next index to hand on (ordered mode)
@@ -94,8 +96,25 @@ class Run:
                 return
             start = self._next_index
             self._next_index += len(items)
-            self._outstanding += len(items)
-            self.backend.submit(self.job, start, items)
+            if self._skip:
+                self._submit_around_skipped(start, items)
+            else:
+                self._outstanding += len(items)
+                self.backend.submit(self.job, start, items)
+
+    def _submit_around_skipped(self, start: int, items: list[Any]) -> None:
+        """Submit the runs of consecutive items between skipped indices (the
+        skip set is small: the planner's samples)."""
+        end = start + len(items)
+        hits = sorted(i for i in self._skip if start <= i < end)
+        self._skip.difference_update(hits)
+        lo = start
+        for i in [*hits, end]:
+            if i > lo:
+                piece = items[lo - start : i - start]
+                self._outstanding += len(piece)
+                self.backend.submit(self.job, lo, piece)
+            lo = i + 1
 
     def _receive(self) -> Event:
         while True:
