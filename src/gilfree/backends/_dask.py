@@ -204,22 +204,8 @@ class DaskBackend(Backend):
                 "backend='dask' needs the address of a Dask scheduler: pass "
                 f"address='tcp://host:8786' or set the {ADDRESS_ENV} environment variable"
             )
-        from distributed import Client
-
         self.address = address
-        # Built in two steps so that a failed connection can still be cleaned up: the
-        # constructor starts the client's event-loop thread before it connects.
-        self._client = Client.__new__(Client)
-        try:
-            self._client.__init__(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
-        except BaseException as exc:
-            _discard(self._client)
-            if isinstance(exc, OSError):  # includes TimeoutError
-                raise ConnectionError(
-                    f"could not reach the Dask scheduler at {address} "
-                    f"(from address= or {ADDRESS_ENV}): {exc}"
-                ) from exc
-            raise
+        self._client = connect(address, CONNECT_TIMEOUT_S)
         try:
             threads = sum(self._client.nthreads().values())
             self.workers = options.workers or max(1, threads)
@@ -667,6 +653,29 @@ class DaskBackend(Backend):
                 "waiting": len(self._waiting),
                 **self._stats,
             }
+
+
+def connect(address: str, timeout: float) -> Any:
+    """A ``distributed.Client`` for ``address``, or ConnectionError naming it.
+
+    Built in two steps so that a failed connection can still be cleaned up: the
+    constructor starts the client's event-loop thread before it connects, and
+    a plain ``Client(address)`` that fails leaves that thread running.
+    """
+    from distributed import Client
+
+    client = Client.__new__(Client)
+    try:
+        client.__init__(address, timeout=timeout, set_as_default=False)
+    except BaseException as exc:
+        _discard(client)
+        if isinstance(exc, OSError):  # includes TimeoutError
+            raise ConnectionError(
+                f"could not reach the Dask scheduler at {address} "
+                f"(from address= or {ADDRESS_ENV}): {exc}"
+            ) from exc
+        raise
+    return client
 
 
 def _discard(client: Any) -> None:

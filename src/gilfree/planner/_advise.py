@@ -186,14 +186,14 @@ def _dask_size(address: str) -> tuple[int | None, int | None, str | None]:
         if address in _dask_cache:
             return _dask_cache[address]
     try:
-        from distributed import Client
+        from ..backends._dask import connect
     except ImportError:
         found: tuple[int | None, int | None, str | None] = (
             None, None, "dask.distributed is not installed (pip install 'dask[distributed]')"
         )
     else:
         try:
-            with Client(address, timeout=5, set_as_default=False) as client:
+            with connect(address, timeout=5) as client:
                 per_worker = client.nthreads()
             found = (sum(per_worker.values()), len(per_worker), None) if per_worker else (
                 None, None, "it has no workers"
