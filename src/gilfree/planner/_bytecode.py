@@ -301,7 +301,7 @@ class _Walker:
         for start, end, line in _loops(instructions):
             if any(start <= off <= end for off, _ in marks):
                 continue
-            what = _loop_name(code)
+            what = _loop_name(code, instructions, start, end)
             found.append(
                 Finding(
                     "python_loop", what, line, code.co_qualname, code.co_filename,
@@ -490,14 +490,28 @@ def _loops(instructions: list[dis.Instruction]) -> list[tuple[int, int, int | No
     return outer
 
 
-def _loop_name(code: types.CodeType) -> str:
+def _loop_name(
+    code: types.CodeType, instructions: list[dis.Instruction], start: int, end: int
+) -> str:
     names = {
         "<listcomp>": "list comprehension",
         "<setcomp>": "set comprehension",
         "<dictcomp>": "dict comprehension",
         "<genexpr>": "generator expression",
     }
-    return names.get(code.co_name, "loop")
+    if code.co_name in names:
+        return names[code.co_name]
+    # Python 3.12+ inlines comprehensions (PEP 709): recognise one by what the
+    # loop appends to.
+    appends = {
+        "LIST_APPEND": "list comprehension",
+        "SET_ADD": "set comprehension",
+        "MAP_ADD": "dict comprehension",
+    }
+    for ins in instructions:
+        if start <= ins.offset <= end and ins.opname in appends:
+            return appends[ins.opname]
+    return "loop"
 
 
 def _make_function_offset(instructions: list[dis.Instruction], const: types.CodeType) -> int | None:
