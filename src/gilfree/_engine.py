@@ -65,6 +65,7 @@ class Run:
         self._head = 0  # next index to hand on (ordered mode)
         self._outstanding = len(prefilled or ())  # submitted, not yet handed on
         self._exhausted = False
+        job.input_done = False
         self._ready: dict[int, Event] = {}
         self._prefilled = list(prefilled or ())
         self._resubmit = list(resubmit or ())
@@ -93,6 +94,7 @@ class Run:
             items = list(itertools.islice(self._it, size))
             if not items:
                 self._exhausted = True
+                self.job.input_done = True
                 return
             start = self._next_index
             self._next_index += len(items)

@@ -35,13 +35,25 @@ _job_ids = itertools.count(1)
 class Job:
     """One unit of submission. Subclasses decide where outcomes go."""
 
-    __slots__ = ("__weakref__", "cancelled", "fn", "id", "options", "stats_n", "stats_s")
+    __slots__ = (
+        "__weakref__",
+        "cancelled",
+        "fn",
+        "id",
+        "input_done",
+        "options",
+        "stats_n",
+        "stats_s",
+    )
 
     def __init__(self, fn: Callable[[Any], Any], options: Options) -> None:
         self.id = next(_job_ids)
         self.fn = fn
         self.options = options
         self.cancelled = False
+        #: True once every item has been submitted (the engine says so); a
+        #: backend may then favour balance over throughput for the tail.
+        self.input_done = True
         self.stats_n = 0
         self.stats_s = 0.0
 

@@ -54,9 +54,13 @@ from ._results import ResultHandling
 #: Chunks a worker may hold at once: the one it runs and one waiting in its
 #: pipe, so a round trip (~0.1 ms) never leaves it idle between short chunks.
 PREFETCH = 2
-#: ...but a chunk predicted to take longer than this gets no second chunk
-#: queued behind it: that chunk could run on another worker that frees up
-#: first (the slow-tail problem). The idle gap it costs is one round trip.
+#: ...but near the end of a job, a chunk predicted to take longer than this
+#: gets no second chunk queued behind it: that chunk could run on another
+#: worker that frees up first (the slow-tail problem); the idle gap it costs is
+#: one round trip. Before the end (more input coming, or plenty queued) long
+#: chunks are prefetched too: with every core busy the parent waits for a CPU
+#: to hand out the next chunk, and that wait (1-4 ms) left workers idle after
+#: each 30 ms task (48 such tasks: 0.80 s, against 0.76 s for joblib).
 PREFETCH_MAX_S = 0.01
 #: Chunks predicted to run longer than this (or of unknown length) run in the
 #: worker's careful loop, which streams partial results home; shorter ones in
@@ -328,8 +332,13 @@ class ProcessPool(ResultHandling, FaultHandling):
             w = free.popleft()
             if w.state is not WorkerState.RUNNING or len(w.inflight) >= PREFETCH:
                 continue  # a stale entry
-            if w.inflight and self._predicted_s(w.inflight[-1]) > PREFETCH_MAX_S:
-                continue  # re-added when its chunk completes
+            if (
+                w.inflight
+                and self._predicted_s(w.inflight[-1]) > PREFETCH_MAX_S
+                and pending[0].job.input_done
+                and len(pending) < self.size
+            ):
+                continue  # the tail: re-added when its chunk completes
             budget = self._budget(w)
             if budget == 0:
                 continue  # it retires after its running chunk
