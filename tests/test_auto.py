@@ -87,4 +87,6 @@ def test_executor_plans_once_per_function(monkeypatch):
         assert [ex.submit(abs, -i).result() for i in range(5)] == list(range(5))
         assert list(ex.map(abs, [-4])) == [4]
         assert ex.submit(os.getpid).result() > 0
-    assert len(calls) == 2  # abs once, os.getpid once
+        for i in range(5):  # a new lambda each time, one code object
+            assert ex.submit(lambda x: x + 1, i).result() == i + 1
+    assert len(calls) == 3  # abs once, os.getpid once, the lambda once

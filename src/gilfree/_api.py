@@ -437,11 +437,16 @@ class Executor(concurrent.futures.Executor):
 
 
 def _plan_key(fn: Any) -> Any:
+    """What an Executor remembers a plan by: the code, so that a lambda made
+    anew for every submit is planned once, not probed (and kept) each time."""
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        return code
     try:
         hash(fn)
         return fn
     except TypeError:
-        return id(fn)
+        return type(fn)
 
 
 def _executor_results(run: Run, errors: str) -> Iterator[Any]:
