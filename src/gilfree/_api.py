@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ._engine import Event, Progress, Run, length_hint
+from ._engine import Event, Run, length_hint
 from ._options import Options, make_options
+from ._progress import Bar
 from .backends import Backend, FutureJob, Job, StreamJob, create
 from .errors import ConfigurationError
 
@@ -104,7 +105,7 @@ def _session(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options, *
         resubmit=resubmit,
     )
     if opts.progress:
-        run.progress = Progress(total, f"gilfree {opts.backend}")
+        run.progress = Bar(total, f"gilfree {opts.backend}").start()
     finished = False
     try:
         yield run

@@ -2,7 +2,6 @@
 
 * ``_target``   -- ``MODULE:FUNC`` to a callable (dotted module or ``.py`` path)
 * ``_jsonl``    -- lazy JSON Lines input, crash-safe output and ``--resume``
-* ``_progress`` -- the progress bar shown when stderr is a terminal
 * ``_run``      -- ``gilfree run``
 * ``_advise``   -- ``gilfree advise``
 

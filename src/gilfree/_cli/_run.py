@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+from .._progress import Silent, make_bar
 from . import UsageError
 from ._jsonl import (
     IndexSet,
@@ -36,7 +37,6 @@ from ._jsonl import (
     repair_and_scan,
     result_record,
 )
-from ._progress import Silent, make_bar
 
 #: Input files up to this size are counted first (about 1 GB/s, in blocks) to
 #: give the planner, the chunker and the progress bar a total; past it the

@@ -1,7 +1,8 @@
-"""The progress bar of ``gilfree run``: rich on a terminal, nothing otherwise.
+"""The progress bar: ``progress=True`` in the API, and ``gilfree run`` on a terminal.
 
-Only shown when stderr is a terminal, so logs and pipes never collect
-carriage returns and escape codes.
+``gilfree run`` shows it only when stderr is a terminal (``make_bar``), so logs
+and pipes never collect carriage returns and escape codes; ``progress=True``
+always shows it, since the caller asked.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ class Bar:
 
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
+
+    def start(self) -> Bar:
+        return self.__enter__()
+
+    def close(self) -> None:
+        self.__exit__()
 
     def advance(self, n: int = 1) -> None:
         # rich's Progress takes its own lock: safe from the input-feeding thread.
