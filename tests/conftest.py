@@ -53,6 +53,18 @@ def _segments() -> set[str]:
     return {n for n in names if n.startswith(f"gilfree-{os.getpid()}-")}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """The planner caches machine costs on disk: keep the tests' copy in their tmp dir."""
+    old = os.environ.get("GILFREE_CACHE_DIR")
+    os.environ["GILFREE_CACHE_DIR"] = str(tmp_path_factory.mktemp("gilfree-cache"))
+    yield
+    if old is None:
+        os.environ.pop("GILFREE_CACHE_DIR", None)
+    else:
+        os.environ["GILFREE_CACHE_DIR"] = old
+
+
 @pytest.fixture(autouse=True)
 def leak_guard(request):
     if request.node.get_closest_marker("allow_leaks"):
