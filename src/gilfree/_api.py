@@ -95,19 +95,20 @@ def _session(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options, *
     backend = create(opts.backend, opts)
     job = StreamJob(fn, opts)
     _seed_timing(job, plan)
-    run = Run(
-        backend,
-        job,
-        iterable,
-        ordered=ordered,
-        total=total,
-        prefilled=prefilled,
-        resubmit=resubmit,
-    )
-    if opts.progress:
-        run.progress = Bar(total, f"gilfree {opts.backend}").start()
+    bar = None
     finished = False
     try:
+        run = Run(
+            backend,
+            job,
+            iterable,
+            ordered=ordered,
+            total=total,
+            prefilled=prefilled,
+            resubmit=resubmit,
+        )
+        if opts.progress:
+            bar = run.progress = Bar(total, f"gilfree {opts.backend}").start()
         yield run
         finished = True
     finally:
@@ -115,11 +116,11 @@ def _session(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options, *
             if finished:
                 backend.shutdown(wait=True)
             else:  # an error, errors="raise", Ctrl-C or an abandoned generator
-                run.abort()
+                backend.cancel(job)
                 backend.shutdown(wait=False, kill=True)
         finally:
-            if run.progress is not None:
-                run.progress.close()
+            if bar is not None:
+                bar.close()
 
 
 def _check_callable(fn: object) -> None:
