@@ -39,11 +39,13 @@ POOL_FIXED_S = 0.01
 # least CHUNKS_PER_WORKER chunks per worker so the last ones balance.
 TARGET_CHUNK_S = 0.02
 CHUNKS_PER_WORKER = 4
-# Dask: distributed's documentation puts the scheduler's overhead at roughly
-# 200 us - 1 ms per task; we take the high end per chunk. Connecting a client
-# costs ~0.1-0.3 s; data moves over TCP at ~1 GB/s plus pickling.
-DASK_TASK_S = 1e-3
-DASK_CONNECT_S = 0.2
+# Dask, measured by benchmarks/bench_dask.py on a local 2-worker cluster: a
+# one-item task through gilfree costs ~1.8-3 ms (Client.map's own: ~1.5 ms), a
+# gilfree.map call a fixed ~28 ms (connect, scatter the function, first task).
+# A remote cluster adds network latency, so the fixed cost keeps some margin.
+# Data moves over TCP at ~1 GB/s plus pickling.
+DASK_TASK_S = 2.5e-3
+DASK_CONNECT_S = 0.05
 DASK_BYTE_S = 2e-9
 
 
