@@ -144,26 +144,18 @@ def _resolve_auto(
         return opts, iterable, [], [], None
     from .planner import advise, sample_indices
 
-    if isinstance(iterable, Sequence) and total is not None and total > AUTO_SAMPLES:
-        # An indexable input is probed on items spread over all of it (first,
-        # last, middle, quarters...): cheap leading items must not hide the
-        # expensive ones further on. Probed items are skipped when the rest runs.
-        indices = sample_indices(total, AUTO_SAMPLES)
-        plan = advise(
-            fn,
-            [iterable[i] for i in indices],
-            budget=AUTO_BUDGET,
-            total=total,
-            address=dask_address(opts),
-            workers=opts.workers,
-        )
-        prefilled, resubmit, rest = _reuse_spread_probe(plan, iterable, indices, opts.retries)
-        return _apply_plan(opts, plan), rest, prefilled, resubmit, plan
-
-    it = iter(iterable)
-    samples = list(itertools.islice(it, AUTO_SAMPLES))
-    if not samples:
-        return opts.with_(backend="serial"), it, [], [], None
+    # An indexable input is probed on items spread over all of it (first, last,
+    # middle, quarters...): cheap leading items must not hide the expensive
+    # ones further on. Probed items are skipped when the rest runs.
+    spread = isinstance(iterable, Sequence) and total is not None and total > AUTO_SAMPLES
+    if spread:
+        indices = sample_indices(total, AUTO_SAMPLES)  # type: ignore[arg-type]
+        samples = [iterable[i] for i in indices]  # type: ignore[index]
+    else:
+        it = iter(iterable)
+        samples = list(itertools.islice(it, AUTO_SAMPLES))
+        if not samples:
+            return opts.with_(backend="serial"), it, [], [], None
     plan = advise(
         fn,
         samples,
@@ -172,7 +164,10 @@ def _resolve_auto(
         address=dask_address(opts),
         workers=opts.workers,
     )
-    prefilled, resubmit, rest = _reuse_probe(plan, samples, it, opts.retries)
+    if spread:
+        prefilled, resubmit, rest = _reuse_spread_probe(plan, iterable, indices, opts.retries)
+    else:
+        prefilled, resubmit, rest = _reuse_probe(plan, samples, it, opts.retries)
     return _apply_plan(opts, plan), rest, prefilled, resubmit, plan
 
 
