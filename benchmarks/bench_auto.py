@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gilfree
+from gilfree.bench.workloads import cpu_bound
 
 HAND_PICKED = ("serial", "thread", "process")
 STRIDE = 10  # every STRIDE-th item is timed first, to rule out hopeless backends
@@ -40,12 +41,7 @@ HOPELESS = 3.0  # a prefix predicting this many times the best is extrapolated
 
 
 # -- workloads (module level so every backend can pickle them) ---------------
-def spin(n: int) -> int:
-    """Pure-Python CPU work: holds the GIL the whole time."""
-    total = 0
-    for i in range(n):
-        total += i * i % 7
-    return total
+spin = cpu_bound  # pure-Python CPU work: holds the GIL the whole time
 
 
 def nap(seconds: float) -> float:
@@ -175,8 +171,10 @@ def suite(scale: float, port: int) -> list[Workload]:
         Workload("cpu", "pure-Python loop, ~10 ms a call", spin, lambda: [spin_10ms] * n(400)),
         Workload("sleep", "time.sleep(10 ms)", nap, lambda: [0.01] * n(6400)),
         Workload(
-            "socket", f"TCP request to a local server ({SERVER_DELAY * 1e3:.0f} ms latency)",
-            fetch, lambda: [(port, i) for i in range(n(3200))],
+            "socket",
+            f"TCP request to a local server ({SERVER_DELAY * 1e3:.0f} ms latency)",
+            fetch,
+            lambda: [(port, i) for i in range(n(3200))],
         ),
         Workload("hashlib", "sha256 of an 8 MiB buffer", sha, blobs),
         Workload("numpy", "sort 1M random floats", numpy_sort, lambda: list(range(n(300)))),
@@ -199,9 +197,7 @@ def run_workload(w: Workload, repeat: int) -> dict[str, Any]:
     estimates = {b: timed(w.fn, tenth, b) * len(items) / len(tenth) for b in HAND_PICKED}
     floor = min(estimates.values())
     full = [b for b in HAND_PICKED if estimates[b] <= HOPELESS * floor]
-    times: dict[str, float] = {
-        b: estimates[b] for b in HAND_PICKED if b not in full
-    }
+    times: dict[str, float] = {b: estimates[b] for b in HAND_PICKED if b not in full}
     best_times: dict[str, list[float]] = {b: [] for b in full}
     auto_times: list[float] = []
     for _ in range(repeat):

@@ -17,18 +17,11 @@ import statistics
 import time
 
 import gilfree
+from gilfree.bench.workloads import cpu_bound as spin  # pure-Python CPU work
 
 
 def square(x):
     return x * x
-
-
-def spin(n):
-    """Pure-Python CPU work: ~50 ms for n=COUNT on the dev machine."""
-    total = 0
-    for i in range(n):
-        total += i * i % 7
-    return total
 
 
 def nap(s):
