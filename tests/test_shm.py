@@ -197,3 +197,19 @@ def test_blas_threads_are_capped_in_process_workers_only():
 
     here = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
     assert gilfree.map(blas_threads, [0], backend="thread")[0][1] == here
+
+
+def test_segments_of_a_killed_parent_are_swept_by_the_next_pool(monkeypatch):
+    from gilfree import _shm
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    name = f"gilfree-{gone.pid}-a0"
+    with open(f"/dev/shm/{name}", "wb") as f:
+        f.write(b"left by a parent killed with SIGKILL")
+    monkeypatch.setattr(_shm, "_orphans_swept", False)
+    try:
+        assert gilfree.map(abs, [-1], backend="process") == [1]
+        assert not os.path.exists(f"/dev/shm/{name}")
+    finally:
+        _shm.unlink(name)

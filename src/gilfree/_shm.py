@@ -18,7 +18,9 @@ of pickling, two pipe copies and unpickling.
 No segment outlives its map or Executor: argument segments are unlinked when
 the pool closes (success, exception, Ctrl-C alike); result segments are
 unlinked as soon as the parent maps them, and a dead worker's unclaimed ones
-are swept by name when its death is handled.
+are swept by name when its death is handled. A parent killed with SIGKILL
+cannot clean up: the next gilfree pool on the machine sweeps segments whose
+creating process no longer exists (``sweep_orphans``).
 
 The hook is a per-pickler ``dispatch_table`` entry for ``ndarray``: the C
 pickler looks it up per object without calling Python for anything else, so
@@ -89,6 +91,35 @@ def sweep(prefix: str) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+_orphans_swept = False
+
+
+def sweep_orphans() -> None:
+    """Unlink segments left by gilfree processes that no longer exist.
+
+    A parent killed with SIGKILL cannot unlink its argument segments; the next
+    gilfree process to make a pool on this machine does (once per process).
+    """
+    global _orphans_swept
+    if _orphans_swept:
+        return
+    _orphans_swept = True
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if len(parts) < 3 or parts[0] != "gilfree" or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            unlink(name)
+        except (PermissionError, OverflowError, ValueError):
+            pass  # alive under another user, or not a pid at all
 
 
 def _contiguous(array: Any) -> Any:
@@ -217,6 +248,7 @@ class Arena:
     """Argument segments of one pool: one per array object, unlinked at close."""
 
     def __init__(self, threshold: int = DEFAULT_THRESHOLD) -> None:
+        sweep_orphans()
         self.threshold = threshold
         self._lock = threading.Lock()
         # id(array) -> (array, name): the reference keeps the id from being reused.
