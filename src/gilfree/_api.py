@@ -65,13 +65,18 @@ def imap_indexed(
 
 def _imap(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options) -> Iterator[Any]:
     with _session(fn, iterable, opts, ordered=opts.ordered) as run:
-        for ok, _start, payload in run.events():
-            if ok:
-                yield from payload
-            elif opts.errors == "raise":
-                raise payload
-            else:
-                yield payload
+        yield from _values(run.events(), opts.errors)
+
+
+def _values(events: Iterator[Event], errors: str) -> Iterator[Any]:
+    """Results one by one; a failure raised or yielded as ``errors`` says."""
+    for ok, _start, payload in events:
+        if ok:
+            yield from payload
+        elif errors == "raise":
+            raise payload
+        else:
+            yield payload
 
 
 def _imap_indexed(
@@ -192,21 +197,10 @@ def _reuse_probe(
 ) -> tuple[list[Event], list[tuple[int, Any]], _Offset]:
     """The probe's calls were real: their outcomes become the first events.
 
-    A sample that failed is run again by the backend when retries are allowed
-    (the probe was its first attempt). Returns the events, the items to run
-    again, and the input still to run (from the first sample not probed on).
+    Returns the events, the items to run again, and the input still to run
+    (from the first leading sample the probe did not run).
     """
-    prefilled: list[Event] = []
-    resubmit: list[tuple[int, Any]] = []
-    outcomes = plan.outcomes if plan is not None else []
-    for i, (ok, value) in enumerate(outcomes):
-        if ok:
-            prefilled.append((True, i, [value]))
-        elif retries > 0:
-            resubmit.append((i, samples[i]))
-        else:
-            prefilled.append((False, i, value))
-    n_run = len(outcomes)
+    prefilled, resubmit, n_run = _probe_events(plan, list(enumerate(samples)), retries)
     return prefilled, resubmit, _Offset(itertools.chain(samples[n_run:], it), n_run)
 
 
@@ -215,17 +209,27 @@ def _reuse_spread_probe(
 ) -> tuple[list[Event], list[tuple[int, Any]], _Skipping]:
     """Like _reuse_probe for samples taken at ``indices``: the whole input
     still runs, minus the indices the probe ran."""
+    prefilled, resubmit, n_run = _probe_events(plan, [(i, seq[i]) for i in indices], retries)
+    return prefilled, resubmit, _Skipping(seq, frozenset(indices[:n_run]))
+
+
+def _probe_events(
+    plan: Any, samples: list[tuple[int, Any]], retries: int
+) -> tuple[list[Event], list[tuple[int, Any]], int]:
+    """Events for the samples the probe ran (``plan.outcomes`` is a prefix of
+    ``samples``); a failed one is run again by the backend when retries are
+    allowed, the probe having been its first attempt."""
     prefilled: list[Event] = []
     resubmit: list[tuple[int, Any]] = []
-    ran = indices[: len(plan.outcomes)]
-    for i, (ok, value) in zip(ran, plan.outcomes, strict=True):
+    outcomes = plan.outcomes if plan is not None else []
+    for (index, item), (ok, value) in zip(samples, outcomes, strict=False):
         if ok:
-            prefilled.append((True, i, [value]))
+            prefilled.append((True, index, [value]))
         elif retries > 0:
-            resubmit.append((i, seq[i]))
+            resubmit.append((index, item))
         else:
-            prefilled.append((False, i, value))
-    return prefilled, resubmit, _Skipping(seq, frozenset(ran))
+            prefilled.append((False, index, value))
+    return prefilled, resubmit, len(outcomes)
 
 
 class _Skipping:
@@ -403,6 +407,17 @@ class Executor(concurrent.futures.Executor):
         return _executor_results(run, opts.errors)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._close(wait=wait, cancel_futures=cancel_futures, kill=False)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            # Ctrl-C or SystemExit: do not wait for running work.
+            self._close(wait=False, cancel_futures=True, kill=True)
+        else:
+            self._close(wait=True, cancel_futures=False, kill=False)
+        return False
+
+    def _close(self, *, wait: bool, cancel_futures: bool, kill: bool) -> None:
         with self._lock:
             self._shutdown = True
             pending = list(self._pending)
@@ -411,22 +426,7 @@ class Executor(concurrent.futures.Executor):
             for job in pending:
                 job.future.cancel()
         for backend in backends:
-            backend.shutdown(wait=wait)
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        if exc_type is not None and not issubclass(exc_type, Exception):
-            # Ctrl-C or SystemExit: do not wait for running work.
-            with self._lock:
-                self._shutdown = True
-                pending = list(self._pending)
-                backends = list(self._backends.values())
-            for job in pending:
-                job.future.cancel()
-            for backend in backends:
-                backend.shutdown(wait=False, kill=True)
-            return False
-        self.shutdown(wait=True)
-        return False
+            backend.shutdown(wait=wait, kill=kill)
 
     def statistics(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -448,13 +448,7 @@ def _plan_key(fn: Any) -> Any:
 
 def _executor_results(run: Run, errors: str) -> Iterator[Any]:
     try:
-        for ok, _start, payload in run.events():
-            if ok:
-                yield from payload
-            elif errors == "raise":
-                raise payload
-            else:
-                yield payload
+        yield from _values(run.events(), errors)
     finally:
         if not run.finished:
             run.abort()

@@ -69,7 +69,6 @@ class Run:
         self._ready: dict[int, Event] = {}
         self._prefilled = list(prefilled or ())
         self._resubmit = list(resubmit or ())
-        self.done = 0
         self.finished = False
         self.deadline: float | None = None
         self.progress: Any = None
@@ -159,7 +158,6 @@ class Run:
         n = len(ev[2]) if ev[0] else 1
         self._outstanding -= n
         self._head = ev[1] + n
-        self.done += n
         if self.progress is not None:
             self.progress.advance(n)
         yield ev

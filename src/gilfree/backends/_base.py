@@ -126,8 +126,6 @@ class Backend(ABC):
     name: ClassVar[str]
     #: Seconds of work the chunker aims for per chunk (0: always one item).
     chunk_target_s: ClassVar[float] = 0.0
-    #: Whether a task past its timeout is really stopped (process) or abandoned (thread).
-    stops_timed_out_tasks: ClassVar[bool] = False
 
     def __init__(self, options: Options) -> None:
         self.options = options

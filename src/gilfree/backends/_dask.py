@@ -194,7 +194,6 @@ class DaskBackend(Backend):
     #: per chunk keeps that under 1 % while leaving chunks short enough that the last
     #: ones of a run do not idle the cluster for long.
     chunk_target_s = 0.15
-    stops_timed_out_tasks = False
 
     def __init__(self, options: Options) -> None:
         super().__init__(options)

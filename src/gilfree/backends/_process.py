@@ -14,7 +14,6 @@ class ProcessBackend(Backend):
     #: Work per chunk. A round trip to a worker costs ~0.1 ms, so 20 ms chunks
     #: keep it under 1%; the tail waits at most one chunk.
     chunk_target_s = 0.02
-    stops_timed_out_tasks = True
 
     def __init__(self, options: Options) -> None:
         super().__init__(options)

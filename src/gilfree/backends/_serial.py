@@ -35,7 +35,7 @@ class SerialBackend(Backend):
         return 1
 
     def max_chunk(self, job: Job) -> int:
-        return 1 if self._delegate is not None else 1 << 30
+        return self._delegate.max_chunk(job) if self._delegate is not None else 1 << 30
 
     def submit(self, job: Job, start: int, items: list[Any]) -> None:
         if self._delegate is not None:

@@ -115,34 +115,40 @@ class ThreadBackend(Backend):
                 self._threads.discard(me)
 
     def _run_timed(self, job: Job, index: int, item: Any, attempt: int) -> bool:
-        """Run one task under its timeout. False when this thread was abandoned."""
-        running = _Running(job, index, item, attempt, time.monotonic() + job.options.timeout)
-        with self._lock:
-            heapq.heappush(self._watch, (running.deadline, next(self._watch_seq), running))
-            if self._watchdog is None:
-                self._watchdog = threading.Thread(
-                    target=self._watch_loop, name="gilfree-thread-watchdog", daemon=True
-                )
-                self._watchdog.start()
-            self._watch_cv.notify()
-        t0 = time.perf_counter()
-        try:
-            value, exc = job.fn(item), None
-        except Exception as e:
-            value, exc = None, e
-        elapsed = time.perf_counter() - t0
-        with self._lock:
-            if running.abandoned:
-                return False
-            running.done = True
-        job.record(1, elapsed)
-        if exc is None:
-            job.deliver(index, [value])
-        elif attempt < job.options.retries:
-            self.submit(job, index, [item], attempt + 1)
-        else:
-            job.fail(index, exc)
-        return True
+        """Run one task under its timeout, retrying here if it raises.
+
+        False when this thread was abandoned (the watchdog took the task over).
+        """
+        timeout = job.options.timeout
+        assert timeout is not None
+        while True:
+            running = _Running(job, index, item, attempt, time.monotonic() + timeout)
+            with self._lock:
+                heapq.heappush(self._watch, (running.deadline, next(self._watch_seq), running))
+                if self._watchdog is None:
+                    self._watchdog = threading.Thread(
+                        target=self._watch_loop, name="gilfree-thread-watchdog", daemon=True
+                    )
+                    self._watchdog.start()
+                self._watch_cv.notify()
+            t0 = time.perf_counter()
+            try:
+                value, exc = job.fn(item), None
+            except Exception as e:
+                value, exc = None, e
+            elapsed = time.perf_counter() - t0
+            with self._lock:
+                if running.abandoned:
+                    return False
+                running.done = True
+            job.record(1, elapsed)
+            if exc is None:
+                job.deliver(index, [value])
+                return True
+            if attempt >= job.options.retries:
+                job.fail(index, exc)
+                return True
+            attempt += 1
 
     def _watch_loop(self) -> None:
         with self._lock:
@@ -172,8 +178,11 @@ class ThreadBackend(Backend):
     def _expire(self, running: _Running) -> None:
         job = running.job
         if running.attempt < job.options.retries:
-            self.submit(job, running.index, [running.item], running.attempt + 1)
-            return
+            try:  # on another thread: this one is stuck
+                self.submit(job, running.index, [running.item], running.attempt + 1)
+                return
+            except RuntimeError:  # shut down meanwhile: no more attempts, fail it
+                pass
         frame = sys._current_frames().get(running.thread.ident or -1)
         stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
         timeout = job.options.timeout

@@ -51,19 +51,15 @@ class FaultHandling:
 
     def _recover(self, w: Worker, exitcode: int | None) -> None:
         """Give every task the dead worker held an outcome or a new home."""
-        if w.state is WorkerState.RETIRING:  # recycled on purpose: nothing failed
-            rests = [self._rechunk(c, c.done, len(c.items)) for c in w.inflight]
-            for c in w.inflight:
-                self._chunks.pop(c.seq, None)
-            w.inflight.clear()
-            self._pending.extendleft(reversed([r for r in rests if r is not None]))
-            return
+        # A worker recycled on purpose (it said RETIRE) failed nothing: its
+        # chunks just go back to the queue.
+        blameless = w.state is WorkerState.RETIRING
         culprit: tuple[int, int] | None = None  # (chunk seq, position)
         timeout_stack: str | None = None
         if w.kill_reason is not None and w.kill_reason[0] == "timeout":
             _, seq, pos, timeout_stack = w.kill_reason
             culprit = (seq, pos)
-        else:
+        elif not blameless:
             seq, pos, _start, running = self._read_slot(w.index)
             if running:
                 culprit = (seq, pos)
@@ -85,7 +81,7 @@ class FaultHandling:
                 rest = self._rechunk(chunk, chunk.done, len(chunk.items))
                 if rest is None:
                     continue
-                if culprit is None and chunk is w.inflight[0]:
+                if culprit is None and not blameless and chunk is w.inflight[0]:
                     rest.deaths += 1  # died between tasks: loading it, perhaps
                     if rest.deaths >= MAX_ANONYMOUS_DEATHS:
                         for k in range(len(rest.items)):

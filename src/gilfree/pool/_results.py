@@ -96,18 +96,18 @@ class ResultHandling:
                 return
         job.fail(chunk.start + pos, exc)
 
-    def _rechunk(self, chunk: Chunk, a: int, b: int) -> Chunk | None:
+    def _rechunk(self, chunk: Chunk, a: int, b: int, by_value: bool | None = None) -> Chunk | None:
         """Items a..b-1 of `chunk` as a fresh chunk (for requeueing elsewhere)."""
         if a >= b:
             return None
         items = chunk.items[a:b]
+        by_value = chunk.by_value if by_value is None else by_value
         try:
-            blob = self._dumps(items, by_value=chunk.by_value)
+            blob = self._dumps(items, by_value=by_value)
         except Exception:  # pickled before, so this does not happen; be safe
+            by_value = True
             blob = self._dumps(items, by_value=True)
-        new = Chunk(
-            chunk.job, chunk.start + a, items, blob, chunk.key, chunk.attempt, chunk.by_value
-        )
+        new = Chunk(chunk.job, chunk.start + a, items, blob, chunk.key, chunk.attempt, by_value)
         new.deaths = chunk.deaths
         return new
 
@@ -119,10 +119,8 @@ class ResultHandling:
         if not chunk.by_value:
             # Pickled by reference but not importable there (a __main__ class
             # in a spawned worker): send it by value.
-            again = self._rechunk(chunk, 0, len(chunk.items))
+            again = self._rechunk(chunk, 0, len(chunk.items), by_value=True)
             assert again is not None
-            again.by_value = True
-            again.blob = self._dumps(chunk.items, by_value=True)
             self._pending.appendleft(again)
         elif len(chunk.items) > 1:
             for k in reversed(range(len(chunk.items))):
