@@ -26,21 +26,17 @@ from .errors import RemoteTraceback, SerializationError
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
-#: Pickler class used for everything sent to workers; ``_shm`` may install one
-#: that moves large arrays into shared memory.
-Pickler = cloudpickle.CloudPickler
-
 
 def dumps(obj: Any) -> bytes:
     """cloudpickle: by value where needed."""
     buf = io.BytesIO()
-    Pickler(buf, protocol=PROTOCOL).dump(obj)
+    cloudpickle.CloudPickler(buf, protocol=PROTOCOL).dump(obj)
     return buf.getvalue()
 
 
 def dumps_data(obj: Any, *, by_value: bool = False) -> bytes:
     """Task data: plain pickle (fast), cloudpickle when it fails or when asked."""
-    if not by_value and Pickler is cloudpickle.CloudPickler:
+    if not by_value:
         try:
             return pickle.dumps(obj, PROTOCOL)
         except Exception:

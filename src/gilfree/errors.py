@@ -32,6 +32,9 @@ __all__ = [
 class GilfreeError(Exception):
     """Base class of every error gilfree raises on its own account."""
 
+    def __reduce__(self):  # keep keyword attributes (index, stack...) across pickling
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
 
 class WorkerDied(GilfreeError):
     """The worker process running a task exited before finishing it.
@@ -60,12 +63,6 @@ class WorkerDied(GilfreeError):
         self.signal_name = signal_name
         self.stack = stack
 
-    def __reduce__(self):  # keep the attributes across pickling
-        return (
-            _rebuild,
-            (type(self), self.args, self.__dict__),
-        )
-
 
 class TaskTimeout(GilfreeError, TimeoutError):
     """A task ran past its ``timeout=``.
@@ -87,9 +84,6 @@ class TaskTimeout(GilfreeError, TimeoutError):
         self.timeout = timeout
         self.stack = stack
 
-    def __reduce__(self):
-        return (_rebuild, (type(self), self.args, self.__dict__))
-
 
 class SerializationError(GilfreeError):
     """A function, argument or result could not be sent between processes.
@@ -102,9 +96,6 @@ class SerializationError(GilfreeError):
         super().__init__(message)
         self.what = what
         self.index = index
-
-    def __reduce__(self):
-        return (_rebuild, (type(self), self.args, self.__dict__))
 
 
 class DeadlockError(GilfreeError):
