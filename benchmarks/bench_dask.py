@@ -25,6 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from bench_core import best  # noqa: E402  (this folder is on sys.path)
 from dask_cluster import LocalDaskCluster  # noqa: E402
 
 
@@ -39,15 +40,6 @@ def busy(x, seconds=0.005):
     while time.perf_counter() < end:
         n += 1
     return x
-
-
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
