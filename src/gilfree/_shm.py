@@ -244,6 +244,18 @@ def share(array: Any) -> SharedArray:
 
 
 # -- sending side: picklers ----------------------------------------------------------------
+class Lease:
+    """The segments one pickled chunk needs; ``release()`` says it needs them no more."""
+
+    __slots__ = ()
+
+    def release(self) -> None:
+        pass
+
+
+NO_LEASE = Lease()
+
+
 class Arena:
     """Argument segments of one pool: one per array object, unlinked at close."""
 
@@ -267,6 +279,20 @@ class Arena:
                 _create(name, memoryview(_contiguous(arr)).cast("B"))
                 known = self._by_id[id(arr)] = (arr, name)
         return (_view, (known[1], tuple(arr.shape), arr.dtype.str))
+
+    def dumps(self, items: Any, *, by_value: bool = False) -> tuple[bytes, Lease]:
+        """Pickle task items, large arrays through this arena's segments.
+
+        Returns the bytes and a lease on the segments they reference: the pool
+        holds it while any task of those bytes is queued or running and calls
+        ``release()`` once (idempotent) when none is. (Contract for the pool;
+        today segments still live until ``close``.)
+        """
+        if numpy_loaded():
+            return dumps(items, self.reduce, by_value=by_value), NO_LEASE
+        from . import _serialize
+
+        return _serialize.dumps_data(items, by_value=by_value), NO_LEASE
 
     @property
     def segments(self) -> int:

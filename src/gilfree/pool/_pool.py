@@ -187,9 +187,9 @@ class ProcessPool(ResultHandling, FaultHandling):
 
     def _dumps(self, items: list[Any], by_value: bool = False) -> bytes:
         """Pickle task items; large NumPy arrays go through shared memory."""
-        if _shm.numpy_loaded():
-            return _shm.dumps(items, self._arena.reduce, by_value=by_value)
-        return _serialize.dumps_data(items, by_value=by_value)
+        # TODO(issue 13): keep the lease on the chunk, release it when the chunk is done.
+        blob, _lease = self._arena.dumps(items, by_value=by_value)
+        return blob
 
     def _function(self, job: Job) -> tuple[bytes, int] | SerializationError:
         cached = self._job_fns.get(job)
