@@ -72,16 +72,16 @@ def test_auto_imap_is_lazy_and_ordered():
 
 
 def test_executor_plans_once_per_function(monkeypatch):
-    from gilfree import planner
+    from gilfree import _auto
 
     calls = []
-    real = planner.advise
+    real = _auto._plan
 
     def counting(fn, samples, **kw):
         calls.append(fn)
         return real(fn, samples, **kw)
 
-    monkeypatch.setattr(planner, "advise", counting)
+    monkeypatch.setattr(_auto, "_plan", counting)
     with gilfree.Executor() as ex:
         assert list(ex.map(abs, [-1, -2, -3])) == [1, 2, 3]
         assert [ex.submit(abs, -i).result() for i in range(5)] == list(range(5))

@@ -131,7 +131,7 @@ def test_policy_table(features: Features, backend: str, workers_ok) -> None:
     assert plan.backend == backend, plan.explain()
     assert workers_ok(plan.workers), (plan.workers, plan.explain())
     assert plan.chunksize is None
-    assert plan.outcomes == []
+    assert plan.outcomes == {}
     if plan.predicted:
         assert backend in plan.predicted
         # The choice is the fastest prediction or within the simplicity margin of it.
@@ -232,3 +232,67 @@ def test_busy_machine_trusts_pure_python_bytecode_over_a_high_reading() -> None:
     plan = choose(busy)
     assert plan.backend == "process"
     assert "busy" in plan.reasons[1] and "pure-Python" in plan.reasons[1]
+
+
+# -- every comparison in explain() agrees with its own numbers ----------------------
+from gilfree.planner._model import COMPARISONS, compare  # noqa: E402
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+_TIME = r"(\d[\d.]*) (ns|us|ms|s)\b"
+_WORDS = "|".join(re.escape(w) for _b, w in COMPARISONS)
+_COMPARED = re.compile(_TIME + r"(?: here)?, (" + _WORDS + r") (?:the )?" + _TIME)
+
+
+def _seconds(num: str, unit: str) -> float:
+    return float(num) * _UNITS[unit]
+
+
+# Made-up profiles across the range where the words change: round trips from
+# far below to far above the call time, start-up against small and large jobs.
+PROFILES = [
+    feat(machine=dataclasses.replace(TWO, roundtrip_s=rt, spawn_s=sp), task_seconds=t,
+         cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP, total=total)
+    for rt in (5e-6, 50e-6, 500e-6)
+    for sp in (0.001, 0.05)
+    for t in (2e-5, 1e-4, 1e-3, 0.03, 0.5)
+    for total in (10, 1000, 100_000)
+] + [feat(task_seconds=0.01, cpu_fraction=0.99, pair_speedup=1.0, findings=LOOP, crashes=1,
+          total=5)]
+
+
+@pytest.mark.parametrize("features", PROFILES)
+def test_explain_comparisons_agree_with_their_numbers(features: Features) -> None:
+    text = choose(features).explain()
+    for a_num, a_unit, words, b_num, b_unit in _COMPARED.findall(text):
+        a, b = _seconds(a_num, a_unit), _seconds(b_num, b_unit)
+        # The numbers are printed to 3 figures: judge on the printed values.
+        assert compare(a, b) == words, (a, words, b, text)
+        if words == "small next to":
+            assert a <= b / 10
+        if words == "large next to":
+            assert a >= 10 * b
+
+
+def test_the_profiles_cover_the_comparison_words() -> None:
+    # The test above must see comparisons to check, of most kinds.
+    seen = {m[2] for f in PROFILES for m in _COMPARED.findall(choose(f).explain())}
+    assert {"small next to", "less than", "more than", "large next to"} <= seen
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "words"),
+    [(1, 100, "small next to"), (1, 10, "less than"), (1, 1, "about the same as"),
+     (1.4, 1, "about the same as"), (5, 1, "more than"), (100, 1, "large next to"),
+     (18.3e-6, 13.7e-6, "about the same as")],
+)
+def test_compare_words(a: float, b: float, words: str) -> None:
+    assert compare(a, b) == words
+
+
+def test_a_crash_in_the_probe_keeps_a_fast_function_off_this_process() -> None:
+    tiny = feat(task_seconds=1e-7, cpu_fraction=1.0, pair_speedup=None, crashes=2)
+    plan = choose(tiny)
+    assert plan.backend == "process" and plan.workers == 2
+    assert "crashed the worker" in plan.explain()
+    unsendable = dataclasses.replace(tiny, unpicklable="the function cannot be pickled")
+    assert choose(unsendable).backend == "serial"

@@ -42,7 +42,7 @@ __version__ = "0.1.0"
 
 # Heavier parts load on first use (planner reads bytecode, share needs numpy).
 _LAZY = {
-    "advise": ("gilfree.planner", "advise"),
+    "advise": ("gilfree._auto", "advise"),
     "Plan": ("gilfree.planner", "Plan"),
     "share": ("gilfree._shm", "share"),
     "Lock": ("gilfree.deadlock", "Lock"),

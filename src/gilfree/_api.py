@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ._engine import Event, Run, length_hint
-from ._options import Options, make_options
+from ._options import Options, make_options, usable_cpus
 from ._progress import Bar
 from .backends import Backend, FutureJob, Job, StreamJob, create
 from .errors import ConfigurationError
@@ -24,8 +24,6 @@ __all__ = ["Executor", "imap", "imap_indexed", "map"]
 #: call ~6, a 100 ns call all of them, which it needs to time it reliably -- and
 #: their results are kept.
 AUTO_SAMPLES = 64
-#: Seconds the planner may spend probing before a map starts.
-AUTO_BUDGET = 0.5
 
 
 # -- public functions --------------------------------------------------------
@@ -96,13 +94,14 @@ def _imap_indexed(
 def _session(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options, *, ordered: bool):
     _check_callable(fn)
     total = length_hint(iterable)
-    opts, iterable, prefilled, resubmit, plan = _resolve_auto(fn, iterable, opts, total)
-    backend = create(opts.backend, opts)
+    opts, iterable, prefilled, resubmit, plan, backend = _resolve_auto(fn, iterable, opts, total)
     job = StreamJob(fn, opts)
-    _seed_timing(job, plan)
     bar = None
     finished = False
     try:
+        if backend is None:
+            backend = create(opts.backend, opts)
+        _seed_timing(job, plan)
         run = Run(
             backend,
             job,
@@ -118,7 +117,9 @@ def _session(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options, *
         finished = True
     finally:
         try:
-            if finished:
+            if backend is None:
+                pass
+            elif finished:
                 backend.shutdown(wait=True)
             else:  # an error, errors="raise", Ctrl-C or an abandoned generator
                 backend.cancel(job)
@@ -139,41 +140,35 @@ def dask_address(opts: Options) -> str | None:
 
 def _resolve_auto(
     fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options, total: int | None
-) -> tuple[Options, Iterable[Any], list[Event], list[tuple[int, Any]], Any]:
-    """For backend="auto": probe some items, keep their results, pick a backend.
+) -> tuple[Options, Iterable[Any], list[Event], list[tuple[int, Any]], Any, Backend | None]:
+    """For backend="auto": probe some items on workers, keep their results, pick a backend.
 
     Returns the options to run with, the input still to run, the probe's
-    outcomes as events, items to run again, and the plan (or None).
+    outcomes as events, items to run again, the plan (or None), and the
+    backend that ran the probe when the job is to go on running there.
     """
     if opts.backend != "auto":
-        return opts, iterable, [], [], None
-    from .planner import advise, sample_indices
+        return opts, iterable, [], [], None, None
+    from . import _auto
+    from .planner import sample_indices
 
     # An indexable input is probed on items spread over all of it (first, last,
     # middle, quarters...): cheap leading items must not hide the expensive
     # ones further on. Probed items are skipped when the rest runs.
-    spread = isinstance(iterable, Sequence) and total is not None and total > AUTO_SAMPLES
-    if spread:
-        indices = sample_indices(total, AUTO_SAMPLES)  # type: ignore[arg-type]
-        samples = [iterable[i] for i in indices]  # type: ignore[index]
+    if isinstance(iterable, Sequence) and total is not None and total > AUTO_SAMPLES:
+        indices = sample_indices(total, AUTO_SAMPLES)
+        samples = [iterable[i] for i in indices]
+        rest: Iterable[Any] = iterable
     else:
         it = iter(iterable)
         samples = list(itertools.islice(it, AUTO_SAMPLES))
         if not samples:
-            return opts.with_(backend="serial"), it, [], [], None
-    plan = advise(
-        fn,
-        samples,
-        budget=AUTO_BUDGET,
-        total=total,
-        address=dask_address(opts),
-        workers=opts.workers,
-    )
-    if spread:
-        prefilled, resubmit, rest = _reuse_spread_probe(plan, iterable, indices, opts.retries)
-    else:
-        prefilled, resubmit, rest = _reuse_probe(plan, samples, it, opts.retries)
-    return _apply_plan(opts, plan), rest, prefilled, resubmit, plan
+            return opts.with_(backend="serial"), it, [], [], None, None
+        indices = list(range(len(samples)))
+        rest = itertools.chain(samples, it)
+    plan, backend = _auto.plan(fn, samples, opts, total=total, address=dask_address(opts))
+    prefilled, resubmit, ran = _probe_events(plan, indices, samples, opts.retries)
+    return _apply_plan(opts, plan), _Skipping(rest, ran), prefilled, resubmit, plan, backend
 
 
 def _seed_timing(job: Job, plan: Any) -> None:
@@ -184,52 +179,33 @@ def _seed_timing(job: Job, plan: Any) -> None:
 
 
 def _apply_plan(opts: Options, plan: Any) -> Options:
-    """The plan decides what the caller left open."""
-    return opts.with_(
-        backend=plan.backend,
-        workers=opts.workers or plan.workers,
-        chunksize=opts.chunksize or plan.chunksize,
-    )
-
-
-def _reuse_probe(
-    plan: Any, samples: list[Any], it: Iterator[Any], retries: int
-) -> tuple[list[Event], list[tuple[int, Any]], _Offset]:
-    """The probe's calls were real: their outcomes become the first events.
-
-    Returns the events, the items to run again, and the input still to run
-    (from the first leading sample the probe did not run).
-    """
-    prefilled, resubmit, n_run = _probe_events(plan, list(enumerate(samples)), retries)
-    return prefilled, resubmit, _Offset(itertools.chain(samples[n_run:], it), n_run)
-
-
-def _reuse_spread_probe(
-    plan: Any, seq: Sequence[Any], indices: list[int], retries: int
-) -> tuple[list[Event], list[tuple[int, Any]], _Skipping]:
-    """Like _reuse_probe for samples taken at ``indices``: the whole input
-    still runs, minus the indices the probe ran."""
-    prefilled, resubmit, n_run = _probe_events(plan, [(i, seq[i]) for i in indices], retries)
-    return prefilled, resubmit, _Skipping(seq, frozenset(indices[:n_run]))
+    """The plan decides what the caller left open. The chunk size stays
+    adaptive: the engine starts at the plan's (seeded from the probe) and
+    follows the time the workers measure."""
+    return opts.with_(backend=plan.backend, workers=opts.workers or plan.workers)
 
 
 def _probe_events(
-    plan: Any, samples: list[tuple[int, Any]], retries: int
-) -> tuple[list[Event], list[tuple[int, Any]], int]:
-    """Events for the samples the probe ran (``plan.outcomes`` is a prefix of
-    ``samples``); a failed one is run again by the backend when retries are
-    allowed, the probe having been its first attempt."""
+    plan: Any, indices: Sequence[int], samples: Sequence[Any], retries: int
+) -> tuple[list[Event], list[tuple[int, Any]], frozenset[int]]:
+    """The probe's calls were real: their outcomes become the first events.
+
+    ``plan.outcomes[k]`` is the outcome of ``samples[k]``, input index
+    ``indices[k]``. A failed one is run again by the backend when retries are
+    allowed (the probe was its first attempt). Returns the events, the items
+    to run again, and the input indices the probe settled or hands back.
+    """
     prefilled: list[Event] = []
     resubmit: list[tuple[int, Any]] = []
-    outcomes = plan.outcomes if plan is not None else []
-    for (index, item), (ok, value) in zip(samples, outcomes, strict=False):
+    for k, (ok, value) in sorted(plan.outcomes.items()):
+        index = indices[k]
         if ok:
             prefilled.append((True, index, [value]))
         elif retries > 0:
-            resubmit.append((index, item))
+            resubmit.append((index, samples[k]))
         else:
             prefilled.append((False, index, value))
-    return prefilled, resubmit, len(outcomes)
+    return prefilled, resubmit, frozenset(indices[k] for k in plan.outcomes)
 
 
 class _Skipping:
@@ -237,23 +213,12 @@ class _Skipping:
 
     offset = 0
 
-    def __init__(self, seq: Sequence[Any], skip: frozenset[int]) -> None:
-        self.seq = seq
+    def __init__(self, items: Iterable[Any], skip: frozenset[int]) -> None:
+        self.items = items
         self.skip = skip
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self.seq)
-
-
-class _Offset:
-    """An iterator whose items start at input index ``offset``."""
-
-    def __init__(self, it: Iterator[Any], offset: int) -> None:
-        self.it = it
-        self.offset = offset
-
-    def __iter__(self) -> Iterator[Any]:
-        return self.it
+        return iter(self.items)
 
 
 # -- Executor ----------------------------------------------------------------
@@ -286,42 +251,47 @@ class Executor(concurrent.futures.Executor):
     """A ``concurrent.futures.Executor`` on any gilfree backend.
 
     Workers start once and are reused across ``submit`` and ``map`` calls.
-    With ``backend="auto"`` the first call of each function is probed and the
-    plan remembered for later calls of the same function.
+    With ``backend="auto"`` the first call of each function is probed on a
+    process worker (in a planning thread, so ``submit`` returns at once) and
+    the plan is remembered for later calls of the same function; calls that
+    arrive while it is being made wait for it. ``max_workers`` is the stdlib's
+    name for ``workers``; ``initializer(*initargs)`` runs once in each worker
+    before its first task.
     """
 
-    def __init__(self, backend: str = "auto", workers: int | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        backend: str = "auto",
+        workers: int | None = None,
+        *,
+        max_workers: int | None = None,
+        **options: Any,
+    ) -> None:
+        if max_workers is not None:
+            if workers is not None and workers != max_workers:
+                raise ConfigurationError(
+                    f"workers={workers!r} and max_workers={max_workers!r} disagree; "
+                    "give one of them"
+                )
+            workers = max_workers
         self._options = make_options(backend=backend, workers=workers, **options)
         self._lock = threading.Lock()
         self._backends: dict[tuple[str, int | None], Backend] = {}
         self._plans: dict[Any, Options] = {}
+        # key -> calls that arrived while that function's plan was being made
+        self._planning: dict[Any, list[tuple[Any, Any, concurrent.futures.Future]]] = {}
+        self._planners: set[threading.Thread] = set()
         self._pending: set[FutureJob] = set()
         self._shutdown = False
-        if self._options.backend != "auto":
-            # Start workers now: while the caller may still have one thread, a
-            # process pool can fork them (see gilfree/pool/_procs.py).
-            self._backend(self._options)
+        # Start workers now: while the caller may still have one thread, a
+        # process pool can fork them (see gilfree/pool/_procs.py). With "auto"
+        # that is the pool plans are probed on.
+        first = self._options
+        if first.backend == "auto":
+            first = first.with_(backend="process", workers=first.workers or usable_cpus())
+        self._backend(first)
 
     # which backend runs fn
-    def _route(self, fn: Any, key: Any, samples: list[Any]) -> tuple[Options, Any]:
-        """Options for running fn, and the plan if one was just made (its outcomes count)."""
-        opts = self._options
-        if opts.backend != "auto":
-            return opts, None
-        with self._lock:
-            known = self._plans.get(key)
-        if known is not None:
-            return known, None
-        from .planner import advise
-
-        plan = advise(
-            fn, samples, budget=AUTO_BUDGET, address=dask_address(opts), workers=opts.workers
-        )
-        chosen = _apply_plan(opts, plan)
-        with self._lock:
-            self._plans[key] = chosen
-        return chosen, plan
-
     def _backend(self, opts: Options) -> Backend:
         key = (opts.backend, opts.workers)
         with self._lock:
@@ -332,30 +302,117 @@ class Executor(concurrent.futures.Executor):
                 backend = self._backends[key] = create(opts.backend, opts)
             return backend
 
+    def _probe_pool(self, fn: Any) -> Backend | None:
+        """The Executor's process pool, when ``fn`` can be probed there."""
+        from . import _auto
+
+        name, opts = _auto.probe_backend(fn, self._options, None)
+        return self._backend(opts) if name == "process" else None
+
+    def _make_plan(self, fn: Any, samples: list[Any]) -> tuple[Options, Any]:
+        from . import _auto
+
+        plan, _ = _auto.plan(
+            fn,
+            samples,
+            self._options,
+            total=None,
+            address=dask_address(self._options),
+            backend=self._probe_pool(fn),
+        )
+        chosen = _apply_plan(self._options, plan)
+        if chosen.backend == "serial":
+            # submit must not block: one thread is a plain loop off the caller's thread.
+            chosen = chosen.with_(backend="thread", workers=1)
+        return chosen, plan
+
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future:
         _check_callable(fn)
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
         future: concurrent.futures.Future = concurrent.futures.Future()
         call = _StarCall(fn)
-        opts, plan = self._route(call, _plan_key(fn), [(args, kwargs)])
-        if plan is not None and plan.outcomes:  # the probe already ran this call
-            ok, value = plan.outcomes[0]
-            future.set_running_or_notify_cancel()
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+        item = (args, kwargs)
+        if self._options.backend != "auto":
+            self._dispatch(self._options, call, item, future)
             return future
-        backend = self._backend(opts)
+        key = _plan_key(fn)
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            known = self._plans.get(key)
+            waiting = self._planning.get(key)
+            if known is None and waiting is not None:
+                waiting.append((call, item, future))
+                return future
+            if known is None:
+                self._planning[key] = []
+                planner = threading.Thread(
+                    target=self._plan_then_run,
+                    args=(key, call, item, future),
+                    name="gilfree-planner",
+                    daemon=True,
+                )
+                self._planners.add(planner)
+        if known is not None:
+            self._dispatch(known, call, item, future)
+            return future
+        future.set_running_or_notify_cancel()  # its call runs as the probe
+        planner.start()
+        return future
+
+    def _plan_then_run(
+        self, key: Any, call: Any, item: Any, future: concurrent.futures.Future
+    ) -> None:
+        """In a planning thread: probe ``call(item)``, settle ``future`` with
+        its outcome, remember the plan, and run the calls that waited for it."""
+        try:
+            chosen, plan = self._make_plan(call, [item])
+        except BaseException as exc:
+            with self._lock:
+                waiting = self._planning.pop(key, [])
+                self._planners.discard(threading.current_thread())
+            future.set_exception(exc)
+            for _call, _item, fut in waiting:
+                if fut.set_running_or_notify_cancel():
+                    fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        outcome = plan.outcomes.get(0)
+        if outcome is None or (not outcome[0] and chosen.retries > 0):
+            self._dispatch(chosen, call, item, future, started=True)
+        elif outcome[0]:
+            future.set_result(outcome[1])
+        else:
+            future.set_exception(outcome[1])
+        with self._lock:
+            self._plans[key] = chosen
+            waiting = self._planning.pop(key, [])
+            self._planners.discard(threading.current_thread())
+        for w_call, w_item, fut in waiting:
+            self._dispatch(chosen, w_call, w_item, fut)
+
+    def _dispatch(
+        self,
+        opts: Options,
+        call: Any,
+        item: Any,
+        future: concurrent.futures.Future,
+        started: bool = False,
+    ) -> None:
+        """Run ``call(item)`` on the backend ``opts`` names, settling ``future``."""
+        try:
+            backend = self._backend(opts)
+        except BaseException as exc:
+            if started or future.set_running_or_notify_cancel():
+                future.set_exception(exc)
+            raise
         job = FutureJob(call, opts, future)
         with self._lock:
             self._pending.add(job)
         future.add_done_callback(lambda _f, job=job: self._forget(job))
-        backend.submit(job, 0, [(args, kwargs)])
-        return future
+        backend.submit(job, 0, [item])
 
     def _forget(self, job: FutureJob) -> None:
         with self._lock:
@@ -372,7 +429,9 @@ class Executor(concurrent.futures.Executor):
         """Like ``concurrent.futures.Executor.map``, chunked and with a bounded window.
 
         Work starts before the first result is asked for, but only a bounded
-        window of items is read ahead, so an endless input is fine.
+        window of items is read ahead, so an endless input is fine. With
+        ``backend="auto"`` a function not planned yet is probed first, on
+        workers, in the calling thread.
         """
         _check_callable(fn)
         if self._shutdown:
@@ -385,11 +444,27 @@ class Executor(concurrent.futures.Executor):
             else None
         )
         it = iter(items)
-        samples = list(itertools.islice(it, AUTO_SAMPLES))
-        opts, plan = self._route(call, _plan_key(fn), samples)
+        opts = self._options
+        prefilled: list[Event] = []
+        resubmit: list[tuple[int, Any]] = []
+        rest: Iterable[Any] = it
+        if opts.backend == "auto":
+            key = _plan_key(fn)
+            with self._lock:
+                known = self._plans.get(key)
+            if known is not None:
+                opts = known
+            else:
+                samples = list(itertools.islice(it, AUTO_SAMPLES))
+                opts, plan = self._make_plan(call, samples)
+                with self._lock:
+                    self._plans.setdefault(key, opts)
+                prefilled, resubmit, ran = _probe_events(
+                    plan, range(len(samples)), samples, opts.retries
+                )
+                rest = _Skipping(itertools.chain(samples, it), ran)
         if chunksize is not None:
             opts = opts.with_(chunksize=chunksize)
-        prefilled, resubmit, rest = _reuse_probe(plan, samples, it, opts.retries)
         backend = self._backend(opts)
         job = StreamJob(call, opts.with_(ordered=ordered))
         run = Run(
@@ -421,10 +496,19 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             self._shutdown = True
             pending = list(self._pending)
-            backends = list(self._backends.values())
+            planners = list(self._planners)
+            waiting = [fut for calls in self._planning.values() for _c, _i, fut in calls]
         if cancel_futures:
+            for fut in waiting:
+                fut.cancel()
             for job in pending:
                 job.future.cancel()
+        if not kill:
+            # A plan being made still runs the calls that waited for it.
+            for planner in planners:
+                planner.join()
+        with self._lock:
+            backends = list(self._backends.values())
         for backend in backends:
             backend.shutdown(wait=wait, kill=kill)
 

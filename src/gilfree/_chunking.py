@@ -52,10 +52,15 @@ class Chunker:
         mean = self.job.mean_task_seconds()
         if mean is None:
             return 1
-        mean = max(mean, 1e-9)
-        size = self.target_s / mean
-        if self.total is not None:
-            remaining = max(1, self.total - submitted)
-            size = min(size, math.ceil(remaining / (self.workers * BALANCE_DIVISOR)))
-        size = max(size, MIN_CHUNK_S / mean)
-        return int(max(1, min(size, self.max_chunk, MAX_CHUNK)))
+        remaining = None if self.total is None else self.total - submitted
+        return min(first_size(self.target_s, self.workers, remaining, mean), self.max_chunk)
+
+
+def first_size(target_s: float, workers: int, remaining: int | None, mean: float) -> int:
+    """Items in the next chunk, given ``mean`` seconds per item (see the module docstring)."""
+    mean = max(mean, 1e-9)
+    size = target_s / mean
+    if remaining is not None:
+        size = min(size, math.ceil(max(1, remaining) / (max(1, workers) * BALANCE_DIVISOR)))
+    size = max(size, MIN_CHUNK_S / mean)
+    return int(max(1, min(size, MAX_CHUNK)))

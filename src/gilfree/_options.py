@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,6 +39,8 @@ class Options:
     max_tasks_per_worker: int | None = None
     max_worker_memory: int | None = None
     share_threshold: int = 1 << 20
+    initializer: Callable[..., Any] | None = None
+    initargs: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -61,6 +64,10 @@ class Options:
             raise ConfigurationError(
                 f"start_method={self.start_method!r} must be 'fork', 'zygote' or 'spawn' (or None)"
             )
+        if self.initializer is not None and not callable(self.initializer):
+            raise ConfigurationError(f"initializer={self.initializer!r} is not callable")
+        if not isinstance(self.initargs, tuple):
+            raise ConfigurationError(f"initargs={self.initargs!r} must be a tuple")
         if self.address is not None and not isinstance(self.address, str):
             raise ConfigurationError(
                 f"address={self.address!r} must be a string like tcp://host:port"

@@ -8,7 +8,7 @@ from .._options import Options
 from ..errors import ConfigurationError
 from ._base import Backend, FutureJob, Job, StreamJob
 
-__all__ = ["Backend", "FutureJob", "Job", "StreamJob", "create"]
+__all__ = ["Backend", "FutureJob", "Job", "StreamJob", "chunk_target", "create"]
 
 # name -> (module, class); imported on first use so `import gilfree` stays light.
 _REGISTRY = {
@@ -19,7 +19,16 @@ _REGISTRY = {
 }
 
 
+def chunk_target(name: str) -> float:
+    """Seconds of work per chunk that backend ``name`` aims for."""
+    return float(_backend_class(name).chunk_target_s)
+
+
 def create(name: str, options: Options) -> Backend:
+    return _backend_class(name)(options)
+
+
+def _backend_class(name: str) -> type[Backend]:
     try:
         module_name, class_name = _REGISTRY[name]
     except KeyError:
@@ -32,4 +41,5 @@ def create(name: str, options: Options) -> Backend:
                 "backend='dask' needs dask.distributed: pip install 'gilfree[dask]'"
             ) from exc
         raise
-    return getattr(module, class_name)(options)
+    cls: type[Backend] = getattr(module, class_name)
+    return cls

@@ -25,6 +25,9 @@ from ._plan import Plan
 # one call (an Executor's first submit) says too little to plan a long job on.
 MIN_CACHED_CALLS = 3
 
+#: What runs the probe's calls: ``(fn, samples, budget) -> ProbeResult``.
+ProbeFn = Callable[[Callable[[Any], Any], Sequence[Any], float], _probe.ProbeResult]
+
 _cache_lock = threading.Lock()
 _cache: weakref.WeakKeyDictionary[Any, Features] = weakref.WeakKeyDictionary()
 _dask_cache: dict[str, tuple[int | None, int | None, str | None]] = {}
@@ -39,13 +42,16 @@ def advise(
     address: str | None = None,
     workers: int | None = None,
     cache: bool = True,
+    probe: ProbeFn | None = None,
 ) -> Plan:
     """Measure ``fn`` on ``samples`` (each called at most once) and plan a job.
 
     ``total`` is the number of items in the whole job when known; ``address``
     a Dask scheduler (Dask is never planned without one); ``workers`` a count
     the user imposed. With ``cache=True`` the measurements of an earlier call
-    for the same function are reused (then no sample is run).
+    for the same function are reused (then no sample is run). ``probe`` runs
+    the calls: by default ``_probe.probe``, in this thread; ``gilfree.advise``
+    and ``backend="auto"`` pass one that runs them in pool workers.
     """
     if budget <= 0:
         raise ValueError(f"budget={budget!r} must be a positive number of seconds")
@@ -57,13 +63,16 @@ def advise(
             cached = _cache.get(key)
         if cached is not None and cached.calls < MIN_CACHED_CALLS and len(samples) > cached.calls:
             cached = None
-    outcomes: list[tuple[bool, Any]] = []
+    outcomes: dict[int, tuple[bool, Any]] = {}
     if cached is not None:
         features = cached
     else:
-        features, outcomes = _measure(fn, samples, budget)
+        features, outcomes = _measure(fn, samples, budget, probe or _probe.probe)
         # Nothing measured, or every call failed: too little to plan later jobs on.
-        worth_keeping = features.task_seconds is not None and features.failures < features.calls
+        # A crash is kept too: a later job of the same function must not run inline.
+        worth_keeping = features.crashes > 0 or (
+            features.task_seconds is not None and features.failures < features.calls
+        )
         if cache and key is not None and worth_keeping:
             with _cache_lock:
                 _cache[key] = features
@@ -137,19 +146,18 @@ def _cache_key(fn: Any) -> Any:
 
 
 def _measure(
-    fn: Callable[[Any], Any], samples: Sequence[Any], budget: float
-) -> tuple[Features, list[tuple[bool, Any]]]:
+    fn: Callable[[Any], Any], samples: Sequence[Any], budget: float, probe: ProbeFn
+) -> tuple[Features, dict[int, tuple[bool, Any]]]:
     analysis = _bytecode.analyze(fn)
     machine = _machine.machine_costs()
-    result = _probe.probe(fn, samples, budget)
+    result = probe(fn, samples, budget)
     failure_type = next(
-        (type(v).__name__ for ok, v in result.outcomes if not ok), None
+        (type(v).__name__ for ok, v in result.outcomes.values() if not ok), None
     )
     notes = []
     if result.failures and result.failures < result.calls:
         notes.append(
-            f"{result.failures} of {result.calls} probe calls raised {failure_type}; "
-            "their time is included in the averages."
+            f"{result.failures} of {result.calls} probe calls failed ({failure_type})."
         )
     features = Features(
         machine=machine,
@@ -164,6 +172,7 @@ def _measure(
         result_bytes=result.result_bytes or 0.0,
         calls=result.calls,
         failures=result.failures,
+        crashes=result.crashes,
         failure_type=failure_type,
         unpicklable=result.unpicklable,
         probe_seconds=result.seconds,

@@ -24,6 +24,7 @@ class Features:
     result_bytes: float = 0.0
     calls: int = 0
     failures: int = 0
+    crashes: int = 0  # probe calls that killed their worker process
     failure_type: str | None = None
     unpicklable: str | None = None
     probe_seconds: float = 0.0

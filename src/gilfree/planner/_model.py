@@ -111,7 +111,29 @@ def _thread_candidates(n: int, cpus: int, limit: int) -> list[int]:
 
 
 def choose(feat: Features) -> Plan:
-    """The plan for these features. Pure: same features, same plan."""
+    """The plan for these features. Pure: same features, same plan.
+
+    Serial and threads run calls in the caller's process: a probe call that
+    killed its worker would kill the caller there, so such a job stays on
+    processes whatever the timings say (unless the function cannot reach one).
+    """
+    plan = _choose(feat)
+    if feat.crashes and plan.backend in ("serial", "thread") and not feat.unpicklable:
+        n = max(1, feat.total if feat.total is not None else DEFAULT_TOTAL)
+        w = min(n, feat.workers or max(1, feat.machine.cpus))
+        many = feat.crashes != 1
+        plan.reasons.append(
+            f"{feat.crashes} probe call{'s' if many else ''} crashed the worker "
+            f"process running {'them' if many else 'it'}, so the job stays on "
+            f"{w} worker process{'es' if w != 1 else ''}, where a crash fails only its own "
+            f"item, instead of {plan.backend} in this process as the timings alone would "
+            "have it."
+        )
+        plan.backend, plan.workers = "process", w
+    return plan
+
+
+def _choose(feat: Features) -> Plan:
     n = feat.total if feat.total is not None else DEFAULT_TOTAL
     n = max(1, n)
     m = feat.machine
@@ -121,11 +143,6 @@ def choose(feat: Features) -> Plan:
 
     def plan(backend: str, workers: int, predicted: dict[str, float]) -> Plan:
         notes = list(feat.notes)
-        if backend != "serial":
-            notes.append(
-                "The chunk size is left to the engine's adaptive chunker, which sizes "
-                "chunks from the measured time per call as the job runs."
-            )
         return Plan(
             backend=backend,
             workers=workers,
@@ -386,9 +403,10 @@ def _choice_sentences(
                 "them anyway: a plain loop is fastest."
             )
         elif n * t < POOL_FIXED_S + m.spawn_s * cpus + m.ready_s:
+            start = POOL_FIXED_S + m.spawn_s * cpus + m.ready_s
             out.append(
                 f"The whole job ({format_seconds(n * t)}) is shorter than starting worker "
-                "processes: a plain loop is fastest."
+                f"processes ({format_seconds(start)}): a plain loop is fastest."
             )
         else:
             rivals = [b for b in ("thread", "process") if b in predicted]
@@ -419,18 +437,54 @@ def _choice_sentences(
                     f"{format_bytes(moved)} per call between processes."
                 )
     elif backend == "process":
+        start, rt = m.spawn_s + m.ready_s, m.roundtrip_s
+        per = (
+            f"{compare(rt, t)} {format_seconds(t)} per call"
+            if rt <= t
+            else f"{compare(rt, t)} {format_seconds(t)} per call, so calls travel in "
+            "chunks that share each round trip"
+        )
         out.append(
-            f"{workers} worker processes, one per usable CPU: each process has its own "
-            f"GIL, so pure-Python work runs on {min(workers, cpus)} cores at once. Starting "
-            f"one costs {format_seconds(m.spawn_s + m.ready_s)} here and a round trip "
-            f"{format_seconds(m.roundtrip_s)}, small next to {format_seconds(t)} per call."
+            f"{workers} worker process{'es' if workers != 1 else ''}"
+            f"{', one per usable CPU' if workers == cpus else ''}: each process has its own "
+            f"GIL, so pure-Python work runs on {min(workers, cpus)} "
+            f"core{'s' if min(workers, cpus) != 1 else ''} at once. Starting one costs "
+            f"{format_seconds(start)} here, {compare(start, n * t)} the "
+            f"{format_seconds(n * t)} of work, and a round trip {format_seconds(rt)}, {per}."
         )
     elif backend == "dask":
+        threads = feat.dask_threads or 0
         out.append(
-            f"The Dask cluster at {feat.address} has {feat.dask_threads} threads in "
-            f"{feat.dask_workers} workers, more than the {cpus} CPUs here."
+            f"The Dask cluster at {feat.address} has {threads} threads in "
+            f"{feat.dask_workers} workers, {compare(threads, cpus, unit='')} the {cpus} "
+            "CPUs here."
         )
     return out
+
+
+#: How two costs compare, in words, from the ratio a / b: ``compare`` picks the
+#: first row whose bound the ratio is under. Every sentence that compares two
+#: numbers goes through it, so its words cannot contradict its numbers.
+COMPARISONS = (
+    (0.1, "small next to"),
+    (1 / 1.5, "less than"),
+    (1.5, "about the same as"),
+    (10.0, "more than"),
+    (float("inf"), "large next to"),
+)
+
+
+def compare(a: float, b: float, *, unit: str = "time") -> str:
+    """``a`` compared with ``b`` in words ("small next to", ...)."""
+    if b <= 0:
+        return "more than" if a > 0 else "about the same as"
+    ratio = a / b
+    if unit != "time":  # counts: no "small next to" for 3 against 64
+        return "fewer than" if a < b else ("as many as" if a == b else "more than")
+    for bound, words in COMPARISONS:
+        if ratio < bound:
+            return words
+    return COMPARISONS[-1][1]
 
 
 def _from_bytecode_only(

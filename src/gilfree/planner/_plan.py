@@ -45,8 +45,8 @@ class Plan:
     """How to run a function over many inputs, and why.
 
     ``outcomes[i]`` is ``(True, result)`` or ``(False, exception)`` for
-    ``samples[i]`` of the ``advise`` call; samples past ``len(outcomes)`` were
-    not run. Those calls were real: the engine keeps their results.
+    ``samples[i]`` of the ``advise`` call; samples not in it were not run.
+    Those calls were real: the engine keeps their results.
     """
 
     backend: str
@@ -56,7 +56,7 @@ class Plan:
     profile: Profile
     findings: list[Finding] = field(default_factory=list)
     predicted: dict[str, float] = field(default_factory=dict)
-    outcomes: list[tuple[bool, Any]] = field(default_factory=list, repr=False)
+    outcomes: dict[int, tuple[bool, Any]] = field(default_factory=dict, repr=False)
     function: str = "the function"
     total: int = 0  # items the prediction is for
     total_known: bool = False

@@ -20,9 +20,12 @@ that run-queue wait is subtracted, so a CPU-bound call still reads as CPU-bound
 and C code that releases the GIL still reads as scaling when the cores are busy.
 
 Every call is a real task: ``outcomes[i]`` is ``(True, result)`` or
-``(False, exception)`` for ``samples[i]``, for a prefix of the samples, each
+``(False, exception)`` for ``samples[i]``, for the samples that were run, each
 called exactly once, so the engine can keep those results instead of running
-the items again.
+the items again. ``probe`` runs them in the calling thread (a prefix of the
+samples); ``gilfree._auto`` runs the same phases in pool workers instead, with
+``Timed`` and ``PairProbe`` below, so that a call that crashes or hangs costs
+the caller nothing.
 
 A function that is not thread-safe may misbehave during step 2, exactly as it
 would on the thread backend; that is the price of measuring instead of guessing.
@@ -69,7 +72,7 @@ BARRIER_TIMEOUT = 5.0
 class ProbeResult:
     """Raw measurements from one probe (see the module docstring)."""
 
-    outcomes: list[tuple[bool, Any]] = field(default_factory=list)
+    outcomes: dict[int, tuple[bool, Any]] = field(default_factory=dict)  # by sample index
     serial_calls: int = 0
     serial_wall: float = 0.0
     serial_cpu: float = 0.0  # thread CPU time of the serial calls
@@ -83,6 +86,7 @@ class ProbeResult:
     overlap: _Overlap | None = field(default=None, repr=False)
     pair_skipped: str | None = None  # why the two-thread phase did not run
     failures: int = 0
+    crashes: int = 0  # calls (or the two-thread task) that killed their worker
     arg_bytes: float | None = None  # mean in-band pickled size of an argument
     shm_bytes: float = 0.0  # mean bytes per argument sent via shared memory
     result_bytes: float | None = None
@@ -191,8 +195,8 @@ def probe(fn: Callable[[Any], Any], samples: Sequence[Any], budget: float = 1.0)
     else:
         target = min(pair_cap, max(STABLE_SERIAL_S, 1.5 * (t or 0.0)))
         _pair_phase(fn, samples, result, target=target)
-    _sizes(fn, samples, result)
-    result.failures = sum(1 for ok, _ in result.outcomes if not ok)
+    measure_sizes(fn, samples, result)
+    result.failures = sum(1 for ok, _ in result.outcomes.values() if not ok)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -251,7 +255,7 @@ def _serial_phase(
         c0 = time.thread_time()
         w0 = time.perf_counter()
         for i in range(first, last):
-            result.outcomes.append(_call(fn, samples[i]))
+            result.outcomes[i] = _call(fn, samples[i])
         w1 = time.perf_counter()
         c1 = time.thread_time()
         p1 = time.process_time()
@@ -267,14 +271,19 @@ def _serial_phase(
         result.serial_wall += wall
         result.serial_cpu += max(c1 - c0 - own, (c1 - c0) * 0.05)
         result.serial_process_cpu += p1 - p0
-        if result.serial_wall >= cap:
-            break
-        if result.serial_calls >= 2 and result.serial_wall >= STABLE_SERIAL_S:
-            break
-        if result.serial_wall >= ONE_CALL_ENOUGH_S:
+        if serial_done(result, cap):
             break
         if first > 0:  # 1, 1, 2, 4, ...: the first call alone may be a warm-up
             batch *= 2
+
+
+def serial_done(result: ProbeResult, cap: float) -> bool:
+    """Whether the serial phase has measured enough (or spent its share)."""
+    return (
+        result.serial_wall >= cap
+        or (result.serial_calls >= 2 and result.serial_wall >= STABLE_SERIAL_S)
+        or result.serial_wall >= ONE_CALL_ENOUGH_S
+    )
 
 
 def _pair_phase(
@@ -360,7 +369,9 @@ def _pair_phase(
         # that never returns would hang the same call on any backend.
         th.join()
     done = shared["next"] - base
-    result.outcomes.extend(s for s in slots[:done] if s is not None)
+    for k, s in enumerate(slots[:done]):
+        if s is not None:
+            result.outcomes[base + k] = s
     if shared["broken"] or done == 0:
         result.pair_skipped = "the two-thread measurement could not start"
         return
@@ -445,7 +456,7 @@ def runqueue_seconds(native_id: int | None = None) -> float:
 _schedstat_ok = True
 
 
-def _sizes(fn: Callable[[Any], Any], samples: Sequence[Any], result: ProbeResult) -> None:
+def measure_sizes(fn: Callable[[Any], Any], samples: Sequence[Any], result: ProbeResult) -> None:
     """Pickled sizes; records what cannot be pickled (then processes are out)."""
     import cloudpickle
 
@@ -454,11 +465,12 @@ def _sizes(fn: Callable[[Any], Any], samples: Sequence[Any], result: ProbeResult
     except Exception as exc:
         result.unpicklable = f"the function cannot be pickled ({type(exc).__name__}: {exc})"
         return
-    k = min(SIZE_SAMPLES, result.calls)
+    ran = sorted(i for i, (ok, _) in result.outcomes.items() if ok)[:SIZE_SAMPLES]
+    k = len(ran)
     if k == 0:
         return
     arg_in, arg_shm, res_in = 0.0, 0.0, 0.0
-    for i in range(k):
+    for i in ran:
         try:
             inband, oob = _pickled_size(samples[i])
         except Exception as exc:
@@ -467,13 +479,12 @@ def _sizes(fn: Callable[[Any], Any], samples: Sequence[Any], result: ProbeResult
         big = sum(b for b in oob if b >= SHM_THRESHOLD)
         arg_in += inband + (sum(oob) - big)
         arg_shm += big
-        ok, value = result.outcomes[i]
+        _ok, value = result.outcomes[i]
         try:
             inband, oob = _pickled_size(value)
         except Exception as exc:
-            what = "result" if ok else "exception"
             result.unpicklable = (
-                f"the {what} of sample {i} cannot be pickled ({type(exc).__name__}: {exc})"
+                f"the result of sample {i} cannot be pickled ({type(exc).__name__}: {exc})"
             )
             return
         res_in += inband + sum(oob)
@@ -509,3 +520,106 @@ def format_seconds(seconds: float) -> str:
     if seconds >= 1e-6:
         return f"{seconds * 1e6:.3g} us"
     return f"{seconds * 1e9:.3g} ns"
+
+
+# -- the same phases in a worker (gilfree._auto) --------------------------------------
+@dataclass(frozen=True)
+class Measured:
+    """What ``Timed`` returns for one call: its value and what the call cost."""
+
+    value: Any
+    wall: float
+    cpu: float  # thread CPU time
+    process_cpu: float
+    runqueue: float
+
+
+_timed_overhead: float | None = None
+
+
+class Timed:
+    """``fn`` wrapped to report its own cost, for the serial phase in a worker.
+
+    Each call is an ordinary pool task, so a crash, a hang or an exception is
+    that task's alone (``WorkerDied``, ``TaskTimeout``, retries) exactly as on
+    ``backend="process"``. The clocks are read around the call alone; the
+    ~100 ns they add is measured once per process on a no-op and subtracted.
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, item: Any) -> Measured:
+        global _timed_overhead
+        if _timed_overhead is None:
+            _timed_overhead = min(_time_one(_noop, 0)[1] for _ in range(20))
+        value, wall, cpu, pcpu, rq = _time_one(self.fn, item)
+        own = _timed_overhead
+        return Measured(
+            value, max(wall - own, wall * 0.05), max(cpu - own, cpu * 0.05), pcpu, rq
+        )
+
+
+def _time_one(fn: Callable[[Any], Any], item: Any) -> tuple[Any, float, float, float, float]:
+    q0 = runqueue_seconds()
+    p0 = time.process_time()
+    c0 = time.thread_time()
+    w0 = time.perf_counter()
+    value = fn(item)
+    w1 = time.perf_counter()
+    c1 = time.thread_time()
+    p1 = time.process_time()
+    q1 = runqueue_seconds()
+    return value, w1 - w0, c1 - c0, p1 - p0, q1 - q0
+
+
+def add_measured(result: ProbeResult, index: int, m: Measured) -> None:
+    """Count one ``Timed`` call into the serial phase of ``result``."""
+    if result.serial_calls == 0:
+        result.first_wall = m.wall
+    result.outcomes[index] = (True, m.value)
+    result.serial_calls += 1
+    result.serial_wall += m.wall
+    result.serial_cpu += m.cpu
+    result.serial_process_cpu += m.process_cpu
+    result.serial_runqueue += m.runqueue
+
+
+class PairProbe:
+    """The two-thread phase as one task in a worker, on its own share of samples.
+
+    It times one call alone (to size the threads' batches), then runs
+    ``_pair_phase`` on the rest for about ``target`` seconds. Its result is a
+    ``ProbeResult`` whose outcomes cover a prefix of the items it was given;
+    exceptions travel with their traceback (``(False, (exc, traceback text))``).
+    Run as one task, a crash or hang in it cannot be pinned on one item: the
+    caller then runs its items again as ordinary tasks.
+    """
+
+    __slots__ = ("cap", "fn")
+
+    def __init__(self, fn: Callable[[Any], Any], cap: float) -> None:
+        self.fn = fn
+        self.cap = cap
+
+    def __call__(self, items: list[Any]) -> ProbeResult:
+        from .._serialize import exception_payload
+
+        result = ProbeResult()
+        _serial_phase(self.fn, items, result, cap=self.cap, limit=1)
+        t = result.task_seconds or 0.0
+        if len(items) < 3:
+            result.pair_skipped = "there were no samples left for the two-thread measurement"
+        elif 2 * t > self.cap:
+            result.pair_skipped = (
+                f"one call takes {format_seconds(t)}, too long to time two threads "
+                "within the budget"
+            )
+        else:
+            _pair_phase(self.fn, items, result, target=min(self.cap, max(STABLE_SERIAL_S, 1.5 * t)))
+        for i, (ok, value) in list(result.outcomes.items()):
+            if not ok:
+                result.outcomes[i] = (False, exception_payload(value))
+        return result

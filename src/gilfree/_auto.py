@@ -1,0 +1,313 @@
+"""backend="auto": probe a function on pool workers, plan, and hand the workers on.
+
+The planner (``gilfree.planner``) decides; this module runs its probe where a
+call that crashes, hangs or raises costs the caller nothing -- on the process
+pool the job will then use::
+
+    samples ─┬─ first half:  Timed(fn), one pool task per call, in chunks of
+             │               1, 1, 2, 4, ... items                       ──► worker A
+             └─ second half: PairProbe(fn), one task running two threads  ──► worker B
+    measurements + outcomes ──► planner.advise(probe=...) ──► Plan
+    Plan.backend == "process": the same pool runs the rest of the job.
+
+Every serial-phase call is an ordinary task of ``backend="process"``: a crash is
+``WorkerDied`` for that item, ``timeout=`` gives ``TaskTimeout`` on time, and
+``retries=`` apply (the engine runs a failed probe call again). The two-thread
+phase is one task for several items, so a crash or hang inside it cannot be
+pinned on one item: its items then run again as ordinary tasks, where the
+culprit fails alone -- a hung item there is stopped after at most
+``timeout + PAIR_SHARE * budget`` and then ``timeout`` again. Both phases run at
+once on two workers, and their results are kept, so planning costs a job little
+more than the round trips it adds.
+
+A function that cannot be pickled cannot reach a process; it is probed on the
+thread backend instead, where ``timeout=`` still bounds each call (the plan
+then says processes are out).
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _serialize
+from ._options import Options, usable_cpus
+from .backends import Backend, StreamJob, create
+from .errors import SerializationError, WorkerDied
+from .planner import Plan
+from .planner import _probe as probing
+from .planner._advise import advise as _plan
+
+#: Seconds the planner may spend probing before a map starts (its calls' results are kept).
+AUTO_BUDGET = 0.5
+#: Seconds between health checks of the probing backend while waiting for outcomes.
+HEALTH_CHECK_S = 1.0
+#: The serial phase stops once this many calls failed and no fewer failed than
+#: succeeded: each crash costs a worker, and failures say nothing about time.
+MAX_PROBE_FAILURES = 2
+
+
+class ProbeRunner:
+    """Runs the planner's probe on a backend made on first use (or given)."""
+
+    def __init__(self, opts: Options, total: int | None, backend: Backend | None = None) -> None:
+        self.opts = opts
+        self.total = total
+        self.backend = backend
+        self.owned = backend is None
+
+    def backend_for(self, fn: Callable[[Any], Any]) -> Backend:
+        if self.backend is None:
+            self.backend = create(*probe_backend(fn, self.opts, self.total))
+        return self.backend
+
+    def __call__(
+        self, fn: Callable[[Any], Any], samples: Sequence[Any], budget: float
+    ) -> probing.ProbeResult:
+        return run_probe(self.backend_for(fn), self.opts, fn, samples, budget)
+
+    def close(self, *, kill: bool = False) -> None:
+        if self.owned and self.backend is not None:
+            self.backend.shutdown(wait=False, kill=kill)
+            self.backend = None
+
+
+def probe_backend(
+    fn: Callable[[Any], Any], opts: Options, total: int | None
+) -> tuple[str, Options]:
+    """Where to probe ``fn``: the process pool the job would use, sized as it
+    would be; threads when ``fn`` cannot be pickled."""
+    try:
+        _serialize.dump_function(fn)
+    except SerializationError:
+        return "thread", opts.with_(backend="thread", workers=2)
+    workers = opts.workers or usable_cpus()
+    if total is not None:
+        workers = max(1, min(workers, total))
+    return "process", opts.with_(backend="process", workers=workers)
+
+
+def plan(
+    fn: Callable[[Any], Any],
+    samples: Sequence[Any],
+    opts: Options,
+    *,
+    total: int | None,
+    address: str | None,
+    backend: Backend | None = None,
+    budget: float = AUTO_BUDGET,
+) -> tuple[Plan, Backend | None]:
+    """Probe ``fn`` on ``samples`` (on ``backend``, or on a pool made for it) and plan.
+
+    Returns the plan and, when the plan is to run on processes, the pool that
+    ran the probe, sized for the job (``None`` otherwise: a pool made here is
+    then shut down). Ctrl-C or an error while probing stops the workers at once.
+    """
+    runner = ProbeRunner(opts, total, backend)
+    try:
+        result = _plan(
+            fn,
+            samples,
+            budget=budget,
+            total=total,
+            address=address,
+            workers=opts.workers,
+            probe=runner,
+        )
+    except BaseException:
+        runner.close(kill=True)
+        raise
+    isolate(result)
+    set_first_chunk(result, total)
+    keep = runner.backend
+    if (
+        keep is not None
+        and result.backend == "process"
+        and keep.name == "process"
+        and keep.workers == result.workers
+    ):
+        return result, keep
+    runner.close()
+    return result, None
+
+
+def advise(
+    fn: Callable[[Any], Any],
+    samples: Sequence[Any],
+    *,
+    budget: float = 1.0,
+    total: int | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+    timeout: float | None = None,
+) -> Plan:
+    """Measure ``fn`` on ``samples`` in worker processes and say how to run it, and why.
+
+    Nothing runs in the calling process: a sample that crashes its worker, or
+    runs past ``timeout`` seconds, is reported in the plan (``plan.outcomes``
+    holds its ``WorkerDied`` or ``TaskTimeout``) and the caller goes on.
+    ``total`` is the number of items of the whole job when known; ``address``
+    a Dask scheduler to consider; ``workers`` a count to plan for.
+    """
+    if budget <= 0:
+        raise ValueError(f"budget={budget!r} must be a positive number of seconds")
+    if not callable(fn):
+        raise TypeError(f"fn={fn!r} is not callable")
+    samples = samples if isinstance(samples, Sequence) else list(samples)
+    opts = Options(workers=workers, timeout=timeout)
+    result, backend = plan(
+        fn, samples, opts, total=total if total is not None else None, address=address,
+        budget=budget,
+    )
+    if backend is not None:
+        backend.shutdown(wait=False)
+    return result
+
+
+def isolate(result: Plan) -> None:
+    """Say plainly when the remaining calls run in this process.
+
+    (What crashed a worker never runs here: the policy keeps such a job on
+    processes, see ``planner._model``.)"""
+    ran = len(result.outcomes)
+    where = {"serial": "run in this process, one after another", "thread": "run on threads "
+             "in this process"}.get(result.backend)
+    if where is None:
+        return
+    result.reasons.append(
+        f"The remaining calls {where}"
+        + (f"; the {ran} probe calls ran in a worker process first, and none crashed it"
+           if ran else "")
+        + ". To keep every call in a worker process, pass backend='process'."
+    )
+
+
+def set_first_chunk(result: Plan, total: int | None) -> None:
+    """``Plan.chunksize``: the chunk size the engine starts with, from the probe's timing."""
+    from . import _chunking
+    from .backends import chunk_target
+
+    t = result.profile.task_seconds
+    if result.backend == "serial" or t is None:
+        result.chunksize = 1 if t is None else _chunking.first_size(
+            chunk_target("serial"), 1, total, t
+        )
+        return
+    target = chunk_target(result.backend)
+    size = _chunking.first_size(target, result.workers, total, t)
+    result.chunksize = size
+    result.reasons.append(
+        f"Chunks start at {size:,} item{'s' if size != 1 else ''} "
+        f"(about {probing.format_seconds(target)} of work each at "
+        f"{probing.format_seconds(t)} per call) and adapt as the job runs, from the "
+        "time the workers measure."
+    )
+
+
+# -- the probe on a backend ------------------------------------------------------------
+def run_probe(
+    backend: Backend, opts: Options, fn: Callable[[Any], Any], samples: Sequence[Any],
+    budget: float,
+) -> probing.ProbeResult:
+    """The planner's probe (see ``planner._probe``) with every call on ``backend``."""
+    result = probing.ProbeResult()
+    started = time.perf_counter()
+    n = len(samples)
+    split = n - n // 2 if n >= probing.PAIR_RESERVE + 2 else n
+    task_opts = opts.with_(retries=0, chunksize=None, progress=False)
+    pair_job = None
+    if split < n:
+        pair_cap = probing.PAIR_SHARE * budget
+        pair_job = StreamJob(
+            probing.PairProbe(fn, pair_cap),
+            task_opts.with_(timeout=None if opts.timeout is None else opts.timeout + pair_cap),
+        )
+        backend.submit(pair_job, 0, [list(samples[split:])])
+    else:
+        result.pair_skipped = "there were no samples left for the two-thread measurement"
+    serial_job = StreamJob(probing.Timed(fn), task_opts)
+    try:
+        _serial_phase(backend, serial_job, samples, split, result, probing.SERIAL_SHARE * budget)
+        if pair_job is not None:
+            _merge_pair(result, _wait_for(backend, pair_job, 1), split)
+    except BaseException:
+        serial_job.cancelled = True
+        if pair_job is not None:
+            pair_job.cancelled = True
+        raise
+    probing.measure_sizes(fn, samples, result)
+    result.failures = sum(1 for ok, _ in result.outcomes.values() if not ok)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _serial_phase(
+    backend: Backend,
+    job: StreamJob,
+    samples: Sequence[Any],
+    limit: int,
+    result: probing.ProbeResult,
+    cap: float,
+) -> None:
+    first, batch, failed = 0, 1, 0
+    while first < limit:
+        last = min(limit, first + batch)
+        backend.submit(job, first, list(samples[first:last]))
+        for ok, start, payload in _wait_for(backend, job, last - first):
+            if ok:
+                for k, measured in enumerate(payload):
+                    probing.add_measured(result, start + k, measured)
+            else:
+                result.outcomes[start] = (False, payload)
+                failed += 1
+                result.crashes += isinstance(payload, WorkerDied)
+        if probing.serial_done(result, cap):
+            return
+        if failed >= MAX_PROBE_FAILURES and failed >= result.serial_calls:
+            return
+        if first > 0:  # 1, 1, 2, 4, ...: the first call alone may be a warm-up
+            batch *= 2
+        first = last
+
+
+def _wait_for(backend: Backend, job: StreamJob, count: int) -> list[tuple[bool, int, Any]]:
+    """The next events of ``job`` until ``count`` items have an outcome."""
+    events = []
+    while count > 0:
+        try:
+            ev = job.outcomes.get(timeout=HEALTH_CHECK_S)
+        except queue.Empty:
+            backend.check()
+            continue
+        events.append(ev)
+        count -= len(ev[2]) if ev[0] else 1
+    return events
+
+
+def _merge_pair(
+    result: probing.ProbeResult, events: list[tuple[bool, int, Any]], offset: int
+) -> None:
+    ok, _index, payload = events[0]
+    if not ok:
+        # Several items ran in that one task: none can be blamed, so all of
+        # them run again as ordinary tasks, where a culprit fails alone.
+        result.pair_skipped = (
+            f"the two-thread measurement stopped ({type(payload).__name__}); its samples "
+            "run again as ordinary tasks"
+        )
+        result.crashes += isinstance(payload, WorkerDied)
+        return
+    pair: probing.ProbeResult = payload[0]
+    for k, (done, value) in pair.outcomes.items():
+        if not done:
+            exc, tb = value
+            value = _serialize.with_remote_traceback(exc, tb)
+        result.outcomes[offset + k] = (done, value)
+    result.pair_calls = pair.pair_calls
+    result.pair_wall = pair.pair_wall
+    result.pair_cpu = pair.pair_cpu
+    result.pair_windows = pair.pair_windows
+    result.overlap = pair.overlap
+    result.pair_skipped = pair.pair_skipped

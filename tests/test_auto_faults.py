@@ -1,0 +1,263 @@
+"""The default path keeps every promise: backend="auto" runs no probe call in the caller.
+
+Crashes (segfault, os._exit) and hangs are put in the items the planner
+probes -- the first ones, and on an indexable input the ones it spreads its
+samples over -- on map, imap, Executor.submit/map and advise. Crash cases run
+in a child interpreter, so that a regression fails one test instead of
+killing the test session.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import gilfree
+from gilfree import TaskTimeout, WorkerDied
+
+pytestmark = pytest.mark.timeout(120)
+
+CRASHY = textwrap.dedent(
+    """
+    import ctypes, os, sys, time
+    import gilfree
+
+    def crashy(x):
+        if x in CRASH_SEGV:
+            ctypes.string_at(0)
+        if x in CRASH_EXIT:
+            os._exit(3)
+        return x * 2
+
+    def show(out):
+        return [type(v).__name__ if isinstance(v, BaseException) else v for v in out]
+    """
+)
+
+
+def run_script(body: str, segv=(0,), exit_=(7,), timeout=90) -> subprocess.CompletedProcess:
+    code = f"CRASH_SEGV = {set(segv)!r}\nCRASH_EXIT = {set(exit_)!r}\n" + CRASHY + textwrap.dedent(
+        body
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_map_probed_crashes_are_worker_died_and_the_caller_lives():
+    proc = run_script(
+        """
+        out = gilfree.map(crashy, range(20), errors="return")
+        print(show(out))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = ["WorkerDied" if x in (0, 7) else 2 * x for x in range(20)]
+    assert proc.stdout.strip() == str(expected)
+
+
+def test_map_spread_probe_crash_on_the_last_item():
+    # 300 items: the probe samples index 0, 299, 150, ...
+    proc = run_script(
+        """
+        out = gilfree.map(crashy, list(range(300)), errors="return")
+        print(show(out))
+        """,
+        segv=(299,),
+        exit_=(150,),
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = ["WorkerDied" if x in (150, 299) else 2 * x for x in range(300)]
+    assert proc.stdout.strip() == str(expected)
+
+
+def test_map_errors_raise_raises_worker_died_in_a_living_caller():
+    proc = run_script(
+        """
+        try:
+            gilfree.map(crashy, range(20))
+        except gilfree.WorkerDied as exc:
+            print("caught", type(exc).__name__)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "caught WorkerDied"
+
+
+def test_imap_and_executor_survive_probed_crashes():
+    proc = run_script(
+        """
+        print(show(gilfree.imap(crashy, iter(range(12)), errors="return")))
+        with gilfree.Executor() as ex:
+            f = ex.submit(crashy, 0)
+            print(type(f.exception(timeout=60)).__name__)
+            print(ex.submit(crashy, 3).result(timeout=60))
+        with gilfree.Executor(errors="return") as ex:
+            print(show(ex.map(crashy, range(10))))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == str(["WorkerDied" if x in (0, 7) else 2 * x for x in range(12)])
+    assert lines[1] == "WorkerDied"
+    assert lines[2] == "6"
+    assert lines[3] == str(["WorkerDied" if x in (0, 7) else 2 * x for x in range(10)])
+
+
+def test_advise_reports_a_crashing_sample_and_keeps_processes():
+    proc = run_script(
+        """
+        plan = gilfree.advise(crashy, list(range(10)))
+        print(plan.backend)
+        print(sorted(type(v).__name__ for ok, v in plan.outcomes.values() if not ok))
+        print(plan.explain())
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    backend, failed, *explain = proc.stdout.strip().splitlines()
+    # Item 0 crashed in the serial phase; item 7 in the two-thread task, whose
+    # items are then not blamed one by one (a map runs them again alone).
+    assert failed.startswith("['WorkerDied'"), failed
+    # A fast function would run inline, but what crashed a worker would crash
+    # the caller there: auto keeps such a job on processes.
+    assert backend == "process", "\n".join(explain)
+    assert any("crashed the worker" in line for line in explain)
+
+
+def slow_first(x):
+    if x == 0:
+        time.sleep(60)
+    return x
+
+
+def test_timeout_applies_to_probed_items():
+    started = time.monotonic()
+    out = gilfree.map(slow_first, range(40), timeout=1, errors="return")
+    elapsed = time.monotonic() - started
+    assert isinstance(out[0], TaskTimeout) and isinstance(out[0], TimeoutError)
+    assert out[1:] == list(range(1, 40))
+    assert elapsed < 20, elapsed
+
+
+def test_executor_submit_returns_at_once_and_times_out():
+    with gilfree.Executor(timeout=1) as ex:
+        started = time.monotonic()
+        fut = ex.submit(slow_first, 0)
+        assert time.monotonic() - started < 1.0  # planning runs off this thread
+        assert isinstance(fut.exception(timeout=30), TaskTimeout)
+        assert ex.submit(slow_first, 5).result(timeout=30) == 5
+
+
+def sleepy(x):
+    time.sleep(2)
+    return x
+
+
+def test_executor_submit_does_not_block_for_the_probed_call():
+    with gilfree.Executor() as ex:
+        started = time.monotonic()
+        futures = [ex.submit(sleepy, i) for i in range(3)]
+        assert time.monotonic() - started < 1.0
+        assert [f.result(timeout=60) for f in futures] == [0, 1, 2]
+
+
+def slow_zero(x):
+    if x == 0:
+        time.sleep(60)
+    return x
+
+
+def test_advise_with_timeout_reports_the_hung_sample():
+    plan = gilfree.advise(slow_zero, list(range(8)), timeout=1)
+    ok, value = plan.outcomes[0]
+    assert not ok and isinstance(value, TaskTimeout)
+
+
+def flaky_crash(path):
+    if not os.path.exists(path):
+        open(path, "w").close()
+        os._exit(5)
+    return "second try"
+
+
+def test_retries_apply_to_a_probed_item_whose_worker_died(tmp_path):
+    paths = [str(tmp_path / f"m{i}") for i in range(3)]
+    assert gilfree.map(flaky_crash, paths, retries=1) == ["second try"] * 3
+    out = gilfree.map(flaky_crash, [str(tmp_path / "n")], retries=0, errors="return")
+    assert isinstance(out[0], WorkerDied)
+
+
+def square(x):
+    return x * x
+
+
+def test_a_second_map_of_a_function_that_crashed_stays_on_processes():
+    # The planner caches its measurements per function: the crash is kept with them.
+    proc = run_script(
+        """
+        print(show(gilfree.map(crashy, range(20), errors="return")))
+        print(show(gilfree.map(crashy, range(20), errors="return")))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = str(["WorkerDied" if x in (0, 7) else 2 * x for x in range(20)])
+    assert proc.stdout.strip().splitlines() == [expected, expected]
+
+
+def test_a_tiny_function_runs_inline_and_the_plan_says_so():
+    plan = gilfree.advise(square, list(range(64)), total=200_000)
+    assert plan.backend == "serial", plan.explain()
+    assert any("run in this process" in r for r in plan.reasons), plan.reasons
+    assert isinstance(plan.chunksize, int) and plan.chunksize >= 1
+
+
+def cpu(n):
+    return sum(i * i for i in range(n))
+
+
+def test_plan_chunksize_is_the_int_the_engine_starts_with():
+    plan = gilfree.advise(cpu, [20_000] * 40, total=10_000)
+    assert isinstance(plan.chunksize, int) and plan.chunksize >= 1
+    if plan.backend != "serial":
+        assert any("adapt as the job runs" in r for r in plan.reasons), plan.reasons
+
+
+def hang(x):
+    time.sleep(60)
+
+
+def test_ctrl_c_while_probing_is_clean(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import time, gilfree, sys
+            def hang(x):
+                time.sleep(60)
+            print("ready", flush=True)
+            try:
+                gilfree.map(hang, range(10))
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.5)  # inside the probe: item 0 is running in a worker
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "interrupted" in out, err
+    assert proc.returncode == 0, err
