@@ -27,6 +27,7 @@ then says processes are out).
 
 from __future__ import annotations
 
+import math
 import queue
 import time
 from collections.abc import Callable, Sequence
@@ -60,7 +61,8 @@ class ProbeRunner:
 
     def backend_for(self, fn: Callable[[Any], Any]) -> Backend:
         if self.backend is None:
-            self.backend = create(*probe_backend(fn, self.opts, self.total))
+            small = looks_tiny(fn)
+            self.backend = create(*probe_backend(fn, self.opts, self.total, small=small))
         return self.backend
 
     def __call__(
@@ -70,23 +72,39 @@ class ProbeRunner:
 
     def close(self, *, kill: bool = False) -> None:
         if self.owned and self.backend is not None:
-            self.backend.shutdown(wait=False, kill=kill)
+            self.backend.shutdown(wait=not kill, kill=kill)
             self.backend = None
 
 
 def probe_backend(
-    fn: Callable[[Any], Any], opts: Options, total: int | None
+    fn: Callable[[Any], Any], opts: Options, total: int | None, *, small: bool = False
 ) -> tuple[str, Options]:
     """Where to probe ``fn``: the process pool the job would use, sized as it
-    would be; threads when ``fn`` cannot be pickled."""
+    would be (one worker when ``small``); threads when ``fn`` cannot be pickled."""
     try:
         _serialize.dump_function(fn)
     except SerializationError:
         return "thread", opts.with_(backend="thread", workers=2)
-    workers = opts.workers or usable_cpus()
+    workers = 1 if small else opts.workers or usable_cpus()
     if total is not None:
         workers = max(1, min(workers, total))
     return "process", opts.with_(backend="process", workers=workers)
+
+
+def looks_tiny(fn: Callable[[Any], Any]) -> bool:
+    """Whether the bytecode shows no loop, I/O or C call that releases the GIL.
+
+    Such a function (``x * x``) is most likely too quick for any pool, so it is
+    probed on one worker: forking the others (~1.5 ms each) would cost a tiny
+    job more than its work. If it is slow after all and the plan is processes,
+    the pool for the job is made afresh (the probe's results are kept).
+    """
+    from .planner import _bytecode
+
+    try:
+        return not _bytecode.analyze(fn).findings
+    except Exception:  # reading bytecode must never stop a job
+        return False
 
 
 def plan(
@@ -267,8 +285,14 @@ def _serial_phase(
             return
         if failed >= MAX_PROBE_FAILURES and failed >= result.serial_calls:
             return
-        if first > 0:  # 1, 1, 2, 4, ...: the first call alone may be a warm-up
+        if first > 0:
+            # 1, 1, then enough for the rest of the phase in one round trip
+            # (at least double): the first call alone may be a warm-up, and
+            # every round trip here is time the job waits.
+            t = result.task_seconds
             batch *= 2
+            if t:
+                batch = max(batch, math.ceil((probing.STABLE_SERIAL_S - result.serial_wall) / t))
         first = last
 
 

@@ -63,6 +63,10 @@ SIZE_SAMPLES = 3
 # NumPy buffers of at least this size go to process workers through shared
 # memory (SPEC: "NumPy arrays of 1 MiB or more ... without copying").
 SHM_THRESHOLD = 1 << 20
+# In a worker, calls shorter than this skip the two-thread phase: handing work
+# to a thread costs ~30 us (planner._costs.THREAD_CHUNK_S), so their scaling
+# cannot change the plan, and the phase would hold the job up for 20 ms.
+PAIR_MIN_CALL_S = 20e-6
 # A thread of the pair phase that does not start within this many seconds
 # means the process is badly overloaded; we then skip the measurement.
 BARRIER_TIMEOUT = 5.0
@@ -612,6 +616,11 @@ class PairProbe:
         t = result.task_seconds or 0.0
         if len(items) < 3:
             result.pair_skipped = "there were no samples left for the two-thread measurement"
+        elif t < PAIR_MIN_CALL_S:
+            result.pair_skipped = (
+                f"one call takes {format_seconds(t)}, too short for threads to gain "
+                "anything on it"
+            )
         elif 2 * t > self.cap:
             result.pair_skipped = (
                 f"one call takes {format_seconds(t)}, too long to time two threads "
