@@ -76,7 +76,7 @@ def test_imap_reads_input_lazily_with_a_bounded_window(backend):
             next(pulled)
             yield i
 
-    it = gilfree.imap(square, source(), backend=backend, workers=2)
+    it = gilfree.imap(square, source(), backend=backend, workers=_two(backend))
     try:
         first = [next(it) for _ in range(10)]
     finally:
@@ -181,12 +181,56 @@ def test_timeout_fails_the_task_on_time_and_others_finish(backend):
         {"timeout": 0},
         {"retries": -1},
         {"errors": "ignore"},
-        {"wrkers": 2},
+        {"max_worker_memory": "lots"},
+        {"share_threshold": 0},
     ],
 )
 def test_bad_options_name_the_problem(bad):
     with pytest.raises(ConfigurationError, match=next(iter(bad)).rstrip("s")[:5]):
         gilfree.map(square, [1], **bad)
+
+
+def test_a_misspelt_option_is_a_type_error_naming_it():
+    # Options are keyword parameters: Python itself names the unknown one.
+    with pytest.raises(TypeError, match="wrkers"):
+        gilfree.map(square, [1], wrkers=2)
+
+
+@pytest.mark.parametrize(
+    ("backend", "option"),
+    [
+        ("thread", {"max_worker_memory": "1GB"}),
+        ("thread", {"max_tasks_per_worker": 3}),
+        ("serial", {"workers": 4}),
+        ("serial", {"start_method": "fork"}),
+        ("process", {"address": "tcp://127.0.0.1:1"}),
+    ],
+)
+def test_an_option_that_does_not_apply_is_an_error_naming_it(backend, option):
+    name = next(iter(option))
+    with pytest.raises(ConfigurationError, match=f"{name}=.*does not apply to backend='{backend}'"):
+        gilfree.map(square, [1], backend=backend, **option)
+    with pytest.raises(ConfigurationError, match=name):
+        gilfree.Executor(backend=backend, **option)
+
+
+def test_auto_warns_about_an_option_its_choice_does_not_use():
+    with pytest.warns(RuntimeWarning, match="max_tasks_per_worker=3 not used"):
+        # x * x is planned onto a plain loop, where recycling workers means nothing.
+        assert gilfree.map(square, range(100), max_tasks_per_worker=3) == [
+            x * x for x in range(100)
+        ]
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("512MiB", 512 << 20), ("1GB", 10**9), ("2G", 2 << 30), ("1.5 KiB", 1536), (4096, 4096)],
+)
+def test_sizes_accept_the_usual_strings(text, size):
+    from gilfree._options import Options
+
+    assert Options(max_worker_memory=text).max_worker_memory == size
+    assert Options(share_threshold=text).share_threshold == size
 
 
 def test_not_callable():
@@ -203,7 +247,7 @@ def test_progress_bar_goes_to_stderr(backend, capsys):
 
 # -- Executor ------------------------------------------------------------------
 def test_executor_is_a_concurrent_futures_executor(backend):
-    with gilfree.Executor(backend=backend, workers=2) as ex:
+    with gilfree.Executor(backend=backend, workers=_two(backend)) as ex:
         assert isinstance(ex, concurrent.futures.Executor)
         futures = [ex.submit(pow, 2, i) for i in range(8)]
         assert all(isinstance(f, concurrent.futures.Future) for f in futures)
@@ -250,3 +294,8 @@ def test_executor_map_timeout():
         next(it)
         with pytest.raises(TimeoutError):
             next(it)
+
+
+def _two(backend):
+    """Two workers, where the backend has workers (serial is one by definition)."""
+    return 1 if backend == "serial" else 2

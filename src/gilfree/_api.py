@@ -5,14 +5,15 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import os
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from ._engine import Event, Run, length_hint
-from ._options import Options, make_options, usable_cpus
+from ._options import Options, check_applicable, make_options, option_docs, usable_cpus
 from ._progress import Bar
 from .backends import Backend, FutureJob, Job, StreamJob, create
 from .errors import ConfigurationError
@@ -27,9 +28,58 @@ AUTO_SAMPLES = 64
 
 
 # -- public functions --------------------------------------------------------
-def map(fn: Callable[[Any], Any], iterable: Iterable[Any], **options: Any) -> list[Any]:
-    """Call ``fn(item)`` for every item; return the results in input order."""
-    opts = make_options(**options)
+BackendName = Literal["auto", "serial", "thread", "process", "dask"]
+ErrorPolicy = Literal["raise", "return"]
+StartMethod = Literal["fork", "zygote", "spawn"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _options_doc(*exclude: str) -> Callable[[F], F]:
+    """Append every option's type, default and meaning (from ``Options``) to a docstring."""
+
+    def decorate(func: F) -> F:
+        rows = [row for row in option_docs() if row[0] not in exclude]
+        width = max(len(name) for name, *_ in rows)
+        lines = ["", "    Options (keyword-only):", ""]
+        for name, kind, default, doc in rows:
+            lines.append(f"        {name:<{width}}  {kind} = {default}")
+            lines += textwrap.wrap(doc, 76, initial_indent=" " * 12, subsequent_indent=" " * 12)
+        func.__doc__ = (func.__doc__ or "").rstrip() + "\n" + "\n".join(lines) + "\n"
+        return func
+
+    return decorate
+
+
+def _given(values: dict[str, Any], *drop: str) -> dict[str, Any]:
+    """The option arguments of a public function (its ``locals()`` on entry)."""
+    return {k: v for k, v in values.items() if k not in drop}
+
+
+@_options_doc("ordered", "initializer", "initargs")
+def map(
+    fn: Callable[[Any], Any],
+    iterable: Iterable[Any],
+    *,
+    backend: BackendName = "auto",
+    workers: int | None = None,
+    chunksize: int | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    errors: ErrorPolicy = "raise",
+    progress: bool = False,
+    address: str | None = None,
+    start_method: StartMethod | None = None,
+    max_tasks_per_worker: int | None = None,
+    max_worker_memory: int | str | None = None,
+    share_threshold: int | str = "1MiB",
+) -> list[Any]:
+    """Call ``fn(item)`` for every item; return the results in input order.
+
+    With ``errors="raise"`` the first failure propagates with its original
+    type (the worker's traceback as ``__cause__``) and the rest is cancelled;
+    with ``errors="return"`` a failed item's slot holds its exception.
+    """
+    opts = make_options(**_given(locals(), "fn", "iterable"))
     slots: dict[int, list[Any]] = {}
     with _session(fn, iterable, opts, ordered=False) as run:
         for ok, start, payload in run.events():
@@ -45,11 +95,31 @@ def map(fn: Callable[[Any], Any], iterable: Iterable[Any], **options: Any) -> li
     return out
 
 
+@_options_doc("initializer", "initargs")
 def imap(
-    fn: Callable[[Any], Any], iterable: Iterable[Any], *, ordered: bool = True, **options: Any
+    fn: Callable[[Any], Any],
+    iterable: Iterable[Any],
+    *,
+    ordered: bool = True,
+    backend: BackendName = "auto",
+    workers: int | None = None,
+    chunksize: int | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    errors: ErrorPolicy = "raise",
+    progress: bool = False,
+    address: str | None = None,
+    start_method: StartMethod | None = None,
+    max_tasks_per_worker: int | None = None,
+    max_worker_memory: int | str | None = None,
+    share_threshold: int | str = "1MiB",
 ) -> Iterator[Any]:
-    """Lazily yield results, in input order or (``ordered=False``) as they complete."""
-    opts = make_options(ordered=ordered, **options)
+    """Lazily yield results, in input order or (``ordered=False``) as they complete.
+
+    The input is read a bounded window at a time, so a generator of ten
+    million items runs in bounded memory.
+    """
+    opts = make_options(**_given(locals(), "fn", "iterable"))
     return _imap(fn, iterable, opts)
 
 
@@ -94,7 +164,11 @@ def _imap_indexed(
 def _session(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options, *, ordered: bool):
     _check_callable(fn)
     total = length_hint(iterable)
+    if opts.backend != "auto":
+        check_applicable(opts, opts.backend)
     opts, iterable, prefilled, resubmit, plan, backend = _resolve_auto(fn, iterable, opts, total)
+    if plan is not None:
+        check_applicable(opts, opts.backend, chosen_by_auto=True)
     job = StreamJob(fn, opts)
     bar = None
     finished = False
@@ -247,6 +321,7 @@ class _StarArgs:
         return self.fn(*args)
 
 
+@_options_doc("ordered")
 class Executor(concurrent.futures.Executor):
     """A ``concurrent.futures.Executor`` on any gilfree backend.
 
@@ -261,12 +336,24 @@ class Executor(concurrent.futures.Executor):
 
     def __init__(
         self,
-        backend: str = "auto",
+        backend: BackendName = "auto",
         workers: int | None = None,
         *,
         max_workers: int | None = None,
-        **options: Any,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        errors: ErrorPolicy = "raise",
+        progress: bool = False,
+        address: str | None = None,
+        start_method: StartMethod | None = None,
+        max_tasks_per_worker: int | None = None,
+        max_worker_memory: int | str | None = None,
+        share_threshold: int | str = "1MiB",
     ) -> None:
+        options = _given(locals(), "self", "backend", "workers", "max_workers")
         if max_workers is not None:
             if workers is not None and workers != max_workers:
                 raise ConfigurationError(
@@ -275,6 +362,8 @@ class Executor(concurrent.futures.Executor):
                 )
             workers = max_workers
         self._options = make_options(backend=backend, workers=workers, **options)
+        if backend != "auto":
+            check_applicable(self._options, backend)
         self._lock = threading.Lock()
         self._backends: dict[tuple[str, int | None], Backend] = {}
         self._plans: dict[Any, Options] = {}
