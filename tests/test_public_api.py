@@ -50,7 +50,7 @@ def test_import_starts_nothing_and_loads_no_heavy_module():
 
 # -- options: typed keyword parameters, one source ----------------------------------
 
-_OPTION_DEFAULTS = {f: Options.__dataclass_fields__[f].default for f in Options.__dataclass_fields__}
+_OPTION_DEFAULTS = {name: f.default for name, f in Options.__dataclass_fields__.items()}
 
 
 @pytest.mark.parametrize(
