@@ -108,6 +108,9 @@ class ThreadBackend(Backend):
                         run_items(job, start, items, attempt)
                     elif not self._run_timed(job, start, items[0], attempt):
                         return  # abandoned: a replacement already took our place
+                # An idle thread must not keep the last task's function,
+                # arguments or job alive (concurrent.futures does not).
+                entry = job = items = None  # type: ignore[assignment]
                 with self._lock:
                     self._idle += 1
         finally:
