@@ -296,3 +296,48 @@ def test_a_crash_in_the_probe_keeps_a_fast_function_off_this_process() -> None:
     assert "crashed the worker" in plan.explain()
     unsendable = dataclasses.replace(tiny, unpicklable="the function cannot be pickled")
     assert choose(unsendable).backend == "serial"
+
+
+# -- a free-threaded interpreter: the measured thread scaling decides -----------------
+NOGIL = {"gil_enabled": False, "free_threaded_build": True}
+
+FREE_THREADED_CASES = [
+    ("pure Python CPU, 2 threads at 1.99x -> threads",
+     feat(task_seconds=0.02, cpu_fraction=1.0, pair_speedup=1.99, findings=LOOP, total=48,
+          **NOGIL), "thread", lambda w: w == 2),
+    ("pure Python CPU on 8 cores -> about one thread per core",
+     feat(machine=EIGHT, task_seconds=0.05, cpu_fraction=1.0, pair_speedup=1.97, findings=LOOP,
+          **NOGIL), "thread", lambda w: 8 <= w <= 16),
+    ("large object-graph arguments: threads share them, processes would pickle them",
+     feat(task_seconds=0.03, cpu_fraction=1.0, pair_speedup=1.9, findings=LOOP,
+          arg_bytes=4.0 * MIB, total=16, **NOGIL), "thread", lambda w: w >= 2),
+    ("busy machine read 1.3x, the bytecode shows pure-Python loops -> threads all the same",
+     feat(task_seconds=0.02, cpu_fraction=1.0, pair_speedup=1.3, findings=LOOP,
+          busy_share=0.5, total=48, **NOGIL), "thread", lambda w: w >= 2),
+    ("no scaling even without a GIL (a lock) -> processes",
+     feat(task_seconds=0.02, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP, total=48,
+          **NOGIL), "process", lambda w: w == 2),
+    ("free-threaded build with the GIL turned back on -> processes",
+     feat(task_seconds=0.02, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP, total=48,
+          free_threaded_build=True), "process", lambda w: w == 2),
+]
+
+
+@pytest.mark.parametrize(
+    ("features", "backend", "workers_ok"),
+    [c[1:] for c in FREE_THREADED_CASES],
+    ids=[c[0] for c in FREE_THREADED_CASES],
+)
+def test_free_threaded_policy_table(features: Features, backend: str, workers_ok) -> None:
+    plan = choose(features)
+    assert plan.backend == backend, plan.explain()
+    assert workers_ok(plan.workers), (plan.workers, plan.explain())
+    text = plan.explain()
+    assert plan.profile.gil_enabled is features.gil_enabled
+    if features.gil_enabled:
+        assert "GIL              enabled" in text
+        assert "GIL is enabled" in text  # a free-threaded build with the GIL back on
+    else:
+        assert "disabled (free-threaded interpreter)" in text
+        assert "runs without a GIL" in text
+        assert "holds the GIL" not in text and "own GIL" not in text

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
+import sysconfig
 import threading
 import types
 import weakref
@@ -79,6 +81,8 @@ def advise(
     dask = _dask_size(address) if address is not None else (None, None, None)
     features = dataclasses.replace(
         features,
+        gil_enabled=gil_enabled(),
+        free_threaded_build=bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
         total=total,
         workers=workers,
         address=address,
@@ -90,6 +94,13 @@ def advise(
     plan.outcomes = outcomes
     plan.cached = cached is not None
     return plan
+
+
+def gil_enabled() -> bool:
+    """Whether the GIL is on now: on a free-threaded build a C extension can turn
+    it back on at import, so this is read at each plan, not once."""
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
 
 
 def clear_cache() -> None:

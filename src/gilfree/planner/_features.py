@@ -37,6 +37,9 @@ class Features:
     dask_workers: int | None = None  # worker processes on the cluster
     dask_error: str | None = None
     notes: tuple[str, ...] = field(default=())
+    # sys._is_gil_enabled() when planning (False: threads run Python in parallel)
+    gil_enabled: bool = True
+    free_threaded_build: bool = False  # built with --disable-gil (the GIL may still be on)
 
     def kinds(self, kind: str) -> list[Finding]:
         return [f for f in self.findings if f.kind == kind]

@@ -89,7 +89,7 @@ def gil_share(feat: Features) -> float:
     hinted = bool(feat.kinds("releases_gil") or feat.kinds("io"))
     s = feat.pair_speedup
     if s is None:
-        return f * (0.2 if hinted else 1.0)
+        return f * (0.2 if hinted or not feat.gil_enabled else 1.0)
     s = min(2.0, max(1.0, s))
     overruled = _bytecode_overrules(feat)
     if overruled == "releases":
@@ -100,6 +100,10 @@ def gil_share(feat: Features) -> float:
         return f
     if s < PAIR_TELLS_BELOW:
         return min(f, 1.0 / s)
+    if not feat.gil_enabled:
+        # No GIL: two threads ran fully in parallel, and nothing in the
+        # interpreter serialises more of them; cores are the bound (f / c).
+        return 0.0
     # Two threads overlapped: g <= 0.5. The bytecode says whether the calls
     # release the GIL for most of their time (then g is small) or not.
     return min(f, 0.5) * (0.2 if hinted else 1.0)
@@ -170,6 +174,9 @@ def _choose(feat: Features) -> Plan:
 
     f = feat.cpu_fraction if feat.cpu_fraction is not None else 1.0
     g = gil_share(feat)
+    gil = _gil_sentence(feat)
+    if gil:
+        reasons.append(gil)
     reasons.append(_timing_sentence(t, f))
     if t < SHORT_CALL_S and feat.calls < SHORT_CALL_MIN_CALLS:
         t = t / SHORT_CALL_WARM_UP
@@ -260,7 +267,23 @@ def _profile(feat: Features) -> Profile:
         process_roundtrip_s=m.roundtrip_s,
         process_byte_s=m.byte_s,
         cpus=m.cpus,
+        gil_enabled=feat.gil_enabled,
     )
+
+
+def _gil_sentence(feat: Features) -> str | None:
+    if not feat.gil_enabled:
+        return (
+            "This interpreter runs without a GIL (free-threaded build): threads run "
+            "Python code in parallel, so the measured thread scaling decides between "
+            "threads and processes."
+        )
+    if feat.free_threaded_build:
+        return (
+            "This is a free-threaded build, but the GIL is enabled (a C extension turned "
+            "it back on, or PYTHON_GIL=1), so threads take turns on Python code."
+        )
+    return None
 
 
 def _timing_sentence(t: float, f: float) -> str:
@@ -281,6 +304,15 @@ def _scaling_sentence(feat: Features) -> str | None:
             return f"Thread scaling was not measured: {feat.pair_skipped}."
         return None
     rate = f"2 threads ran at {s:.2f}x the rate of one"
+    if not feat.gil_enabled:
+        if s < NO_SCALING_BELOW:
+            return (
+                f"{rate}: even without a GIL the calls do not run in parallel (a lock, or "
+                "contention on shared objects), so threads cannot overlap them."
+            )
+        if s > SCALES_ABOVE:
+            return f"{rate}: with no GIL, threads run the calls in parallel."
+        return f"{rate}: threads overlap part of the work."
     if s < NO_SCALING_BELOW:
         return (
             f"{rate}: the work holds the GIL (Python bytecode runs one thread at a time), "
@@ -302,6 +334,11 @@ def _bytecode_overrules(feat: Features) -> str | None:
     if s is None or feat.busy_share < BUSY_SHARE:
         return None
     hints = feat.kinds("releases_gil") or feat.kinds("io")
+    if not feat.gil_enabled:
+        # Without a GIL pure-Python loops scale on threads too.
+        if (hints or feat.kinds("python_loop")) and s < PAIR_TELLS_BELOW:
+            return "releases"
+        return None
     if hints and s < PAIR_TELLS_BELOW:
         return "releases"
     if not hints and feat.kinds("python_loop") and s >= NO_SCALING_BELOW:
@@ -318,6 +355,12 @@ def _busy_sentence(feat: Features) -> str | None:
         f"(the probe waited {feat.busy_share:.0%} of its time for a CPU other programs held), "
         "so that reading says little"
     )
+    if verdict == "releases" and not feat.gil_enabled:
+        found = feat.kinds("releases_gil") or feat.kinds("io") or feat.kinds("python_loop")
+        return (
+            f"{head}; the bytecode shows {_first(found)}, and with no GIL Python code runs "
+            "in parallel on threads, so the bytecode is trusted here."
+        )
     if verdict == "releases":
         hints = feat.kinds("releases_gil") or feat.kinds("io")
         return (
@@ -399,8 +442,10 @@ def _choice_sentences(
             out.append(
                 f"A call takes only {format_seconds(t)}; handing a batch of calls to a "
                 f"thread costs about {format_seconds(THREAD_CHUNK_S)} and to a process about "
-                f"{format_seconds(rt)} plus pickling, and the GIL lets only one thread run "
-                "them anyway: a plain loop is fastest."
+                f"{format_seconds(rt)} plus pickling"
+                + (", and the GIL lets only one thread run them anyway"
+                   if feat.gil_enabled else ", more than the calls themselves")
+                + ": a plain loop is fastest."
             )
         elif n * t < POOL_FIXED_S + m.spawn_s * cpus + m.ready_s:
             start = POOL_FIXED_S + m.spawn_s * cpus + m.ready_s
@@ -446,8 +491,9 @@ def _choice_sentences(
         )
         out.append(
             f"{workers} worker process{'es' if workers != 1 else ''}"
-            f"{', one per usable CPU' if workers == cpus else ''}: each process has its own "
-            f"GIL, so pure-Python work runs on {min(workers, cpus)} "
+            f"{', one per usable CPU' if workers == cpus else ''}: "
+            + ("each process has its own GIL, so " if feat.gil_enabled else "")
+            + f"pure-Python work runs on {min(workers, cpus)} "
             f"core{'s' if min(workers, cpus) != 1 else ''} at once. Starting one costs "
             f"{format_seconds(start)} here, {compare(start, n * t)} the "
             f"{format_seconds(n * t)} of work, and a round trip {format_seconds(rt)}, {per}."

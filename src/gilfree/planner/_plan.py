@@ -35,6 +35,7 @@ class Profile:
     process_roundtrip_s: float | None = None  # one message to a worker and back
     process_byte_s: float | None = None  # seconds per byte through a pipe
     cpus: int = 1
+    gil_enabled: bool = True  # False on a free-threaded interpreter running without its GIL
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +102,10 @@ class Plan:
                 f"  pickled sizes    argument {format_bytes(p.arg_bytes + p.shm_bytes)}, "
                 f"result {format_bytes(p.result_bytes or 0)}"
             )
+        lines.append(
+            "  GIL              "
+            + ("enabled" if p.gil_enabled else "disabled (free-threaded interpreter)")
+        )
         if p.process_start_s is not None and p.process_roundtrip_s is not None:
             lines.append(
                 f"  process costs    start {format_seconds(p.process_start_s)}, "
