@@ -18,6 +18,8 @@ from __future__ import annotations
 import io
 import pickle
 import traceback
+import types
+from collections import ChainMap
 from typing import Any
 
 import cloudpickle
@@ -27,10 +29,34 @@ from .errors import RemoteTraceback, SerializationError
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
+_CLOUDPICKLE_CODE_REDUCE = getattr(cloudpickle.cloudpickle, "_code_reduce", None)
+
+
+class _Pickler(cloudpickle.CloudPickler):
+    """cloudpickle, keeping the file name of code it sends by value.
+
+    cloudpickle replaces ``co_filename`` with ``"<dynamic-code>"`` (its payloads
+    stay byte-identical wherever a function was defined). Our workers run on
+    this machine, where the real file is, so a traceback or a crash stack from
+    a worker should name the user's script and line, not ``<dynamic-code>``.
+    """
+
+    if _CLOUDPICKLE_CODE_REDUCE is not None:  # a private helper: absent, keep its default
+        dispatch_table = ChainMap(
+            {types.CodeType: lambda code: _code_reduce(code)},
+            cloudpickle.CloudPickler.dispatch_table,
+        )
+
+
+def _code_reduce(code: types.CodeType) -> Any:
+    rebuild, args = _CLOUDPICKLE_CODE_REDUCE(code)
+    return rebuild, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+
 def dumps(obj: Any) -> bytes:
     """cloudpickle: by value where needed."""
     buf = io.BytesIO()
-    cloudpickle.CloudPickler(buf, protocol=PROTOCOL).dump(obj)
+    _Pickler(buf, protocol=PROTOCOL).dump(obj)
     return buf.getvalue()
 
 
