@@ -418,6 +418,14 @@ class Executor(concurrent.futures.Executor):
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future:
+        """Schedule ``fn(*args, **kwargs)``; return its ``concurrent.futures.Future`` at once.
+
+        The future holds the result, or the task's exception with the worker's
+        traceback as ``__cause__`` (``WorkerDied``, ``TaskTimeout``,
+        ``SerializationError`` for what gilfree itself caught). Never blocks:
+        with ``backend="auto"`` the first call of a function is its probe, run
+        on a worker while a planning thread decides.
+        """
         _check_callable(fn)
         future: concurrent.futures.Future = concurrent.futures.Future()
         call = _StarCall(fn)
@@ -571,6 +579,13 @@ class Executor(concurrent.futures.Executor):
         return _executor_results(run, opts.errors)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work and release the workers, as ``concurrent.futures`` does.
+
+        ``wait=True`` returns once every submitted task has finished;
+        ``cancel_futures=True`` first cancels the tasks no worker has started.
+        Leaving a ``with`` block calls ``shutdown()``; leaving it by Ctrl-C stops
+        running tasks at once.
+        """
         self._close(wait=wait, cancel_futures=cancel_futures, kill=False)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:

@@ -137,7 +137,7 @@ def plan(
     except BaseException:
         runner.close(kill=True)
         raise
-    isolate(result)
+    isolate(result, runner.backend is not None and runner.backend.name == "process")
     set_first_chunk(result, total)
     keep = runner.backend
     if (
@@ -184,7 +184,7 @@ def advise(
     return result
 
 
-def isolate(result: Plan) -> None:
+def isolate(result: Plan, probed_in_process: bool) -> None:
     """Say plainly when the remaining calls run in this process.
 
     (What crashed a worker never runs here: the policy keeps such a job on
@@ -193,6 +193,14 @@ def isolate(result: Plan) -> None:
     where = {"serial": "run in this process, one after another", "thread": "run on threads "
              "in this process"}.get(result.backend)
     if where is None:
+        return
+    if not probed_in_process and result.profile.calls and ran:
+        # The function cannot be pickled: the probe ran on threads here too.
+        result.reasons.append(
+            f"The calls {where}: the function cannot be sent to a worker process, so "
+            f"the {ran} probe calls also ran here, on threads, where timeout= still "
+            "bounds each one."
+        )
         return
     result.reasons.append(
         f"The remaining calls {where}"

@@ -121,7 +121,7 @@ class Plan:
         unit = {"thread": "thread", "process": "process", "dask": "Dask thread"}[self.backend]
         many = "es" if unit == "process" else "s"
         chunk = (
-            f", {self.chunksize} items per chunk"
+            f", {self.chunksize} item{'s' if self.chunksize != 1 else ''} per chunk to start"
             if self.chunksize
             else ", chunk size chosen as it runs"
         )

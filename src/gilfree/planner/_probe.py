@@ -618,8 +618,8 @@ class PairProbe:
             result.pair_skipped = "there were no samples left for the two-thread measurement"
         elif t < PAIR_MIN_CALL_S:
             result.pair_skipped = (
-                f"one call takes {format_seconds(t)}, too short for threads to gain "
-                "anything on it"
+                f"its calls are shorter than {format_seconds(PAIR_MIN_CALL_S)}, too short "
+                "for threads to gain anything on them"
             )
         elif 2 * t > self.cap:
             result.pair_skipped = (
