@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,8 @@ _PYTHON_BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE |
 #: Per example. They are written to take a second or two; the margin is for a
 #: loaded two-core machine, where starting an interpreter alone can take 1 s.
 EXAMPLE_TIMEOUT_S = 60
+#: How long an example's workers get to exit after the example has.
+LEFTOVER_GRACE_S = 5.0
 #: The whole site (about 1-2 s when idle).
 BUILD_TIMEOUT_S = 120
 
@@ -112,6 +115,36 @@ def test_docs_build_strict(tmp_path):
         assert first in text, f"the docstring of gilfree.{name} is not in the API reference"
 
 
+def _session_members(sid: int) -> dict[int, str]:
+    """Live processes of session ``sid`` (the example and all it started), from /proc."""
+    members = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry)) != sid:
+                continue
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            if state != "Z":
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    members[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    return members
+
+
+def _wait_for_session_to_end(sid: int, grace: float) -> dict[int, str]:
+    """What is still running of session ``sid`` after ``grace`` seconds (workers of
+    an example that has exited notice their parent is gone and exit by themselves)."""
+    deadline = time.monotonic() + grace
+    while True:
+        left = _session_members(sid)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
 def _segments_of(pid: int) -> list[str]:
     try:
         return sorted(n for n in os.listdir("/dev/shm") if n.startswith(f"gilfree-{pid}-"))
@@ -140,6 +173,14 @@ def test_example_runs(where, code, tmp_path):
         os.killpg(proc.pid, 9)
         out, err = proc.communicate()
         pytest.fail(f"{where}: still running after {EXAMPLE_TIMEOUT_S} s\n{out}\n{err}")
+    left = _wait_for_session_to_end(proc.pid, LEFTOVER_GRACE_S)
+    if left:
+        for pid in left:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
     assert proc.returncode == 0, f"{where} exited {proc.returncode}:\n{code}\n--\n{out}\n{err}"
-    # What the example put in shared memory is gone once it has exited.
+    # No worker outlives the example, and what it put in shared memory is gone.
+    assert not left, f"{where} left processes behind: {left}"
     assert not _segments_of(proc.pid), f"{where} left segments: {_segments_of(proc.pid)}"
