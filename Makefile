@@ -25,5 +25,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
 
+# The documentation site (mkdocs.yml, docs/) into site/ (git-ignored), warnings as errors.
+.PHONY: docs
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
