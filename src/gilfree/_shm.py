@@ -568,8 +568,11 @@ def dumps(obj: Any, reduce_array: Any, *, by_value: bool = False) -> bytes:
     import cloudpickle
 
     cp = cloudpickle.CloudPickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
-    cp.dispatch_table = ChainMap(
-        {np.ndarray: reduce_array}, cloudpickle.CloudPickler.dispatch_table
+    # Through the C Pickler's own descriptor: CloudPickler has a class attribute
+    # ``dispatch_table`` that shadows it, so ``cp.dispatch_table = ...`` would only
+    # set an instance attribute the C code never reads (arrays went inline).
+    pickle.Pickler.dispatch_table.__set__(  # type: ignore[attr-defined]
+        cp, ChainMap({np.ndarray: reduce_array}, cloudpickle.CloudPickler.dispatch_table)
     )
     cp.dump(obj)
     return buf.getvalue()
