@@ -72,7 +72,7 @@ def test_an_unchanged_array_shares_its_segment_until_the_last_lease_goes(arena):
 def test_an_array_changed_between_two_dumps_gets_a_new_segment(arena):
     a = big(0.0)
     blob1, first = arena.dumps([a])
-    a[-1] = 42.0  # in the last byte window compared
+    a[-1] = 42.0  # in the last step compared
     blob2, second = arena.dumps([a])
     assert first.names != second.names and arena.reused == 0
     assert float(pickle.loads(blob2)[0][-1]) == 42.0
@@ -107,9 +107,8 @@ def test_nan_content_is_compared_as_bytes_so_it_is_reused(arena):
     assert first.names == second.names and arena.reused == 1
 
 
-def test_a_change_in_any_comparison_window_is_seen(arena, monkeypatch):
-    monkeypatch.setattr(_shm, "_COMPARE_WINDOW", 256 << 10)  # 8 windows of a 2 MiB array
-    monkeypatch.setattr(_shm, "_COMPARE_STEP", 16 << 10)
+def test_a_change_in_any_comparison_step_is_seen(arena, monkeypatch):
+    monkeypatch.setattr(_shm, "_COMPARE_STEP", 256 << 10)  # 8 steps over a 2 MiB array
     a = big(0.0)
     n = a.size
     arena.dumps([a])
@@ -120,17 +119,46 @@ def test_a_change_in_any_comparison_window_is_seen(arena, monkeypatch):
         assert arena.reused == 0
 
 
-def test_an_array_read_only_since_it_was_sent_is_still_compared(arena):
-    # flags.writeable = False proves nothing: an array that owns its memory can
-    # be made writable again, so the arena never trusts the flag.
-    a = big(0.0)
+def test_a_read_only_array_is_reused_without_comparing(arena, monkeypatch):
+    a = big(1.0)
     a.flags.writeable = False
+    _, first = arena.dumps([a])
+    view = a[: a.size // 2]  # a read-only view of a read-only owner: also trusted
+    monkeypatch.setattr(_shm, "_same_bytes", lambda *args: pytest.fail("compared"))
+    _, second = arena.dumps([a])
+    assert first.names == second.names and arena.reused == 1
+    arena.dumps([view])
+    arena.dumps([view])
+    assert arena.reused == 2
+
+
+def test_an_array_made_read_only_after_its_segment_was_made_is_compared(arena):
+    a = big(1.0)
     arena.dumps([a])
-    a.flags.writeable = True
     a[0] = 7.0
     a.flags.writeable = False
     blob, _ = arena.dumps([a])
-    assert float(pickle.loads(blob)[0][0]) == 7.0
+    assert float(pickle.loads(blob)[0][0]) == 7.0 and arena.reused == 0
+
+
+def bytearray_memory():
+    buf = bytearray(big(1.0).tobytes())
+    return np.frombuffer(buf), lambda: buf.__setitem__(slice(0, 8), np.float64(7.0).tobytes())
+
+
+def view_of_writable():
+    owner = big(1.0)
+    return owner[:], lambda: owner.__setitem__(0, 7.0)
+
+
+@pytest.mark.parametrize("make", [bytearray_memory, view_of_writable])
+def test_read_only_arrays_whose_memory_can_still_change_are_compared(arena, make):
+    a, change = make()
+    a.flags.writeable = False
+    arena.dumps([a])
+    change()
+    blob, _ = arena.dumps([a])
+    assert float(pickle.loads(blob)[0][0]) == 7.0 and arena.reused == 0
 
 
 def test_a_new_array_at_a_recycled_id_is_not_mistaken_for_the_old_one(arena):
