@@ -25,11 +25,16 @@ safe, by one of two rules:
    deliberate ``flags.writeable = True``, write, ``flags.writeable = False``
    between two sends: making an array read-only is a promise not to do that.
 2. Otherwise (a writable array) every byte is compared with the segment
-   (``preadv`` into a small buffer, numpy compare): O(n) but a fraction of a
-   new copy. Measured on 2 busy cores: 200 MiB compared in 55-190 ms, a new
-   segment of it 170-750 ms (2 MiB: 0.3 ms against 5.4 ms). Nothing cheaper
-   is correct: a sampled hash misses a change between samples. Non-contiguous
-   writable arrays are never reused (they would need a copy to compare).
+   (``preadv`` into a small buffer, numpy compare): O(n), about half the
+   time of a new copy and no second copy in /dev/shm while both tasks are
+   queued. Measured on 2 busy cores, medians: 200 MiB compared in 47-58 ms
+   against 88-98 ms for a new segment (a first, cold one: up to 750 ms);
+   2 MiB in 0.2-0.3 ms against 0.5-0.6 ms. Reading the segment is most of it
+   (``preadv`` alone: 39 ms of the 47); a mapping kept open would be faster
+   but would count the segment in the parent's RSS, and a fresh mapping pays
+   a page fault per page. Nothing cheaper is correct: a sampled hash misses a
+   change between samples. Non-contiguous writable arrays are never reused
+   (they would need a copy to compare).
 
 ``gilfree.share`` arrays need neither: their segment *is* the array (below).
 
@@ -88,8 +93,8 @@ from typing import Any
 SHM_DIR = "/dev/shm"
 DEFAULT_THRESHOLD = 1 << 20
 #: Bytes of a segment read per step while comparing it with an array: the
-#: buffer stays in cache; 1 and 4 MiB measured alike (200 MiB in 60-80 ms on 2
-#: busy cores, against 150-750 ms to make the segment anew).
+#: buffer stays in cache; 1 and 4 MiB measured alike (200 MiB in 47-80 ms on
+#: 2 busy cores).
 _COMPARE_STEP = 1 << 20
 
 _counter = itertools.count()
@@ -311,13 +316,19 @@ def _byte_bounds(arr: Any) -> tuple[int, int]:
 
 
 _SharedArray: Any = None
+_class_lock = threading.Lock()
 
 
 def _shared_array_class() -> Any:
-    """``SharedArray``, built on first use: importing gilfree must not import numpy."""
-    global _SharedArray
+    """``SharedArray``, built once on first use: importing gilfree must not import numpy."""
     if _SharedArray is not None:
         return _SharedArray
+    with _class_lock:
+        return _SharedArray if _SharedArray is not None else _build_shared_array_class()
+
+
+def _build_shared_array_class() -> Any:
+    global _SharedArray
     import numpy as np
 
     class SharedArray(np.ndarray):  # type: ignore[type-arg]
