@@ -8,6 +8,7 @@ wherever it arrives.
 from __future__ import annotations
 
 import os
+import pickle
 
 import pytest
 
@@ -92,7 +93,7 @@ def test_share_hands_every_backend_an_ndarray(backend):
         if backend in ("process", "dask"):
             assert name == "numpy.ndarray"  # a plain array over the shared mapping
         else:
-            assert name == "gilfree.SharedArray"  # the handle itself, in this process
+            assert name == "gilfree._shm.SharedArray"  # the handle itself, in this process
 
 
 def test_the_parent_uses_a_handle_as_an_array_without_copies():
@@ -102,6 +103,7 @@ def test_the_parent_uses_a_handle_as_an_array_without_copies():
         assert type(plain) is np.ndarray and np.shares_memory(plain, h)
         assert type(h + 1) is np.ndarray and type(h.sum()) is np.float64
         assert h.name.startswith(f"gilfree-{os.getpid()}-s")
+        assert pickle.loads(pickle.dumps(type(h))) is type(h)  # the class, by reference
         c = h.copy()
         assert c.name is None and float(gilfree.map(np.sum, [c], backend="process")[0]) == float(
             a.sum()

@@ -392,7 +392,8 @@ def _build_shared_array_class() -> Any:
         def __exit__(self, *exc: Any) -> None:
             self.release()
 
-    SharedArray.__module__ = "gilfree"
+    SharedArray.__module__ = __name__  # found by this module's __getattr__
+    SharedArray.__qualname__ = "SharedArray"
     _SharedArray = SharedArray
     return SharedArray
 
