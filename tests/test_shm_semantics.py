@@ -137,12 +137,13 @@ def write_through(args):
 def test_slices_of_a_shared_array_travel_as_views_of_the_segment():
     with gilfree.share(np.zeros(1 << 18)) as h:
         n = h.size // 4
-        parts = [h[k * n : (k + 1) * n] for k in range(4)] + [h[::-1][:8], h[1::2][:8]]
-        got = gilfree.map(write_through, [(p, i + 1) for i, p in enumerate(parts)],
-                          backend="process", workers=2, chunksize=1)
-        assert got[:4] == [float((k + 1) * n) for k in range(4)]
-        assert float(h[0]) == 1.0 and float(h[n]) == 2.0 and float(h[3 * n]) == 4.0
-        assert float(h[-1]) == 5.0 and float(h[-8]) == 5.0  # the reversed slice
+        quarters = [(h[k * n : (k + 1) * n], k + 1) for k in range(4)]  # disjoint: no race
+        got = gilfree.map(write_through, quarters, backend="process", workers=2, chunksize=1)
+        assert got == [float((k + 1) * n) for k in range(4)]
+        assert [float(h[k * n]) for k in range(4)] == [1.0, 2.0, 3.0, 4.0]
+        odd = [(h[::-1][:8], 5), (h[1::2][:8], 6)]  # negative and wider strides, disjoint
+        assert gilfree.map(write_through, odd, backend="process", workers=2) == [40.0, 48.0]
+        assert float(h[-1]) == 5.0 and float(h[-8]) == 5.0 and float(h[-9]) == 4.0
         assert float(h[1]) == 6.0 and float(h[15]) == 6.0 and float(h[2]) == 1.0
 
 
