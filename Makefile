@@ -16,11 +16,11 @@ demo: $(STAMP)
 	$(VENV)/bin/gilfree bench --quick
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks mkdocs_hooks.py
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks mkdocs_hooks.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py

@@ -184,3 +184,18 @@ def test_example_runs(where, code, tmp_path):
     # No worker outlives the example, and what it put in shared memory is gone.
     assert not left, f"{where} left processes behind: {left}"
     assert not _segments_of(proc.pid), f"{where} left segments: {_segments_of(proc.pid)}"
+
+
+def test_the_options_page_is_generated_from_the_options_source():
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        import mkdocs_hooks
+    finally:
+        sys.path.remove(str(ROOT))
+    from gilfree._options import options_table
+
+    page = (ROOT / "docs" / "options.md").read_text()
+    assert mkdocs_hooks.MARKER in page  # the table itself is not written in the page
+    assert options_table() in mkdocs_hooks.on_page_markdown(page)
