@@ -75,7 +75,7 @@ class Feed:
     included, so an estimate): the chunker sizes its work by it. With stdin
     there is no length, as for any generator. ``take`` reads the first items
     ahead for the probe; ``drop`` forgets those the probe ran, and positions
-    of the items iterated then start at ``offset``.
+    of the items iterated then start at ``dropped``.
     """
 
     def __init__(self, source: IO[bytes], skip: IndexSet, remaining: int | None) -> None:
@@ -86,7 +86,8 @@ class Feed:
         self._remaining = remaining
         self._items = self._parse()
         self._ahead: deque[Any] = deque()
-        self.offset = 0
+        # Items the probe ran. (Not "offset": the engine reads that as the first index.)
+        self.dropped = 0
         self._origin: dict[int, int] = {}  # position -> input line, in flight only
         # (position of the next item when the bad line was read, its record); appended by
         # whichever thread drains the generator, popped by the main loop: deque is thread-safe.
@@ -95,7 +96,7 @@ class Feed:
     def __len__(self) -> int:
         if self._remaining is None:
             raise TypeError("the input's length is not known")
-        return max(0, self._remaining - self.offset)
+        return max(0, self._remaining - self.dropped)
 
     def _blank(self) -> None:
         if self._bar is None:
@@ -130,7 +131,7 @@ class Feed:
         """The first ``n`` taken items were run already: iteration starts after them."""
         for _ in range(n):
             self._ahead.popleft()
-        self.offset = n
+        self.dropped = n
 
     def __iter__(self) -> Iterator[Any]:
         while self._ahead:
@@ -323,7 +324,7 @@ def _drive(
     def outcomes() -> Iterator[tuple[int, bool | None, Any]]:
         yield from ((pos, None, record) for pos, record in enumerate(prefilled))
         for pos, ok, value in results:
-            yield pos + feed.offset, ok, value
+            yield pos + feed.dropped, ok, value
 
     results = imap_indexed(fn, feed, ordered=ordered, **options)
     try:
