@@ -58,6 +58,12 @@ TASKS = textwrap.dedent(
             time.sleep(float(os.environ.get("RETRY_SLEEP", "0")))
         return x * 10
 
+    def hang_at(x):
+        if x == int(os.environ["HANG_AT"]):
+            open(os.environ["MARKER"], "w").close()
+            time.sleep(600)
+        return x + 1
+
     def mixed(x):
         if x % 3 == 0:
             raise KeyError(x)
@@ -336,6 +342,43 @@ def test_auto_keeps_the_probes_calls_and_runs_the_rest_in_workers(work):
     assert result.returncode == 0, result.stderr
     assert sorted(calls(log)) == list(range(n))  # each item called once: probe calls were kept
     assert records(out.read_text()) == [{"index": i, "result": i + 1} for i in range(n)]
+
+
+@pytest.mark.timeout(90)
+def test_auto_with_a_hanging_first_item_gives_a_task_timeout_record(work):
+    n = 200
+    write_lines(work / "in.jsonl", range(n))
+    out = work / "out.jsonl"
+    gilfree = Gilfree(work, env={"HANG_AT": "0", "MARKER": str(work / "hung")})
+    start = time.monotonic()
+    args = ["run", "tasks:hang_at", "in.jsonl", "-o", str(out), "--timeout", "1"]
+    result = gilfree(*args, timeout=60)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 1, result.stderr
+    got = by_index(out.read_text())
+    assert got[0]["error"]["type"] == "TaskTimeout"
+    assert all(got[i] == {"index": i, "result": i + 1} for i in range(1, n))
+    assert "probe ran past" in result.stderr
+    # The probe is stopped after its budget plus one --timeout, then the pool's timeout applies.
+    assert elapsed < 30, elapsed
+
+
+@pytest.mark.timeout(60)
+def test_a_command_killed_while_probing_leaves_no_process(work):
+    write_lines(work / "in.jsonl", range(20))
+    marker = work / "hung"
+    gilfree = Gilfree(work, env={"HANG_AT": "0", "MARKER": str(marker)})
+    proc = gilfree.start(
+        "run", "tasks:hang_at", "in.jsonl", "-o", str(work / "out.jsonl"),
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not marker.exists():  # the probe's child is inside the hanging call
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.kill()  # the command alone: its probing child must go with it
+    proc.wait(10)
+    assert not _reap_group(proc.pid)
 
 
 # ---------------------------------------------------------------- a real Dask cluster

@@ -5,8 +5,8 @@ calling process. For the command that process holds the output file, so the
 probe runs in a child Python (``python -m gilfree._cli._probe``) that loads
 ``MODULE:FUNC`` itself, plans, and sends back the plan and the records of the
 calls it made. A sample that segfaults, calls ``os._exit`` or hangs ends or
-stalls that child only: the command reads its exit status (or stops it after
-``limit_s``) and says what happened instead of dying with it::
+stalls that child only: the command reads its exit status (or stops it once
+past its time, ``probe_limit``) and says what happened instead of dying with it::
 
     gilfree run / advise --(pickle: target, samples, options)--> child stdin
            ^                                                       |
@@ -21,16 +21,23 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Seconds allowed for the child beyond the probe's budget: starting Python,
-#: importing gilfree and the user's module on a loaded two-core machine, and
-#: one slow call past the budget (the probe stops between calls, not inside one).
-START_ALLOWANCE_S = 20.0
+#: Seconds the child may take to start: Python, gilfree and the user's module,
+#: on a loaded two-core machine (about 0.3 s when idle). It says when it is ready.
+START_LIMIT_S = 20.0
+#: Seconds a call may run past the probe's budget without --timeout: the probe
+#: stops between calls, not inside one. A call slower than this is stopped and
+#: the command plans for processes, where a long call costs nothing extra.
+SLOW_CALL_S = 10.0
+_READY = b"R"
 
 
 @dataclass
@@ -49,8 +56,10 @@ class Probed:
     failure: str | None = None  # why there is no plan: a crash, a hang, an error
 
 
-def limit_for(budget: float) -> float:
-    return START_ALLOWANCE_S + 2 * budget
+def probe_limit(budget: float, timeout: float | None) -> float:
+    """Seconds the probe may take once the child is ready: its budget, and one
+    call past it (``--timeout`` when given: past it the call has failed anyway)."""
+    return 2 * budget + (SLOW_CALL_S if timeout is None else timeout)
 
 
 def probe(
@@ -61,6 +70,7 @@ def probe(
     total: int | None,
     workers: int | None,
     address: str | None,
+    timeout: float | None = None,
 ) -> Probed:
     """Plan for ``target`` on ``samples`` (``(input index, item)`` pairs) in a child."""
     request = pickle.dumps(
@@ -74,7 +84,6 @@ def probe(
             "parent": os.getpid(),
         }
     )
-    limit = limit_for(budget)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gilfree._cli._probe"],
         stdin=subprocess.PIPE,
@@ -82,21 +91,54 @@ def probe(
         env=os.environ.copy(),  # PYTHONPATH as load_target set it
     )
     try:
-        out, _ = proc.communicate(request, timeout=limit)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        return Probed(failure=f"the probe ran past {limit:.0f} s (a call that hangs?); stopped it")
+        out, late = _exchange(proc, request, probe_limit(budget, timeout))
     except BaseException:  # Ctrl-C: the child goes with us
         proc.kill()
         proc.wait()
         raise
+    if late is not None:
+        proc.kill()
+    proc.wait()
+    proc.stdout.close()  # type: ignore[union-attr]
+    if late is not None:
+        return Probed(failure=late)
     if proc.returncode != 0 or not out:
         return Probed(failure=f"the process probing it {_how_it_ended(proc.returncode)}")
     try:
         return Probed(**pickle.loads(out))
     except Exception as exc:  # a truncated answer: the child died while writing it
         return Probed(failure=f"the probe's answer could not be read ({type(exc).__name__})")
+
+
+def _exchange(
+    proc: subprocess.Popen[bytes], request: bytes, limit: float
+) -> tuple[bytes, str | None]:
+    """Send the request, read the answer: ``(answer, None)``, or ``(b"", why)``
+    when the child did not start in time or the probe ran past ``limit``."""
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(request)
+        proc.stdin.close()
+    except BrokenPipeError:  # it died on the way up: its exit status says how
+        return b"", None
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + START_LIMIT_S
+    ready = False
+    answer = bytearray()
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if not ready:
+                return b"", f"the process probing it did not start in {START_LIMIT_S:.0f} s"
+            return b"", f"the probe ran past {limit:.0f} s (a call that hangs?); stopped it"
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return bytes(answer), None
+        if not ready:
+            ready = True
+            deadline = time.monotonic() + limit
+            chunk = chunk[len(_READY) :]
+        answer += chunk
 
 
 def _how_it_ended(status: int) -> str:
@@ -119,11 +161,19 @@ def _child() -> int:
     os.dup2(2, 1)
     request = pickle.load(sys.stdin.buffer)
     _die_with(request["parent"])
+    ready = False
     try:
-        probed = _plan(request)
+        from ._target import load_target
+
+        fn = load_target(request["target"])
+        os.write(answer_fd, _READY)  # started: the probe's own time limit begins
+        ready = True
+        probed = _plan(fn, request)
     except BaseException as exc:  # reported to the command, not raised here
         text = f"{type(exc).__name__}: {exc}".splitlines()[0]
         probed = Probed(failure=f"planning failed: {text}")
+    if not ready:
+        os.write(answer_fd, _READY)
     # A plain dict: in the child this module is __main__, so Probed would not unpickle.
     data = pickle.dumps(vars(probed))
     view = memoryview(data)
@@ -132,12 +182,9 @@ def _child() -> int:
     return 0
 
 
-def _plan(request: dict[str, Any]) -> Probed:
+def _plan(fn: Callable[[Any], Any], request: dict[str, Any]) -> Probed:
     from ..planner import advise
     from ._jsonl import error_record, result_record
-    from ._target import load_target
-
-    fn = load_target(request["target"])
     samples = request["samples"]
     plan = advise(
         fn,

@@ -292,6 +292,7 @@ def _plan(
         total=remaining,
         workers=placement.workers,
         address=placement.address,
+        timeout=options.get("timeout"),
     )
     if probed.failure is not None or probed.backend is None:
         note = f"gilfree: could not plan {target}: {probed.failure}; running it on worker processes"
