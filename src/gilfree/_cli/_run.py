@@ -283,8 +283,8 @@ def _plan(
     from ._probe import probe
 
     samples = feed.take(AUTO_SAMPLES)
-    if not samples:
-        return [], Placement("process", placement.workers, None)
+    if not samples:  # nothing to run (or only bad lines): one worker is plenty
+        return [], Placement("process", 1, None)
     probed = probe(
         target,
         samples,
