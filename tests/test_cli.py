@@ -28,7 +28,6 @@ import pytest
 TASKS = textwrap.dedent(
     """
     import os
-    import threading
     import time
 
     def square(x):
@@ -46,14 +45,14 @@ TASKS = textwrap.dedent(
     def as_set(x):
         return {x}
 
-    _five_done = threading.Event()
-
     def gated(x):
-        # Item 0 waits until item 5 has run: unordered output cannot start with 0.
+        # Item 0 waits until item 5 runs (in another worker process): the two meet
+        # at a FIFO, whose opening for reading blocks until a writer opens it.
+        # Unordered output cannot start with 0.
         if x == 0:
-            _five_done.wait(10)
+            os.close(os.open(os.environ["GATE"], os.O_RDONLY))
         if x == 5:
-            _five_done.set()
+            os.close(os.open(os.environ["GATE"], os.O_WRONLY))
         return x
 
     def logged(x):
@@ -168,7 +167,9 @@ def test_run_writes_one_ordered_record_per_line(gilfree, work, backend):
     result = gilfree("run", "tasks:square", str(src), "--backend", backend)
     assert result.returncode == 0, result.stderr
     assert records(result.stdout) == [{"index": i, "result": i * i} for i in range(50)]
-    assert result.stderr == ""  # no progress bar when stderr is a pipe
+    # No progress bar when stderr is a pipe; one line says the calls run in worker processes.
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "worker process" in lines[0] and backend in lines[0], lines
 
 
 @pytest.mark.timeout(60)
@@ -200,9 +201,11 @@ def test_process_backend_with_a_py_path_and_a_dotted_module(gilfree, work, tmp_p
 
 
 @pytest.mark.timeout(60)
-def test_unordered_writes_records_as_they_complete(gilfree, work):
+def test_unordered_writes_records_as_they_complete(work):
     src = write_lines(work / "in.jsonl", range(8))
-    args = ["tasks:gated", str(src), "--backend", "thread", "--workers", "2", "--chunksize", "1"]
+    os.mkfifo(work / "gate")
+    gilfree = Gilfree(work, env={"GATE": str(work / "gate")})
+    args = ["tasks:gated", str(src), "--backend", "process", "--workers", "2", "--chunksize", "1"]
     unordered = gilfree("run", *args, "--unordered")
     assert unordered.returncode == 0, unordered.stderr
     got = records(unordered.stdout)
@@ -269,15 +272,16 @@ _PEAK_RSS = (
 @pytest.mark.timeout(90)
 def test_run_streams_in_bounded_memory(work):
     # Peak RSS of the command for 15x more input: a per-item leak of even 100
-    # bytes would add 13 MB. (Serial: the command's own streaming is under test,
-    # not the pools' windows, which grow with their adaptive chunks up to a cap.)
+    # bytes would add 13 MB. (Serial, one worker process: the command's own streaming
+    # is under test, not a wide pool's window, which grows with its adaptive chunks.)
     backend = "serial"
     peaks = {}
     for n in (10_000, 150_000):
         src = work / f"in{n}.jsonl"
         src.write_text("".join(f"{i}\n" for i in range(n)))
         cmd = [sys.executable, "-m", "gilfree", "run", "tasks:square", str(src)]
-        cmd += ["-o", str(work / "out.jsonl"), "--backend", backend]
+        cmd += ["-o", str(work / "out.jsonl"), "--backend", backend, "--overwrite"]
+        cmd += ["--chunksize", "256"]  # a fixed window of items in flight
         proc = subprocess.Popen(
             [sys.executable, "-c", _PEAK_RSS, *cmd],
             cwd=work,
@@ -358,7 +362,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("backend", ["serial", "thread", "process"])
+@pytest.mark.parametrize("backend", ["serial", "thread", "process", "auto"])
 def test_killed_with_sigkill_then_resumed_every_index_exactly_once(gilfree, work, backend):
     n = 150  # 20 ms each on 2 workers: some 1.5 s, so every kill lands mid-run
     src = write_lines(work / "in.jsonl", range(n))
@@ -529,7 +533,7 @@ def test_progress_bar_on_a_terminal(gilfree, work):
 def test_no_progress_bar_when_stderr_is_a_pipe(gilfree, work):
     src = write_lines(work / "in.jsonl", range(30))
     out = work / "out.jsonl"
-    result = gilfree("run", "tasks:slow", str(src), "-o", str(out), "--backend", "thread")
+    result = gilfree("run", "tasks:slow", str(src), "-o", str(out), "--backend", "process")
     assert result.returncode == 0
     assert result.stderr == ""
     assert len(records(out.read_text())) == 30

@@ -12,11 +12,13 @@ import pytest
 from gilfree._cli import UsageError
 from gilfree._cli._jsonl import (
     IndexSet,
+    compact,
+    cut_torn_tail,
     error_record,
     iter_lines,
     parse_item,
-    repair_and_scan,
     result_record,
+    scan,
 )
 from gilfree._cli._target import load_target
 from gilfree.errors import RemoteTraceback
@@ -53,19 +55,25 @@ def test_index_set_grows_and_counts_each_index_once():
         ),
     ],
 )
-def test_repair_cuts_the_torn_last_line_and_collects_indices(tmp_path, content, kept, done, failed):
+def test_scan_finds_the_torn_last_line_and_cut_removes_it(tmp_path, content, kept, done, failed):
     out = tmp_path / "out.jsonl"
     out.write_bytes(content)
-    state = repair_and_scan(str(out))
-    assert out.read_bytes() == kept
-    assert state.repaired == len(content) - len(kept)
+    state = scan(str(out))
+    assert out.read_bytes() == content  # scanning changes nothing
+    assert state.torn == len(content) - len(kept)
     assert {i for i in range(10) if i in state.done} == done
     assert state.failed == failed
+    fd = os.open(out, os.O_WRONLY | os.O_APPEND)
+    try:
+        cut_torn_tail(fd, state)
+    finally:
+        os.close(fd)
+    assert out.read_bytes() == kept
 
 
-def test_repair_of_a_missing_file_is_an_empty_start(tmp_path):
-    state = repair_and_scan(str(tmp_path / "absent.jsonl"))
-    assert len(state.done) == 0 and state.repaired == 0
+def test_scan_of_a_missing_file_is_an_empty_start(tmp_path):
+    state = scan(str(tmp_path / "absent.jsonl"))
+    assert len(state.done) == 0 and state.torn == 0
 
 
 @pytest.mark.parametrize(
@@ -73,9 +81,46 @@ def test_repair_of_a_missing_file_is_an_empty_start(tmp_path):
 )
 def test_resume_refuses_lines_that_are_not_records(tmp_path, line):
     out = tmp_path / "out.jsonl"
-    out.write_bytes(b'{"index": 0, "result": 1}\n' + line)
+    content = b'{"index": 0, "result": 1}\n' + line + b'{"index": 2, "res'
+    out.write_bytes(content)
     with pytest.raises(UsageError, match="line 2"):
-        repair_and_scan(str(out))
+        scan(str(out))
+    assert out.read_bytes() == content  # not even the torn line is cut
+
+
+def _err(i: int, kind: str = "E") -> str:
+    return json.dumps({"index": i, "error": {"type": kind, "message": "m", "traceback": ""}})
+
+
+def _res(i: int) -> str:
+    return json.dumps({"index": i, "result": i})
+
+
+def test_scan_counts_an_index_once_and_prefers_a_result_over_errors(tmp_path):
+    out = tmp_path / "out.jsonl"
+    # 1 failed, was retried and failed again (F), 2 failed then succeeded, 3 only failed.
+    lines = [_res(0), _err(1), _err(2), _err(3, "G"), _err(1, "F"), _res(2)]
+    out.write_text("\n".join(lines) + "\n")
+    state = scan(str(out))
+    assert len(state.done) == 4 and state.duplicates == 2
+    assert {i for i in range(5) if i in state.good} == {0, 2}
+    assert state.failed == 2
+    assert state.error_types == {"F": 1, "G": 1}
+
+
+def test_compact_keeps_one_record_per_index_in_place_of_the_first(tmp_path):
+    out = tmp_path / "out.jsonl"
+    lines = [_res(0), _err(1), _err(2), _res(3), _err(1, "F"), _res(2), _err(2, "late")]
+    out.write_text("\n".join(lines) + "\n" + '{"index": 9, "re')
+    out.chmod(0o640)
+    final = compact(str(out))
+    assert out.read_text().splitlines() == [_res(0), _err(1, "F"), _res(2), _res(3)]
+    assert len(final.done) == 4 and final.duplicates == 0 and final.error_types == {"F": 1}
+    assert out.stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]  # no temporary file left
+    before = out.read_bytes()
+    compact(str(out))  # nothing to do: the file is not rewritten
+    assert out.read_bytes() == before
 
 
 def test_iter_lines_numbers_lines_and_skips_blank_ones(tmp_path):

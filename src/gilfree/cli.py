@@ -9,6 +9,7 @@ The commands themselves live in ``gilfree._cli`` and ``gilfree.bench``.
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import traceback
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Call FUNC on each line of INPUT (JSON Lines; default stdin) and write one record "
             'per line: {"index": i, "result": ...} or {"index": i, "error": {"type", "message", '
             '"traceback"}}. The index is the 0-based line number; blank lines are skipped. '
+            "The function always runs in worker processes (or on Dask), never in this one: "
+            "--backend serial and thread run on process workers. "
             "Exit status: 0 all succeeded, 1 some failed, 2 bad usage or input, 130 interrupted."
         ),
     )
@@ -100,9 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the indices already in OUT (after cutting off a torn last line)",
     )
     run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: run the error records in OUT again and replace them",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty OUT (without it, an existing OUT is refused)",
+    )
+    run.add_argument(
         "--unordered", action="store_true", help="write records as tasks finish, not in input order"
     )
-    run.add_argument("--address", metavar="URL", help="Dask scheduler for --backend dask")
+    run.add_argument("--address", metavar="URL", help="Dask scheduler for --backend dask or auto")
 
     adv = commands.add_parser(
         "advise",
@@ -164,9 +177,10 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gilfree`` script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
-        return _dispatch(args)
+        return _dispatch(args, argv)
     except UsageError as exc:
         print(f"gilfree: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -181,7 +195,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def retry_command(argv: Sequence[str]) -> str:
+    """The command line that retries the failed records of the run ``argv`` describes."""
+    args = [a for a in argv if a != "--overwrite"]
+    for flag in ("--resume", "--retry-failed"):
+        if flag not in args:
+            args.append(flag)
+    return shlex.join(["gilfree", *args])
+
+
+def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.command == "run":
         from ._cli._run import Terminated, run
         from ._cli._target import load_target
@@ -203,8 +226,11 @@ def _dispatch(args: argparse.Namespace) -> int:
                 input_path=args.input,
                 output_path=args.output,
                 resume=args.resume,
+                retry_failed=args.retry_failed,
+                overwrite=args.overwrite,
                 ordered=not args.unordered,
                 options=options,
+                retry_command=retry_command(argv),
             )
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -212,9 +238,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from ._cli._advise import advise
         from ._cli._target import load_target
 
-        fn = load_target(args.target)
+        load_target(args.target)  # a one-line error now, before any sample is read
         return advise(
-            fn,
+            args.target,
             input_path=args.input,
             samples=args.samples,
             budget=args.budget,

@@ -1,7 +1,9 @@
 """``gilfree advise MODULE:FUNC [INPUT] [--json]``: the plan for a function, explained.
 
 The samples are the first few items of INPUT (default: stdin). The probe
-calls the function on them for real, within ``--budget`` seconds.
+calls the function on them for real, within ``--budget`` seconds, in a child
+process (``_probe``): a sample that crashes or hangs is reported in the
+output, and the command lives on.
 """
 
 from __future__ import annotations
@@ -10,15 +12,16 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from . import UsageError
 from ._jsonl import count_lines, iter_lines, parse_item
+from ._placement import ADDRESS_ENV, WHY, Placement, check_dask, from_plan
+from ._probe import probe
 
 
 def advise(
-    fn: Callable[[Any], Any],
+    target: str,
     *,
     input_path: str | None,
     samples: int,
@@ -32,14 +35,58 @@ def advise(
         where = input_path or "stdin"
         raise UsageError(f"no items to probe with: {where} has no JSON lines")
 
-    from ..planner import advise as plan_for
-
-    plan = plan_for(fn, items, budget=budget, total=total, address=address, workers=workers)
-    if as_json:
-        print(json.dumps(plan.to_dict(), indent=2, default=str))
+    address = address or os.environ.get(ADDRESS_ENV) or None
+    if address is not None:
+        check_dask(address)
+    probed = probe(
+        target,
+        list(enumerate(items)),
+        budget=budget,
+        total=total,
+        workers=workers,
+        address=address,
+    )
+    if probed.failure is not None or probed.plan is None:
+        plan, text = _crashed(target, len(items), probed.failure or "no plan came back", workers)
     else:
-        print(plan.explain())
+        plan, text = probed.plan, probed.explanation
+        placed = from_plan(plan["backend"], plan["workers"], Placement("auto", workers, address))
+        if placed.backend != plan["backend"]:
+            plan["gilfree_run"] = {"backend": placed.backend, "workers": placed.workers}
+            text += (
+                f"\n\ngilfree run runs it on {placed.workers} worker "
+                f"process{'es' if placed.workers != 1 else ''} instead: {WHY}."
+            )
+    print(json.dumps(plan, indent=2, default=str) if as_json else text)
     return 0
+
+
+def _crashed(
+    target: str, n: int, failure: str, workers: int | None
+) -> tuple[dict[str, Any], str]:
+    """The plan when probing did not come back: processes, which survive what happened."""
+    from .._options import usable_cpus
+
+    workers = workers or usable_cpus()
+    reasons = [
+        f"Probing {target} on the first {n} items failed: {failure}.",
+        "On process workers a call that crashes or hangs fails alone (WorkerDied, or "
+        "TaskTimeout with a timeout) and the other items still run.",
+    ]
+    plan = {
+        "function": target,
+        "backend": "process",
+        "workers": workers,
+        "chunksize": None,
+        "reasons": reasons,
+        "probe_error": failure,
+        "probe_calls": 0,
+    }
+    text = "\n".join(
+        [f"Plan for {target}: processes ({workers} workers).", "", "Why:"]
+        + [f"  - {r}" for r in reasons]
+    )
+    return plan, text
 
 
 def _read_samples(input_path: str | None, n: int) -> tuple[list[Any], int | None]:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
@@ -171,46 +173,155 @@ class IndexSet:
 
 
 class ResumeState:
-    """What an earlier run left in OUT."""
+    """What an earlier run left in OUT, read without changing it.
+
+    ``done`` holds every index with a record, ``good`` those with a result
+    record. An index may have several records after a ``--retry-failed`` run
+    was killed (its old error record, then the new outcome): a result record
+    counts over an error record, and a later error record over an earlier one.
+    """
 
     def __init__(self) -> None:
         self.done = IndexSet()
-        self.failed = 0  # error records among them
-        self.repaired = 0  # bytes of a torn last line cut off
+        self.good = IndexSet()
+        self.error_types: Counter[str] = Counter()  # of the indices whose record is an error
+        self.duplicates = 0  # records for an index that already had one
+        self.end = 0  # bytes of whole lines; past it, a torn last line
+        self.size = 0
+
+    @property
+    def failed(self) -> int:
+        return len(self.done) - len(self.good)
+
+    @property
+    def torn(self) -> int:
+        """Bytes of a torn last line (a run killed mid-write), 0 if none."""
+        return self.size - self.end
 
 
-def repair_and_scan(path: str) -> ResumeState:
-    """Cut a torn last line off ``path`` and collect the indices it holds.
+def scan(path: str) -> ResumeState:
+    """Collect the indices ``path`` holds, changing nothing (a missing file is empty).
 
-    A missing file is an empty one. A line that is whole (ends in a newline)
-    but is not a gilfree record means the file is not ours or was edited:
-    resuming into it could duplicate or lose work, so we refuse.
+    A line that is whole (ends in a newline) but is not a gilfree record means
+    the file is not ours or was edited: resuming into it could duplicate or
+    lose work, so we refuse before anything is written.
     """
     state = ResumeState()
     try:
-        f = open(path, "r+b")  # noqa: SIM115 - closed below, after truncating
+        f = open(path, "rb")  # noqa: SIM115 - closed below
     except FileNotFoundError:
         return state
     except OSError as exc:
-        raise UsageError(f"cannot open output {path!r} to resume: {exc.strerror}")
+        raise UsageError(f"cannot read output {path!r} to resume: {exc.strerror}")
+    last_error: dict[int, str] = {}  # index -> type, for indices with no result (yet)
     with f:
-        end = _end_of_last_line(f)
-        size = f.seek(0, os.SEEK_END)
-        if end < size:
-            f.truncate(end)
-            state.repaired = size - end
+        state.end = _end_of_last_line(f)
+        state.size = f.seek(0, os.SEEK_END)
         f.seek(0)
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in enumerate(_whole_lines(f, state.end), 1):
             if not raw.strip():
                 continue
-            index, failed = _parse_record(raw)
+            index, error_type = _parse_record(raw)
             if index is None:
                 raise UsageError(
                     f"line {lineno} of {path!r} is not a gilfree record; refusing to resume into it"
                 )
-            if state.done.add(index) and failed:
-                state.failed += 1
+            if not state.done.add(index):
+                state.duplicates += 1
+            if error_type is None:
+                state.good.add(index)
+                last_error.pop(index, None)
+            elif index not in state.good:
+                last_error[index] = error_type
+    state.error_types.update(last_error.values())
     return state
+
+
+def cut_torn_tail(fd: int, state: ResumeState) -> None:
+    """Cut the torn last line that ``scan`` found off the (locked) output."""
+    if state.torn > 0:
+        os.ftruncate(fd, state.end)
+
+
+def compact(path: str) -> ResumeState:
+    """Rewrite ``path`` with one record per index, replacing it atomically.
+
+    Needed after ``--retry-failed``, which appends the new outcome of an index
+    after its old error record. The record kept for an index is its result if
+    it has one, else its last error, written where the index's first record
+    was (so an ordered run stays in order). The new file is written next to
+    the old one, flushed to disk and renamed over it: a crash at any moment
+    leaves either the old file or the new one, never fewer good records.
+    Returns what the new file holds.
+    """
+    state = scan(path)
+    if not state.duplicates:
+        return state
+    # Where the kept record of each index with several records is, and whether
+    # it is a result: the first result stands, else the last error.
+    keep: dict[int, tuple[int, int, bool]] = {}
+    many = IndexSet()
+    seen = IndexSet()
+    with open(path, "rb") as f:
+        for _offset, _raw, index, _error in _records(f, state.end):
+            if not seen.add(index):
+                many.add(index)
+        f.seek(0)
+        for offset, raw, index, error in _records(f, state.end):
+            if index in many and not (index in keep and keep[index][2]):
+                keep[index] = (offset, len(raw), error is None)
+        tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.gilfree-tmp")
+        written = IndexSet()
+        with open(tmp, "wb") as out:
+            f.seek(0)
+            for _offset, raw, index, _error in _records(f, state.end):
+                if index not in many:
+                    out.write(raw)
+                elif written.add(index):
+                    offset, length, _ = keep[index]
+                    out.write(os.pread(f.fileno(), length, offset))
+            out.flush()
+            os.fchmod(out.fileno(), stat.S_IMODE(os.fstat(f.fileno()).st_mode))
+            os.fsync(out.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")
+    return scan(path)
+
+
+def _records(f: IO[bytes], end: int) -> Iterator[tuple[int, bytes, int, str | None]]:
+    """``(offset, line, index, error type or None)`` for each record up to ``end``."""
+    offset = 0
+    for raw in _whole_lines(f, end):
+        if raw.strip():
+            index, error = _parse_record(raw)
+            if index is not None:
+                yield offset, raw, index, error
+        offset += len(raw)
+
+
+def _whole_lines(f: IO[bytes], end: int) -> Iterator[bytes]:
+    left = end
+    for raw in f:
+        if left <= 0:
+            return
+        if len(raw) > left:  # the file grew since ``end`` was measured
+            return
+        left -= len(raw)
+        yield raw
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename in ``directory`` durable (where the file system allows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - a directory we cannot open
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
 
 
 def _end_of_last_line(f: IO[bytes]) -> int:
@@ -228,18 +339,22 @@ def _end_of_last_line(f: IO[bytes]) -> int:
     return 0
 
 
-def _parse_record(raw: bytes) -> tuple[int | None, bool]:
+def _parse_record(raw: bytes) -> tuple[int | None, str | None]:
+    """``(index, None)`` for a result record, ``(index, type)`` for an error
+    record, ``(None, None)`` for anything else."""
     try:
         record = json.loads(raw)
     except ValueError:
-        return None, False
+        return None, None
     if not isinstance(record, dict):
-        return None, False
+        return None, None
     index = record.get("index")
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        return None, False
+        return None, None
     if "error" in record:
-        return index, True
+        error = record["error"]
+        kind = error.get("type") if isinstance(error, dict) else None
+        return index, kind if isinstance(kind, str) and kind else "Error"
     if "result" in record:
-        return index, False
-    return None, False
+        return index, None
+    return None, None
