@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
-from ._engine import Event, Run, length_hint
+from ._engine import Event, Run, Skipping, length_hint
 from ._options import Options, check_applicable, make_options, option_docs, usable_cpus
 from ._progress import Bar
 from .backends import Backend, FutureJob, Job, StreamJob, create
@@ -242,7 +242,7 @@ def _resolve_auto(
         rest = itertools.chain(samples, it)
     plan, backend = _auto.plan(fn, samples, opts, total=total, address=dask_address(opts))
     prefilled, resubmit, ran = _probe_events(plan, indices, samples, opts.retries)
-    return _apply_plan(opts, plan), _Skipping(rest, ran), prefilled, resubmit, plan, backend
+    return _apply_plan(opts, plan), Skipping(rest, ran), prefilled, resubmit, plan, backend
 
 
 def _seed_timing(job: Job, plan: Any) -> None:
@@ -280,19 +280,6 @@ def _probe_events(
         else:
             prefilled.append((False, index, value))
     return prefilled, resubmit, frozenset(indices[k] for k in plan.outcomes)
-
-
-class _Skipping:
-    """The whole input, from index 0, with indices already run (``skip``)."""
-
-    offset = 0
-
-    def __init__(self, items: Iterable[Any], skip: frozenset[int]) -> None:
-        self.items = items
-        self.skip = skip
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.items)
 
 
 # -- Executor ----------------------------------------------------------------
@@ -559,7 +546,7 @@ class Executor(concurrent.futures.Executor):
                 prefilled, resubmit, ran = _probe_events(
                     plan, range(len(samples)), samples, opts.retries
                 )
-                rest = _Skipping(itertools.chain(samples, it), ran)
+                rest = Skipping(itertools.chain(samples, it), ran)
         if chunksize is not None:
             opts = opts.with_(chunksize=chunksize)
         backend = self._backend(opts)

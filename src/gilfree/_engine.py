@@ -39,6 +39,19 @@ def length_hint(iterable: Iterable[Any]) -> int | None:
     return n if isinstance(n, int) and n >= 0 else None
 
 
+class Skipping:
+    """An input whose items at indices ``skip`` already ran (the planner's probe)."""
+
+    __slots__ = ("items", "skip")
+
+    def __init__(self, items: Iterable[Any], skip: frozenset[int]) -> None:
+        self.items = items
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items)
+
+
 class Run:
     """One map/imap over one backend."""
 
@@ -56,10 +69,9 @@ class Run:
         self.backend = backend
         self.job = job
         self.ordered = ordered
-        # Items before `offset` were already handled (prefilled or resubmitted).
-        self._next_index = getattr(iterable, "offset", 0)  # next input index to submit
-        # Indices already run elsewhere (the planner's spread probe): not submitted.
-        self._skip: set[int] = set(getattr(iterable, "skip", ()))
+        self._next_index = 0  # next input index to submit
+        # Indices already run elsewhere (the planner's probe): not submitted.
+        self._skip: set[int] = set(iterable.skip) if isinstance(iterable, Skipping) else set()
         self._it = iter(iterable)
         self._chunker = Chunker(backend, job, total)
         self._head = 0  # next index to hand on (ordered mode)
