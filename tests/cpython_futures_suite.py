@@ -149,15 +149,19 @@ def _workers():
 
     threads = {t for t in threading.enumerate() if t.is_alive()}
     procs = set()
-    for p in psutil.Process().children(recursive=True):
+    me = os.getpid()
+    for p in psutil.Process(me).children(recursive=True):
         try:
             if p.status() == psutil.STATUS_ZOMBIE:
                 continue
             cmd = " ".join(p.cmdline())
+            # Only the long-lived helper itself: the workers gilfree's zygote
+            # forks carry its command line too, and they are an executor's.
+            if p.ppid() == me and any(name in cmd for name in _LONG_LIVED):
+                continue
         except psutil.Error:
             continue
-        if not any(name in cmd for name in _LONG_LIVED):
-            procs.add((p.pid, cmd))
+        procs.add((p.pid, cmd))
     return threads, procs
 
 
