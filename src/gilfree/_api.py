@@ -8,6 +8,7 @@ import os
 import textwrap
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
@@ -139,12 +140,17 @@ def _imap(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options) -> I
 def _values(events: Iterator[Event], errors: str) -> Iterator[Any]:
     """Results one by one; a failure raised or yielded as ``errors`` says."""
     for ok, _start, payload in events:
-        if ok:
-            yield from payload
-        elif errors == "raise":
-            raise payload
-        else:
+        if not ok:
+            if errors == "raise":
+                raise payload
             yield payload
+            continue
+        # Hand each value over without keeping it here (nor in the event):
+        # once the caller drops a result, it is gone (concurrent.futures too).
+        payload.reverse()
+        while payload:
+            yield payload.pop()
+    del payload
 
 
 def _imap_indexed(
@@ -342,6 +348,12 @@ class Executor(concurrent.futures.Executor):
     ) -> None:
         options = _given(locals(), "self", "backend", "workers", "max_workers")
         if max_workers is not None:
+            if isinstance(max_workers, int) and not isinstance(max_workers, bool) and (
+                max_workers <= 0
+            ):
+                raise ConfigurationError(
+                    f"max_workers={max_workers!r}: max_workers must be greater than 0"
+                )
             if workers is not None and workers != max_workers:
                 raise ConfigurationError(
                     f"workers={workers!r} and max_workers={max_workers!r} disagree; "
@@ -357,8 +369,19 @@ class Executor(concurrent.futures.Executor):
         # key -> calls that arrived while that function's plan was being made
         self._planning: dict[Any, list[tuple[Any, Any, concurrent.futures.Future]]] = {}
         self._planners: set[threading.Thread] = set()
-        self._pending: set[FutureJob] = set()
+        # Futures not finished yet, for shutdown(cancel_futures=True); weak, so
+        # a finished task's future (and so its function, arguments and result)
+        # is never kept here.
+        self._pending: weakref.WeakSet[concurrent.futures.Future] = weakref.WeakSet()
         self._shutdown = False
+        if _exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        # Dropped without shutdown(), or still open at exit: the workers stop
+        # once their queued work is done, as concurrent.futures' do. Neither
+        # hook holds the Executor itself.
+        self._finalizer = weakref.finalize(self, _release, self._backends, self._lock)
+        _live.add(self)
+        _register_exit_hook()
         # Start workers now: while the caller may still have one thread, a
         # process pool can fork them (see gilfree/pool/_procs.py). With "auto"
         # that is the pool plans are probed on.
@@ -371,6 +394,8 @@ class Executor(concurrent.futures.Executor):
     def _backend(self, opts: Options) -> Backend:
         key = (opts.backend, opts.workers)
         with self._lock:
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             backend = self._backends.get(key)
@@ -422,6 +447,8 @@ class Executor(concurrent.futures.Executor):
             return future
         key = _plan_key(fn)
         with self._lock:
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             known = self._plans.get(key)
@@ -494,13 +521,8 @@ class Executor(concurrent.futures.Executor):
             raise
         job = FutureJob(call, opts, future)
         with self._lock:
-            self._pending.add(job)
-        future.add_done_callback(lambda _f, job=job: self._forget(job))
+            self._pending.add(future)
         backend.submit(job, 0, [item])
-
-    def _forget(self, job: FutureJob) -> None:
-        with self._lock:
-            self._pending.discard(job)
 
     def map(
         self,
@@ -586,14 +608,12 @@ class Executor(concurrent.futures.Executor):
     def _close(self, *, wait: bool, cancel_futures: bool, kill: bool) -> None:
         with self._lock:
             self._shutdown = True
-            pending = list(self._pending)
+            pending = [f for f in self._pending if not f.done()]
             planners = list(self._planners)
             waiting = [fut for calls in self._planning.values() for _c, _i, fut in calls]
         if cancel_futures:
-            for fut in waiting:
+            for fut in waiting + pending:
                 fut.cancel()
-            for job in pending:
-                job.future.cancel()
         if not kill:
             # A plan being made still runs the calls that waited for it.
             for planner in planners:
@@ -602,10 +622,65 @@ class Executor(concurrent.futures.Executor):
             backends = list(self._backends.values())
         for backend in backends:
             backend.shutdown(wait=wait, kill=kill)
+            if not wait and not kill:
+                _draining.add(backend)
+        self._finalizer.detach()
 
     def statistics(self) -> list[dict[str, Any]]:
         with self._lock:
             return [b.statistics() for b in self._backends.values()]
+
+
+def _release(backends: dict[Any, Backend], lock: threading.Lock) -> None:
+    """An Executor no one holds: its workers finish queued work, then stop."""
+    with lock:
+        found = list(backends.values())
+    for backend in found:
+        try:
+            backend.shutdown(wait=False)
+            _draining.add(backend)
+        except Exception:  # a finalizer must not raise
+            pass
+
+
+#: Executors still open, and backends shut down without waiting, for the exit
+#: hook (weak: it keeps none alive; a backend still working is kept by its threads).
+_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+_draining: weakref.WeakSet[Backend] = weakref.WeakSet()
+_exiting = False
+_hook_registered = False
+
+
+def _register_exit_hook() -> None:
+    """Once per process, before threads are stopped at interpreter exit: no new
+    work, and work already submitted finishes (what concurrent.futures does).
+    Threads abandoned after a timeout are not waited for."""
+    global _hook_registered
+    if _hook_registered:
+        return
+    _hook_registered = True
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(_at_exit)
+    else:  # pragma: no cover - CPython has had it since 3.9
+        import atexit
+
+        atexit.register(_at_exit)
+
+
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+    for ex in list(_live):
+        try:
+            ex.shutdown(wait=True)
+        except Exception:
+            pass
+    for backend in list(_draining):
+        try:
+            backend.shutdown(wait=True)
+        except Exception:
+            pass
 
 
 def _plan_key(fn: Any) -> Any:

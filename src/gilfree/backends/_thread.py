@@ -205,7 +205,10 @@ class ThreadBackend(Backend):
     def shutdown(self, *, wait: bool = True, kill: bool = False) -> None:
         with self._lock:
             if self._closed:
-                threads = []
+                # Again (wait=True at exit after a wait=False): join what still runs.
+                threads = list(self._threads)
+                if self._watchdog is not None:
+                    threads.append(self._watchdog)
             else:
                 self._closed = True
                 self._killed = kill
