@@ -15,6 +15,7 @@ lock that some thread holds are.
 from __future__ import annotations
 
 import threading
+import warnings
 from _thread import allocate_lock
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,49 @@ _depth = 0
 _originals: tuple[Any, Any] | None = None
 
 
+class _ThreadingLock(Lock):
+    """``threading.Lock`` inside the block: a gilfree Lock that takes no arguments.
+
+    Like ``_thread.lock`` it cannot be subclassed. Its ``__module__`` is
+    ``threading`` because it stands in for ``threading.Lock``: code that checks
+    where the names of ``threading.__all__`` come from (CPython's own
+    ``test__all__``) must find it there.
+    """
+
+    __slots__ = ()
+    __module__ = "threading"
+    __qualname__ = "Lock"
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        raise TypeError("type 'threading.Lock' is not an acceptable base type")
+
+
+class _ThreadingRLock(RLock):
+    """``threading.RLock`` inside the block: a gilfree RLock, arguments deprecated as there."""
+
+    __slots__ = ()
+    __module__ = "threading"
+    __qualname__ = "RLock"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # threading.RLock warns (3.13) about arguments it ignores; a subclass
+        # with its own __init__ calls this one without any, and gets no warning.
+        if args or kwargs:
+            warnings.warn(
+                "Passing arguments to RLock is deprecated and will be removed in 3.15",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        super().__init__()
+
+
+_ThreadingLock.__name__ = "Lock"
+_ThreadingRLock.__name__ = "RLock"
+
+
 @contextmanager
 def deadlock_detection() -> Iterator[None]:
     """Make ``threading.Lock``/``RLock`` created in this block detect deadlocks."""
@@ -36,8 +80,8 @@ def deadlock_detection() -> Iterator[None]:
     with _mutex:
         if _depth == 0:
             _originals = (threading.Lock, threading.RLock)
-            threading.Lock = Lock  # type: ignore[misc]
-            threading.RLock = RLock  # type: ignore[misc]
+            threading.Lock = _ThreadingLock  # type: ignore[misc]
+            threading.RLock = _ThreadingRLock  # type: ignore[misc]
         _depth += 1
     try:
         yield
