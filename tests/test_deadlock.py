@@ -670,3 +670,101 @@ def test_public_names():
     assert gilfree.Lock is Lock and gilfree.RLock is RLock
     assert gilfree.deadlock_detection is deadlock_detection
     assert issubclass(gilfree.DeadlockError, gilfree.GilfreeError)
+
+
+# -- unbounded joins under the patch ------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("join_first", [False, True], ids=["join-closes", "request-closes"])
+def test_join_while_holding_the_lock_the_thread_needs(join_first):
+    """Main holds an RLock and joins a thread that wants it: whichever wait comes
+    second closes the cycle and is refused; the join then ends."""
+    lock = RLock("needed")
+    go, outcome = threading.Event(), []
+
+    def worker():
+        go.wait(10)
+        if join_first:
+            wait_until_in_graph("MainThread")
+        try:
+            with lock:
+                outcome.append("acquired")
+        except gilfree.DeadlockError as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=worker, name="needs-it")
+    with deadlock_detection():
+        t.start()
+        with lock:
+            go.set()
+            if join_first:
+                t.join()  # the worker's request is refused, it ends, the join returns
+                assert isinstance(outcome[0], gilfree.DeadlockError)
+                message = str(outcome[0])
+                assert "thread 'needs-it'" in message.splitlines()[0]
+                assert "joins thread 'needs-it'" in message
+            else:
+                wait_until_in_graph("needs-it")
+                with pytest.raises(gilfree.DeadlockError) as info:
+                    t.join()
+                message = str(info.value)
+                assert "would wait forever for the end of thread 'needs-it'" in message
+                assert "asks to join thread 'needs-it'" in message
+                assert "RLock 'needed', held by thread 'MainThread'" in message
+        t.join(10)
+    assert not t.is_alive()
+    assert "cycle of 2 thread(s)" in message
+    assert outcome == [outcome[0]] and (join_first or outcome == ["acquired"])
+
+
+def test_join_keeps_threading_s_errors_and_timeouts():
+    with deadlock_detection():
+        t = threading.Thread(target=lambda: None)
+        with pytest.raises(RuntimeError, match="before it is started"):
+            t.join()
+        with pytest.raises(RuntimeError, match="current thread"):
+            threading.current_thread().join()
+        t.start()
+        t.join()
+        t.join()  # a finished thread joins again at once
+        assert threading.Thread.join.__name__ == "join"
+    assert GRAPH.waiting() == {}
+
+
+@pytest.mark.timeout(60)
+def test_plain_lock_cycle_of_workers_is_refused_while_main_joins():
+    """The common script: two workers deadlock on threading.Lock while main joins them."""
+    out = run_script(
+        """
+        import threading, time, gilfree
+        from gilfree.deadlock._graph import GRAPH
+
+        with gilfree.deadlock_detection():
+            a, b = threading.Lock(), threading.Lock()
+            outcome = {}
+
+            def work(mine, theirs, name):
+                with mine:
+                    while not any("MainThread" in w[0] for w in GRAPH.waiting().values()):
+                        time.sleep(0.005)  # until main is in join()
+                    try:
+                        with theirs:
+                            outcome[name] = "acquired"
+                    except gilfree.DeadlockError as exc:
+                        outcome[name] = str(exc)
+
+            workers = [threading.Thread(target=work, args=(a, b, "w0"), name="w0"),
+                       threading.Thread(target=work, args=(b, a, "w1"), name="w1")]
+            for t in workers:
+                t.start()
+            for t in workers:
+                t.join()
+        refused = [msg for msg in outcome.values() if msg != "acquired"]
+        assert len(refused) == 1, outcome
+        print(refused[0])
+        """
+    )
+    assert "cycle of 2 thread(s)" in out
+    assert "thread 'w0'" in out and "thread 'w1'" in out
+    assert "the 2 other thread(s) of this process" in out

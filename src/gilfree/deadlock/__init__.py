@@ -24,10 +24,15 @@ The exact rule. A request is refused only when all of these hold:
    unbounded wait for a held lock, or there is none; and no such Lock has been
    shared with another process, whose threads this process cannot count.
 
+Inside ``deadlock_detection()`` an unbounded ``Thread.join()`` is a wait too,
+for the joined thread, which alone can end it (as only its owner releases an
+RLock): joining a thread that waits for a lock you hold is refused, and a
+thread joining stuck threads cannot release a plain Lock.
+
 So a thread may hold a Lock and acquire it again while another thread is
 around to release it (a Lock used as a signal), and a cycle through plain
 Locks is reported once nothing else in the process can run. A thread blocked
-outside the graph (``join()``, ``Event.wait()``, ``Condition.wait()``,
+outside the graph (``Event.wait()``, ``Condition.wait()``, a timed join,
 ``sleep``, I/O) or a native thread counts as one that may still release.
 When the request that completes a deadlock is not itself on the cycle (it
 waits on threads already stuck), it is refused all the same, with the cycle

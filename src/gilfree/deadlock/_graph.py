@@ -231,16 +231,20 @@ def _describe(
     lines = [f"{request.who} would wait forever for {_lock_label(request.lock)}: {head}"]
     for i, (_, wait) in enumerate(waits):
         holder = who[waits[i + 1][0]] if i + 1 < len(waits) else who[closer]
-        verb = "requests" if i == 0 else "waits for"
-        lines.append(
-            f"  {wait.who} at {wait.where} {verb} {_lock_label(wait.lock)}, held by {holder}"
-        )
+        if wait.lock._kind == "Thread":  # an unbounded join (see _patch)
+            what = f"{'asks to join' if i == 0 else 'joins'} {holder}"
+        else:
+            verb = "requests" if i == 0 else "waits for"
+            what = f"{verb} {_lock_label(wait.lock)}, held by {holder}"
+        lines.append(f"  {wait.who} at {wait.where} {what}")
     if note:
         lines.append(f"  a plain Lock may be released by any thread, but {note}")
     return "\n".join(lines)
 
 
 def _lock_label(lock: Any) -> str:
+    if lock._kind == "Thread":
+        return f"the end of thread {lock.name!r}"
     return f"{lock._kind} {lock.name!r}"
 
 

@@ -7,27 +7,35 @@ Locks made before the block stay plain; locks made inside stay instrumented
 after it. The patch is process-wide (all threads see it) and nests: the
 originals come back when the outermost block exits, exception or not.
 
+``Thread.join()`` without a timeout is an edge of the graph while the block is
+active (``joiner -> the thread it joins``): a thread joining a thread that waits
+forever waits forever too, so it cannot release a plain Lock, and a join that
+closes a cycle (joining a thread that waits for a lock the joiner holds) is
+refused with DeadlockError like a lock request.
+
 ``Condition.wait`` parks on a raw ``_thread`` lock of its own, so a thread
 waiting for a notification is not an edge of the graph: only waits for a
-lock that some thread holds are.
+lock that some thread holds, and unbounded joins, are.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
-from _thread import allocate_lock
+from _thread import allocate_lock, get_ident
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ._graph import GRAPH, call_site, local_thread_label
 from ._locks import Lock, RLock
 
 __all__ = ["deadlock_detection"]
 
 _mutex = allocate_lock()
 _depth = 0
-_originals: tuple[Any, Any] | None = None
+_originals: tuple[Any, Any, Any] | None = None
 
 
 class _ThreadingLock(Lock):
@@ -73,15 +81,62 @@ _ThreadingLock.__name__ = "Lock"
 _ThreadingRLock.__name__ = "RLock"
 
 
+class _ThreadEnd:
+    """What a joining thread waits for, shaped like a lock for the graph.
+
+    Its "owner" is the joined thread while it lives: only that thread can end
+    the wait (by ending), as only the owner can release an RLock.
+    """
+
+    __slots__ = ("_thread",)
+
+    _kind = "Thread"
+    _shared = None
+
+    def __init__(self, thread: threading.Thread) -> None:
+        self._thread = thread
+
+    @property
+    def _owner(self) -> Any:
+        thread = self._thread
+        return thread.ident if thread.is_alive() else None
+
+    @property
+    def name(self) -> str:
+        return self._thread.name
+
+
+_THREAD_JOIN = threading.Thread.join
+
+
+@functools.wraps(_THREAD_JOIN)
+def _join(self: threading.Thread, timeout: float | None = None) -> None:
+    # Only a join that can wait forever is an edge; everything else, the
+    # errors for unstarted threads and self-joins included, is threading's.
+    if timeout is not None or not self.is_alive() or self is threading.current_thread():
+        return _THREAD_JOIN(self, timeout)
+    me = get_ident()
+    GRAPH.wait_begins(me, _ThreadEnd(self), call_site(), local_thread_label(me))
+    try:
+        return _THREAD_JOIN(self, timeout)
+    finally:
+        GRAPH.wait_ends(me)
+
+
 @contextmanager
 def deadlock_detection() -> Iterator[None]:
-    """Make ``threading.Lock``/``RLock`` created in this block detect deadlocks."""
+    """Make ``threading.Lock``/``RLock`` created in this block detect deadlocks.
+
+    Unbounded ``Thread.join()`` calls made while the block is active are in the
+    wait-for graph too (see the module docstring).
+    """
     global _depth, _originals
     with _mutex:
         if _depth == 0:
-            _originals = (threading.Lock, threading.RLock)
+            _originals = (threading.Lock, threading.RLock, threading.Thread.join)
             threading.Lock = _ThreadingLock  # type: ignore[misc]
             threading.RLock = _ThreadingRLock  # type: ignore[misc]
+            threading.Thread.join = _join  # type: ignore[method-assign]
         _depth += 1
     try:
         yield
@@ -89,5 +144,6 @@ def deadlock_detection() -> Iterator[None]:
         with _mutex:
             _depth -= 1
             if _depth == 0 and _originals is not None:
-                threading.Lock, threading.RLock = _originals  # type: ignore[misc]
+                threading.Lock, threading.RLock, join = _originals  # type: ignore[misc]
+                threading.Thread.join = join  # type: ignore[method-assign]
                 _originals = None
