@@ -12,6 +12,9 @@ stored::
 A thread waits for at most one lock, so the graph is a dict from waiter to
 :class:`_Wait`. Every wait is stored, timed ones flagged ``bounded``, but only
 an unbounded request is ever checked or refused: a bounded wait ends by itself.
+Under ``deadlock_detection()`` an unbounded ``Thread.join()`` is stored too,
+its "lock" the joined thread's end (``_patch._ThreadEnd``, kind ``Thread``),
+owned by that thread until it ends: strict like an RLock.
 
 The rule (see the package docstring for the user's version): an unbounded
 request is refused when, once it waits, its thread could never run again.
@@ -20,8 +23,8 @@ Follow ``requester -> lock -> owner -> the lock that owner waits for -> ...``:
 - the chain ends (a lock with no owner, an owner that is running or in a timed
   wait): someone can still release, the request waits;
 - it comes back to a thread already on it: every wait on it is unbounded. If
-  all its locks are ``RLock`` (only the owner may release) nothing outside can
-  end it: refused. If one is a plain ``Lock``, any thread may release that one,
+  all its locks are ``RLock`` or joins (only the owner can end those) nothing
+  outside can end it: refused. If one is a plain ``Lock``, any thread may release that one,
   so it is refused only when no other thread can run: every live thread of the
   process (lock-server plumbing aside) is itself in an unbounded wait for a
   held lock, and no such Lock is shared with another process (whose threads
@@ -54,6 +57,7 @@ from typing import Any
 from ..errors import DeadlockError
 
 __all__ = ["GRAPH", "WaitForGraph", "call_site", "caller", "local_thread_label"]
+
 # Frames in these files are lock plumbing, not the place a user waits.
 _PLUMBING = (
     os.path.dirname(os.path.abspath(__file__)) + os.sep,
