@@ -526,7 +526,7 @@ def test_patch_instruments_locks_made_inside_and_restores():
 def test_patched_locks_take_threading_s_arguments_and_names():
     with deadlock_detection():
         for args, kwargs in [((1,), {}), ((), {"a": 1}), ((1, 2), {"a": 1})]:
-            with pytest.raises(TypeError):
+            with pytest.raises(TypeError, match=r"threading.Lock\(\) takes no arguments"):
                 threading.Lock(*args, **kwargs)
         with pytest.raises(TypeError):
 

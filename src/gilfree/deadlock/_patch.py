@@ -51,7 +51,9 @@ class _ThreadingLock(Lock):
     __module__ = "threading"
     __qualname__ = "Lock"
 
-    def __init__(self) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if args or kwargs:
+            raise TypeError("threading.Lock() takes no arguments")
         super().__init__()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
