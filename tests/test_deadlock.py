@@ -663,6 +663,58 @@ def test_stress_consistent_order_never_raises():
     assert not any(lock.locked() for lock in locks)
 
 
+@pytest.mark.timeout(90)
+def test_stress_inverted_orders_with_timed_waits_never_raise():
+    """Unbounded waits only in one global order, timed waits against it: every
+    possible cycle has a timed wait in it, so nothing may ever be refused."""
+    locks = [Lock(f"t{i}") if i % 2 else RLock(f"t{i}") for i in range(5)]
+    counters = [0] * len(locks)
+    barrier = threading.Barrier(6, timeout=10)
+    failures: list[BaseException] = []
+    done, timeouts = [0] * 6, [0] * 6
+
+    def worker(seed):
+        rng = random.Random(seed)
+        barrier.wait()
+        try:
+            for _ in range(500):
+                chosen = rng.sample(range(len(locks)), rng.randint(2, 3))
+                taken = []
+                for i in chosen:
+                    # a wait against the global order (for a lower lock) is timed
+                    timed = any(j > i for j in taken)
+                    if locks[i].acquire(timeout=0.002 if timed else -1):
+                        taken.append(i)
+                        time.sleep(0)  # let the others run while it holds: real waits
+                    else:
+                        timeouts[seed] += 1
+                        break
+                if len(taken) == len(chosen):
+                    for i in taken:
+                        counters[i] += 1
+                    done[seed] += 1
+                for i in reversed(taken):
+                    locks[i].release()
+        except BaseException as exc:  # a DeadlockError here is a false positive
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(6)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # preempt lock holders often: many real waits
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(80)
+            assert not t.is_alive()
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == []
+    assert sum(counters) > 0 and sum(done) > 0
+    assert sum(timeouts) > 0, "no wait against the order ever timed out: the race never ran"
+    assert not any(lock.locked() for lock in locks)
+
+
 def test_public_names():
     import gilfree.deadlock as dl
 
