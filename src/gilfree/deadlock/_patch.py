@@ -54,7 +54,7 @@ class _ThreadingLock(Lock):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if args or kwargs:
             raise TypeError("threading.Lock() takes no arguments")
-        super().__init__()
+        Lock.__init__(self)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         raise TypeError("type 'threading.Lock' is not an acceptable base type")
@@ -76,7 +76,7 @@ class _ThreadingRLock(RLock):
                 DeprecationWarning,
                 stacklevel=2,
             )
-        super().__init__()
+        RLock.__init__(self)
 
 
 _ThreadingLock.__name__ = "Lock"
