@@ -28,7 +28,11 @@ from ._graph import GRAPH, call_site, caller, local_thread_label
 
 __all__ = ["Lock", "RLock"]
 
+# Numbers for unnamed locks, given the first time a name is asked for (a
+# message, a repr), not at creation: creation stays cheap, and the counter is
+# advanced under a lock, so no two locks share a number without the GIL either.
 _serial = itertools.count(1)
+_serial_mutex = allocate_lock()
 
 # How a waiter blocks on the inner lock: (inner, timeout) -> acquired. The lock
 # server passes one that also notices a dead requester or a server stop.
@@ -54,13 +58,16 @@ class _GraphLock:
         # Without a name, remember where the lock was made and format it only
         # when someone asks: under deadlock_detection() every Condition, Event
         # and Future makes locks, so creation cost matters more than naming.
-        self._site = None if name is not None else (next(_serial), *caller(2))
+        self._site = None if name is not None else caller(2)
 
     @property
     def name(self) -> str:
         if self._name is None:
-            serial, filename, lineno = self._site
-            self._name = f"{self._kind}-{serial} (created at {filename}:{lineno})"
+            with _serial_mutex:
+                if self._name is None:
+                    filename, lineno = self._site
+                    serial = next(_serial)
+                    self._name = f"{self._kind}-{serial} (created at {filename}:{lineno})"
         return self._name
 
     def _taken(self, me: Any) -> None:
