@@ -21,6 +21,7 @@ lock that some thread holds, and unbounded joins, are.
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 import warnings
 from _thread import allocate_lock, get_ident
@@ -83,6 +84,40 @@ _ThreadingLock.__name__ = "Lock"
 _ThreadingRLock.__name__ = "RLock"
 
 
+class _FactoryLock(Lock):
+    """What ``threading.Lock()`` makes under the patch before Python 3.13.
+
+    There ``threading.Lock`` is a factory (``_thread.allocate_lock``) and the type
+    of its locks cannot be instantiated (bpo-43916); the same holds here.
+    """
+
+    __slots__ = ()
+    __module__ = "threading"
+    __qualname__ = "lock"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _FactoryLock:
+        raise TypeError(f"cannot create '{cls.__module__}.{cls.__name__}' instances")
+
+
+_FactoryLock.__name__ = "lock"
+
+
+def _allocate_lock(*args: Any, **kwargs: Any) -> Lock:
+    if args or kwargs:
+        raise TypeError("threading.Lock() takes no arguments")
+    lock = object.__new__(_FactoryLock)
+    Lock.__init__(lock)
+    return lock
+
+
+# Found where threading.__all__'s names are checked to come from (see _ThreadingLock).
+_allocate_lock.__module__ = "threading"
+_allocate_lock.__name__ = _allocate_lock.__qualname__ = "Lock"
+
+# threading.Lock under the patch: the type from 3.13 on, as threading's own is.
+_PATCHED_LOCK: Any = _ThreadingLock if sys.version_info >= (3, 13) else _allocate_lock
+
+
 class _ThreadEnd:
     """What a joining thread waits for, shaped like a lock for the graph.
 
@@ -136,7 +171,7 @@ def deadlock_detection() -> Iterator[None]:
     with _mutex:
         if _depth == 0:
             _originals = (threading.Lock, threading.RLock, threading.Thread.join)
-            threading.Lock = _ThreadingLock  # type: ignore[misc]
+            threading.Lock = _PATCHED_LOCK  # type: ignore[misc]
             threading.RLock = _ThreadingRLock  # type: ignore[misc]
             threading.Thread.join = _join  # type: ignore[method-assign]
         _depth += 1
