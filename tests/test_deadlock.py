@@ -1,9 +1,15 @@
-"""Deadlock detection (issue #6): gilfree.Lock/RLock, the wait-for graph, the patch.
+"""Deadlock detection (issues #6, #16): gilfree.Lock/RLock, the wait-for graph, the patch.
 
 Races are forced with barriers and events: the threads of a cycle each take
 their first lock, meet at a barrier, then ask for the next one. Whatever the
 interleaving, exactly one request closes the cycle and must be refused.
-Cross-process cases live in test_deadlock_process.py.
+
+A plain Lock may be released by any thread, so a cycle through one is a
+deadlock only when no other thread of the process can run. In-process tests
+cannot promise that (pytest and other tests may leave threads around), so
+those cases run in a fresh interpreter (``run_script``). Timed waits, the
+lock-as-signal pattern and the stdlib's forms are tested here; CPython's own
+suites in test_deadlock_cpython.py, cross-process cases in test_deadlock_process.py.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ import pickle
 import queue
 import random
 import re
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -80,7 +89,8 @@ def assert_names_cycle(message, thread_names, lock_names):
 
 @pytest.mark.timeout(30)
 def test_two_thread_cycle_is_refused_once_and_the_other_goes_on():
-    a, b = Lock("a"), Lock("b")
+    """RLocks: only the owner may release, so the cycle is stuck whatever else runs."""
+    a, b = RLock("a"), RLock("b")
     errors, acquired = run_cycle([a, b])
     assert len(errors) == 1 and len(acquired) == 1
     refused, exc = errors[0]
@@ -88,12 +98,13 @@ def test_two_thread_cycle_is_refused_once_and_the_other_goes_on():
     assert f"thread {refused!r}" in str(exc).splitlines()[0]
     assert_names_cycle(str(exc), ["cycle-0", "cycle-1"], ["a", "b"])
     assert "cycle of 2 thread(s)" in str(exc)
+    assert "plain Lock" not in str(exc)
     assert not a.locked() and not b.locked()
 
 
 @pytest.mark.timeout(30)
 def test_three_thread_cycle():
-    locks = [Lock("x"), RLock("y"), Lock("z")]
+    locks = [RLock("x"), RLock("y"), RLock("z")]
     errors, acquired = run_cycle(locks)
     assert len(errors) == 1 and len(acquired) == 2
     message = str(errors[0][1])
@@ -105,20 +116,182 @@ def test_three_thread_cycle():
 
 @pytest.mark.timeout(60)
 def test_long_cycle_of_eight_threads():
-    locks = [Lock(f"L{i}") for i in range(8)]
+    locks = [RLock(f"L{i}") for i in range(8)]
     errors, acquired = run_cycle(locks)
     assert len(errors) == 1 and len(acquired) == 7
     assert "cycle of 8 thread(s)" in str(errors[0][1])
 
 
-def test_reacquiring_a_lock_you_hold_is_a_cycle_of_one():
-    lock = Lock("solo")
-    with lock:
-        with pytest.raises(gilfree.DeadlockError, match="cycle of 1 thread") as info:
-            lock.acquire()
-        assert lock.locked()  # the refused request changed nothing
-    assert not lock.locked()
-    assert f"{HERE}:" in str(info.value)
+@pytest.mark.timeout(30)
+def test_cycle_of_plain_locks_is_not_refused_while_another_thread_could_release():
+    """The main thread runs, so it could release ``a``: no DeadlockError. It does."""
+    a, b = Lock("a"), Lock("b")
+    barrier = threading.Barrier(2, timeout=10)
+    results: dict[str, object] = {}
+
+    def worker(mine, theirs, name):
+        with mine:
+            barrier.wait()
+            try:
+                results[name] = theirs.acquire()
+            except gilfree.DeadlockError as exc:  # a false positive
+                results[name] = exc
+
+    threads = [
+        threading.Thread(target=worker, args=(a, b, "t0"), name="t0"),
+        threading.Thread(target=worker, args=(b, a, "t1"), name="t1"),
+    ]
+    for t in threads:
+        t.start()
+    wait_until_in_graph("t0")
+    wait_until_in_graph("t1")
+    # Both wait and neither was refused. An outside thread ends it, as a plain Lock allows:
+    a.release()  # t1 gets a and leaves, releasing b; t0 gets b and leaves, releasing a
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive()
+    assert results == {"t0": True, "t1": True}
+    assert not a.locked() and b.locked()  # t0 took b and never released it
+    b.release()
+
+
+def run_script(body: str, timeout: float = 60) -> str:
+    """Run ``body`` in a fresh interpreter, where the test knows every thread; its stdout."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(body)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.timeout(60)
+def test_reacquiring_a_lock_with_no_other_thread_is_a_cycle_of_one():
+    out = run_script(
+        """
+        import gilfree
+        lock = gilfree.Lock("solo")
+        with lock:
+            try:
+                lock.acquire()
+            except gilfree.DeadlockError as exc:
+                print(exc)
+            assert lock.locked()  # the refused request changed nothing
+        assert not lock.locked()
+        """
+    )
+    assert "would wait forever for Lock 'solo'" in out
+    assert "cycle of 1 thread(s)" in out
+    assert "no other thread exists to release it" in out
+    assert "<string>:6 requests Lock 'solo'" in out  # where the request was made
+
+
+@pytest.mark.timeout(60)
+def test_plain_lock_cycle_is_refused_once_every_thread_is_blocked():
+    """Main holds b and wants a; a worker holds a and wants b; no third thread exists."""
+    out = run_script(
+        """
+        import threading, gilfree
+        a, b = gilfree.Lock("a"), gilfree.Lock("b")
+        barrier = threading.Barrier(2)
+        outcome = {}
+
+        def take(mine, theirs, name):
+            with mine:
+                barrier.wait()
+                try:
+                    with theirs:
+                        outcome[name] = "acquired"
+                except gilfree.DeadlockError as exc:
+                    outcome[name] = str(exc)
+
+        t = threading.Thread(target=take, args=(a, b, "worker"), name="worker")
+        t.start()
+        take(b, a, "main")
+        t.join()
+        refused = [msg for msg in outcome.values() if msg != "acquired"]
+        assert len(refused) == 1, outcome
+        print(refused[0])
+        """
+    )
+    assert "cycle of 2 thread(s)" in out
+    assert "thread 'worker'" in out and "thread 'MainThread'" in out
+    assert "Lock 'a'" in out and "Lock 'b'" in out
+    assert "the 1 other thread(s) of this process" in out
+
+
+@pytest.mark.timeout(60)
+def test_a_thread_joining_a_deadlock_is_refused_with_the_cycle_it_waits_on():
+    """Workers deadlock on plain Locks while main still runs (not refused: main could
+    release); main's own unbounded wait then leaves no thread able to, and is refused."""
+    out = run_script(
+        """
+        import os, threading, time, gilfree
+        a, b, gate = gilfree.Lock("a"), gilfree.Lock("b"), gilfree.RLock("gate")
+        gate_held, barrier = threading.Event(), threading.Barrier(2)
+
+        def take(mine, theirs, hold_gate):
+            with mine:
+                if hold_gate:
+                    gate.acquire()
+                    gate_held.set()
+                barrier.wait()
+                theirs.acquire()
+
+        for i, pair in enumerate([(a, b), (b, a)]):
+            threading.Thread(target=take, args=(*pair, i == 0), name=f"w{i}", daemon=True).start()
+        gate_held.wait()
+        from gilfree.deadlock._graph import GRAPH
+        while len(GRAPH.waiting()) < 2:
+            time.sleep(0.01)
+        try:
+            gate.acquire()
+        except gilfree.DeadlockError as exc:
+            print(exc)
+        os._exit(0)  # the workers stay blocked: nobody was left to refuse
+        """
+    )
+    assert "would wait forever for RLock 'gate'" in out
+    assert "waits on a wait-for cycle of 2 thread(s) that never ends" in out
+    assert "thread 'w0'" in out and "thread 'w1'" in out
+    assert "Lock 'a'" in out and "Lock 'b'" in out
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("patched", [False, True])
+def test_holder_reacquires_and_another_thread_releases(patched):
+    """The lock-as-signal pattern: the holder waits until another thread releases."""
+    if patched:
+        with deadlock_detection():
+            lock = threading.Lock()
+    else:
+        lock = Lock("signal")
+    lock.acquire()
+    results: list[object] = []
+
+    def waiter():
+        try:
+            results.append(lock.acquire())  # held by main: waits for main's release
+            results.append(lock.acquire(timeout=0.01))  # now held by itself: times out
+            results.append(lock.acquire())  # waits again: main releases once more
+        except gilfree.DeadlockError as exc:
+            results.append(exc)
+
+    t = threading.Thread(target=waiter, name="signalled")
+    t.start()
+    wait_until_in_graph("signalled")
+    lock.release()
+    deadline = time.monotonic() + 10
+    while len(results) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    wait_until_in_graph("signalled")
+    lock.release()  # a foreign release: the waiter's self-wait ends
+    t.join(10)
+    assert results == [True, False, True]
+    lock.release()
 
 
 def test_rlock_reentry_is_not_a_wait():
@@ -184,32 +357,130 @@ def test_timeout_and_non_blocking_keep_their_meaning(cls):
     lock.release()
 
 
+# -- timed waits are never deadlocks (issue #16) ----------------------------------
+
+
 @pytest.mark.timeout(30)
-def test_timed_wait_is_an_edge_while_it_lasts():
-    """A thread in a timed wait is part of the graph: closing the cycle is refused."""
-    a, b = Lock("a"), Lock("b")
-    holding, waiting_result = threading.Event(), []
-    t_ready = threading.Event()
+@pytest.mark.parametrize("patched", [False, True])
+def test_timed_self_acquire_released_by_a_timer_returns_true(patched):
+    if patched:
+        with deadlock_detection():
+            done = threading.Lock()
+            done.acquire()
+            timer = threading.Timer(0.2, done.release)
+    else:
+        done = Lock("done")
+        done.acquire()
+        timer = threading.Timer(0.2, done.release)
+    timer.start()
+    assert done.acquire(timeout=10) is True
+    timer.join(10)
+    done.release()
 
-    def first():
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("cls", [Lock, RLock])
+def test_timed_self_acquire_times_out_and_leaves_the_lock_as_it_was(cls):
+    lock = cls("state") if cls is Lock else threading.Lock()  # RLock re-entry never waits
+    if cls is RLock:
+        with deadlock_detection():
+            lock = threading.Lock()
+    lock.acquire()
+    assert lock.acquire(timeout=0.01) is False
+    lock.release()
+    assert not lock.locked()
+    assert lock.acquire(blocking=False)
+    lock.release()
+
+
+def _timed_against_unbounded(kind, timed_first):
+    """Thread 'timed' holds A and wants B for 0.3 s; thread 'forever' holds B and wants A."""
+    if kind == "patched-Lock":
+        with deadlock_detection():
+            a, b = threading.Lock(), threading.Lock()
+    elif kind == "patched-RLock":
+        with deadlock_detection():
+            a, b = threading.RLock(), threading.RLock()
+    else:
+        cls = Lock if kind == "Lock" else RLock
+        a, b = cls("A"), cls("B")
+    both_hold = threading.Barrier(2, timeout=10)
+    results: dict[str, object] = {}
+
+    def timed():
         with a:
-            holding.set()
-            t_ready.wait(10)
-            # b is held by the main thread: this timed wait is an edge first -> b
-            waiting_result.append(b.acquire(timeout=10))
-            if waiting_result[-1]:
-                b.release()
+            both_hold.wait()
+            if not timed_first:
+                wait_until_in_graph("forever")
+            try:
+                results["timed"] = b.acquire(timeout=0.3)
+            except gilfree.DeadlockError as exc:
+                results["timed"] = exc
 
-    t = threading.Thread(target=first, name="timed")
+    def forever():
+        with b:
+            both_hold.wait()
+            if timed_first:
+                wait_until_in_graph("timed")
+            try:
+                results["forever"] = a.acquire()
+                a.release()
+            except gilfree.DeadlockError as exc:
+                results["forever"] = exc
+
+    threads = [threading.Thread(target=timed, name="timed"),
+               threading.Thread(target=forever, name="forever")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+        assert not t.is_alive()
+    return results
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("timed_first", [True, False], ids=["timed-waits-first", "timed-asks-last"])
+@pytest.mark.parametrize("kind", ["Lock", "RLock", "patched-Lock", "patched-RLock"])
+def test_a_timed_wait_is_never_part_of_a_reported_cycle(kind, timed_first):
+    """Nobody gets DeadlockError: the timed wait times out and frees A for the other."""
+    assert _timed_against_unbounded(kind, timed_first) == {"timed": False, "forever": True}
+
+
+@pytest.mark.timeout(30)
+def test_timed_waits_are_in_the_graph_but_never_refused():
+    lock = RLock("held")
+    held, done = threading.Event(), threading.Event()
+
+    def holder():
+        with lock:
+            held.set()
+            done.wait(10)
+
+    t = threading.Thread(target=holder, name="holder")
     t.start()
-    with b:
-        assert holding.wait(10)
-        t_ready.set()
-        wait_until_in_graph("timed")
-        with pytest.raises(gilfree.DeadlockError, match="'timed'"):
-            a.acquire()
+    assert held.wait(10)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(lock.acquire(timeout=10)), name="tw")
+    waiter.start()
+    wait_until_in_graph("tw")
+    assert [w[1] for w in GRAPH.waiting().values()] == ["held"]
+    done.set()
+    waiter.join(10)
     t.join(10)
-    assert waiting_result == [True]
+    assert got == [True]
+    lock._release_as(waiter.ident)  # waiter ended holding it; RLock ownership is strict
+    assert not lock.locked()
+
+
+@pytest.mark.parametrize("cls", [Lock, RLock])
+def test_huge_timeouts_raise_overflow_error_as_threading_does(cls):
+    lock = cls("big")
+    with pytest.raises(OverflowError):
+        lock.acquire(timeout=1e100)
+    with pytest.raises(OverflowError):
+        lock.acquire(timeout=threading.TIMEOUT_MAX + 1)
+    assert lock.acquire(timeout=threading.TIMEOUT_MAX)
+    lock.release()
 
 
 def test_pickle_in_the_same_process_is_the_same_lock():
@@ -220,12 +491,21 @@ def test_pickle_in_the_same_process_is_the_same_lock():
         shutdown()
 
 
-def test_repr_names_the_lock_and_creation_site():
+def test_repr_has_the_stdlib_form_and_names_the_lock():
     lock = Lock()
     assert f"created at {__file__}:" in lock.name
-    assert "unlocked" in repr(lock)
+    form = r"<unlocked gilfree\.Lock object name='Lock-\d+ .*' owner=None at 0x"
+    assert re.match(form, repr(lock))
     with lock:
-        assert "locked by" in repr(lock)
+        assert re.match(r"<locked .* object (.*)?at .*>", repr(lock))
+        assert f"owner={threading.get_ident()}" in repr(lock)
+    rlock = RLock("r")
+    with rlock, rlock:
+        assert f"owner={threading.get_ident()} count=2 at" in repr(rlock)
+    assert repr(rlock).startswith("<unlocked gilfree.RLock object name='r' ")
+    with deadlock_detection():
+        cond = threading.Condition()
+    assert re.match(r"<Condition\(<unlocked .* object (.*)?at .*>, 0\)>", repr(cond))
 
 
 # -- the patch ------------------------------------------------------------------
@@ -238,23 +518,40 @@ def test_patch_instruments_locks_made_inside_and_restores():
         assert isinstance(threading.RLock(), RLock)
         with deadlock_detection():  # nested: still patched after the inner exit
             pass
-        assert threading.Lock is Lock
+        assert isinstance(threading.Lock(), Lock)
     assert (threading.Lock, threading.RLock) == original
     assert not isinstance(threading.Lock(), Lock)
+
+
+def test_patched_locks_take_threading_s_arguments_and_names():
+    with deadlock_detection():
+        for args, kwargs in [((1,), {}), ((), {"a": 1}), ((1, 2), {"a": 1})]:
+            with pytest.raises(TypeError, match=r"threading.Lock\(\) takes no arguments"):
+                threading.Lock(*args, **kwargs)
+        with pytest.raises(TypeError):
+
+            class MyLock(threading.Lock):  # type: ignore[misc]
+                pass
+
+        with pytest.warns(DeprecationWarning, match="Passing arguments to RLock"):
+            threading.RLock(1)
+        # where check__all__ (CPython's test__all__) looks for the names of threading.__all__
+        assert threading.Lock.__module__ == threading.RLock.__module__ == "threading"
+        assert threading.Lock.__name__ == "Lock" and threading.RLock.__name__ == "RLock"
 
 
 def test_patch_is_restored_after_an_exception():
     original = threading.Lock, threading.RLock
     with pytest.raises(KeyError), deadlock_detection():
-        assert threading.RLock is RLock
+        assert issubclass(threading.RLock, RLock)
         raise KeyError("boom")
     assert (threading.Lock, threading.RLock) == original
 
 
 @pytest.mark.timeout(30)
-def test_patched_plain_threading_locks_detect_a_cycle():
+def test_patched_threading_rlocks_detect_a_cycle():
     with deadlock_detection():
-        a, b = threading.Lock(), threading.Lock()
+        a, b = threading.RLock(), threading.RLock()
     errors, acquired = run_cycle([a, b])
     assert len(errors) == 1 and len(acquired) == 1
     assert f"created at {__file__}:" in str(errors[0][1])
@@ -366,6 +663,58 @@ def test_stress_consistent_order_never_raises():
     assert not any(lock.locked() for lock in locks)
 
 
+@pytest.mark.timeout(90)
+def test_stress_inverted_orders_with_timed_waits_never_raise():
+    """Unbounded waits only in one global order, timed waits against it: every
+    possible cycle has a timed wait in it, so nothing may ever be refused."""
+    locks = [Lock(f"t{i}") if i % 2 else RLock(f"t{i}") for i in range(5)]
+    counters = [0] * len(locks)
+    barrier = threading.Barrier(6, timeout=10)
+    failures: list[BaseException] = []
+    done, timeouts = [0] * 6, [0] * 6
+
+    def worker(seed):
+        rng = random.Random(seed)
+        barrier.wait()
+        try:
+            for _ in range(500):
+                chosen = rng.sample(range(len(locks)), rng.randint(2, 3))
+                taken = []
+                for i in chosen:
+                    # a wait against the global order (for a lower lock) is timed
+                    timed = any(j > i for j in taken)
+                    if locks[i].acquire(timeout=0.002 if timed else -1):
+                        taken.append(i)
+                        time.sleep(0)  # let the others run while it holds: real waits
+                    else:
+                        timeouts[seed] += 1
+                        break
+                if len(taken) == len(chosen):
+                    for i in taken:
+                        counters[i] += 1
+                    done[seed] += 1
+                for i in reversed(taken):
+                    locks[i].release()
+        except BaseException as exc:  # a DeadlockError here is a false positive
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(6)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # preempt lock holders often: many real waits
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(80)
+            assert not t.is_alive()
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == []
+    assert sum(counters) > 0 and sum(done) > 0
+    assert sum(timeouts) > 0, "no wait against the order ever timed out: the race never ran"
+    assert not any(lock.locked() for lock in locks)
+
+
 def test_public_names():
     import gilfree.deadlock as dl
 
@@ -373,3 +722,101 @@ def test_public_names():
     assert gilfree.Lock is Lock and gilfree.RLock is RLock
     assert gilfree.deadlock_detection is deadlock_detection
     assert issubclass(gilfree.DeadlockError, gilfree.GilfreeError)
+
+
+# -- unbounded joins under the patch ------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("join_first", [False, True], ids=["join-closes", "request-closes"])
+def test_join_while_holding_the_lock_the_thread_needs(join_first):
+    """Main holds an RLock and joins a thread that wants it: whichever wait comes
+    second closes the cycle and is refused; the join then ends."""
+    lock = RLock("needed")
+    go, outcome = threading.Event(), []
+
+    def worker():
+        go.wait(10)
+        if join_first:
+            wait_until_in_graph("MainThread")
+        try:
+            with lock:
+                outcome.append("acquired")
+        except gilfree.DeadlockError as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=worker, name="needs-it")
+    with deadlock_detection():
+        t.start()
+        with lock:
+            go.set()
+            if join_first:
+                t.join()  # the worker's request is refused, it ends, the join returns
+                assert isinstance(outcome[0], gilfree.DeadlockError)
+                message = str(outcome[0])
+                assert "thread 'needs-it'" in message.splitlines()[0]
+                assert "joins thread 'needs-it'" in message
+            else:
+                wait_until_in_graph("needs-it")
+                with pytest.raises(gilfree.DeadlockError) as info:
+                    t.join()
+                message = str(info.value)
+                assert "would wait forever for the end of thread 'needs-it'" in message
+                assert "asks to join thread 'needs-it'" in message
+                assert "RLock 'needed', held by thread 'MainThread'" in message
+        t.join(10)
+    assert not t.is_alive()
+    assert "cycle of 2 thread(s)" in message
+    assert outcome == [outcome[0]] and (join_first or outcome == ["acquired"])
+
+
+def test_join_keeps_threading_s_errors_and_timeouts():
+    with deadlock_detection():
+        t = threading.Thread(target=lambda: None)
+        with pytest.raises(RuntimeError, match="before it is started"):
+            t.join()
+        with pytest.raises(RuntimeError, match="current thread"):
+            threading.current_thread().join()
+        t.start()
+        t.join()
+        t.join()  # a finished thread joins again at once
+        assert threading.Thread.join.__name__ == "join"
+    assert GRAPH.waiting() == {}
+
+
+@pytest.mark.timeout(60)
+def test_plain_lock_cycle_of_workers_is_refused_while_main_joins():
+    """The common script: two workers deadlock on threading.Lock while main joins them."""
+    out = run_script(
+        """
+        import threading, time, gilfree
+        from gilfree.deadlock._graph import GRAPH
+
+        with gilfree.deadlock_detection():
+            a, b = threading.Lock(), threading.Lock()
+            outcome = {}
+
+            def work(mine, theirs, name):
+                with mine:
+                    while not any("MainThread" in w[0] for w in GRAPH.waiting().values()):
+                        time.sleep(0.005)  # until main is in join()
+                    try:
+                        with theirs:
+                            outcome[name] = "acquired"
+                    except gilfree.DeadlockError as exc:
+                        outcome[name] = str(exc)
+
+            workers = [threading.Thread(target=work, args=(a, b, "w0"), name="w0"),
+                       threading.Thread(target=work, args=(b, a, "w1"), name="w1")]
+            for t in workers:
+                t.start()
+            for t in workers:
+                t.join()
+        refused = [msg for msg in outcome.values() if msg != "acquired"]
+        assert len(refused) == 1, outcome
+        print(refused[0])
+        """
+    )
+    assert "cycle of 2 thread(s)" in out
+    assert "thread 'w0'" in out and "thread 'w1'" in out
+    assert "the 2 other thread(s) of this process" in out

@@ -3,6 +3,10 @@
 The lock is pickled into each child (multiprocessing's own pickler for spawn,
 cloudpickle bytes for fork, where Process arguments are not pickled), so the
 child holds a proxy that asks the lock server of this process.
+
+Cycles here go through RLocks: a plain Lock shared with other processes may be
+released by a thread of a process the host cannot count, so a wait for one is
+never reported (see gilfree.deadlock's rule); the timed and signal cases check that.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ def _run(ctx, target, *args):
 @pytest.mark.parametrize("ctx_name", CONTEXTS)
 def test_cycle_across_two_processes_is_refused_in_one(ctx_name):
     ctx = multiprocessing.get_context(ctx_name)
-    a, b = Lock("shared-a"), RLock("shared-b")
+    a, b = RLock("shared-a"), RLock("shared-b")
     barrier, results = ctx.Barrier(2), ctx.SimpleQueue()
     procs = [_run(ctx, _cycle_worker, _pass(ctx_name, [a, b]), i, barrier, results) for i in (0, 1)]
     got = sorted(results.get() for _ in procs)
@@ -82,18 +86,18 @@ def test_cycle_across_two_processes_is_refused_in_one(ctx_name):
     for _, pid, _, _ in got:
         assert f"pid {pid}" in message
     assert "thread 'proc-0'" in message and "thread 'proc-1'" in message
-    assert "Lock 'shared-a'" in message and "RLock 'shared-b'" in message
+    assert "RLock 'shared-a'" in message and "RLock 'shared-b'" in message
     assert message.count(f"{HERE}:") == 2  # where each process waits
     assert not a.locked() and not b.locked()
 
 
-def _hold_then_want(lock_pair, held_evt, go_evt, results):
+def _hold_then_want(lock_pair, held_evt, go_evt, results, timeout=-1):
     mine, theirs = _take(lock_pair)
     with mine:
         held_evt.set()
         go_evt.wait(30)
         try:
-            ok = theirs.acquire(timeout=30)
+            ok = theirs.acquire(timeout=timeout)
             results.put(("acquired" if ok else "timeout", ""))
             if ok:
                 theirs.release()
@@ -105,7 +109,7 @@ def _hold_then_want(lock_pair, held_evt, go_evt, results):
 def test_cycle_between_a_local_thread_and_a_child_process():
     """The child waits first; the main thread's request closes the cycle and is refused."""
     ctx = multiprocessing.get_context("fork")
-    a, b = Lock("local-a"), Lock("child-b")
+    a, b = RLock("local-a"), RLock("child-b")
     held, go, results = ctx.Event(), ctx.Event(), ctx.SimpleQueue()
     with a:
         proc = _run(ctx, _hold_then_want, _pass("fork", [b, a]), held, go, results)
@@ -118,7 +122,27 @@ def test_cycle_between_a_local_thread_and_a_child_process():
     proc.join(30)
     message = str(info.value)
     assert f"pid {proc.pid}" in message and f"pid {os.getpid()}" in message
-    assert "Lock 'local-a'" in message and "Lock 'child-b'" in message
+    assert "RLock 'local-a'" in message and "RLock 'child-b'" in message
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cls", [Lock, RLock])
+def test_a_timed_wait_in_a_child_is_never_part_of_a_cycle(cls):
+    """The child waits with a timeout: the main thread's unbounded request is not
+    refused, the child's wait times out and releases what the main thread wants."""
+    ctx = multiprocessing.get_context("fork")
+    a, b = cls("local-a"), cls("child-b")
+    held, go, results = ctx.Event(), ctx.Event(), ctx.SimpleQueue()
+    with a:
+        proc = _run(ctx, _hold_then_want, _pass("fork", [b, a]), held, go, results, 0.5)
+        assert held.wait(30)
+        go.set()
+        _wait_for_remote_waiter(proc.pid)
+        assert b.acquire() is True  # waits for the child's timeout, then gets b
+        b.release()
+    assert results.get() == ("timeout", "")
+    proc.join(30)
+    assert proc.exitcode == 0
 
 
 def _wait_for_remote_waiter(pid, bound=20.0):
@@ -161,10 +185,9 @@ def _use_remote(lock_bytes, results):
         assert lock._is_owned()
         lock.release()
     else:
-        try:
-            lock.acquire()
-        except gilfree.DeadlockError:
-            kind += "+self-deadlock"
+        # A timed self-acquire over the wire: it times out, nothing is refused.
+        if lock.acquire(timeout=0.05) is False:
+            kind += "+timed-out"
     locked = lock.locked()
     lock.release()
     results.put((kind, locked, lock.locked(), pickle.loads(pickle.dumps(lock)).name))
@@ -178,7 +201,7 @@ def test_proxy_semantics_in_a_spawned_child(cls):
     proc = _run(ctx, _use_remote, lock, results)
     kind, locked, unlocked_after, name = results.get()
     proc.join(30)
-    expected = "RemoteRLock" if cls is RLock else "RemoteLock+self-deadlock"
+    expected = "RemoteRLock" if cls is RLock else "RemoteLock+timed-out"
     assert (kind, locked, unlocked_after, name) == (expected, True, False, "remote")
     assert not lock.locked()
 
@@ -209,7 +232,7 @@ def _gilfree_task(args):
 
 @pytest.mark.timeout(90)
 def test_cycle_across_gilfree_process_workers():
-    a, b = Lock("task-a"), Lock("task-b")
+    a, b = RLock("task-a"), RLock("task-b")
     gates = [Lock("gate-0"), Lock("gate-1")]
     for gate in gates:
         gate.acquire()
@@ -226,12 +249,12 @@ def test_cycle_across_gilfree_process_workers():
                 gate.release()
         results = sorted(f.result(timeout=60) for f in futures)
     assert [r[0] for r in results] == ["acquired", "deadlock"], results
-    assert results[0][2] == "RemoteLock"  # the worker had a proxy, not a copy
+    assert results[0][2] == "RemoteRLock"  # the worker had a proxy, not a copy
     message = results[1][2]
     assert len({r[1] for r in results}) == 2, "both tasks ran in one worker"
     for _, pid, _ in results:
         assert f"pid {pid}" in message
-    assert "Lock 'task-a'" in message and "Lock 'task-b'" in message
+    assert "RLock 'task-a'" in message and "RLock 'task-b'" in message
     assert not a.locked() and not b.locked()
 
 
@@ -338,3 +361,26 @@ def test_gilfree_map_workers_exclude_each_other(tmp_path):
     )
     assert set(kinds) == {"RemoteRLock"}
     assert counter.read_text() == "60"
+
+
+def _signal_parent(lock_bytes, results):
+    """The child releases a plain Lock the parent holds: the lock as a signal, across processes."""
+    lock = _take(lock_bytes)
+    lock.release()
+    results.put("released")
+
+
+@pytest.mark.timeout(60)
+def test_a_child_process_may_release_a_shared_plain_lock_the_parent_waits_on():
+    """The parent re-acquires a Lock it holds; no thread of its own could release it, but
+    a child process can: the wait is not refused and ends when the child releases."""
+    ctx = multiprocessing.get_context("spawn")
+    lock, results = Lock("signal"), ctx.SimpleQueue()
+    lock.acquire()
+    payload = pickle.dumps(lock)  # shared before the wait: the host cannot count the child
+    proc = _run(ctx, _signal_parent, payload, results)
+    assert lock.acquire() is True
+    assert results.get() == "released"
+    proc.join(30)
+    assert proc.exitcode == 0
+    lock.release()

@@ -1,27 +1,48 @@
-"""The process-wide wait-for graph.
+"""The process-wide wait-for graph, and the rule that says when a wait is forever.
 
 A node is a thread: a local one is keyed by its ``threading.get_ident()``, a
 thread of another process that uses a shared lock through the lock server is
-keyed by ``(pid, ident)``. Edges come in two kinds and only one is stored::
+keyed by ``(pid, ident, connection)``. Edges come in two kinds and only one is
+stored::
 
     thread ──waits for──▶ lock ──held by──▶ thread
            (stored here,       (read live from the
             one per waiter)     lock's ``_owner``)
 
 A thread waits for at most one lock, so the graph is a dict from waiter to
-:class:`_Wait`. Following ``waiter -> lock -> owner -> the lock that owner
-waits for -> ...`` from a new request either ends (no cycle) or comes back to
-the requester: that request closes a cycle, and it is refused with
-:class:`~gilfree.errors.DeadlockError` before it starts waiting, so the lock
-state is untouched and the other threads in the cycle go on once the refused
-thread unwinds and releases what it holds.
+:class:`_Wait`. Every wait is stored, timed ones flagged ``bounded``, but only
+an unbounded request is ever checked or refused: a bounded wait ends by itself.
+Under ``deadlock_detection()`` an unbounded ``Thread.join()`` is stored too,
+its "lock" the joined thread's end (``_patch._ThreadEnd``, kind ``Thread``),
+owned by that thread until it ends: strict like an RLock.
 
-Why reading owners outside the graph mutex is sound: an owner is stored right
-after its lock is taken and cleared right before it is released, so a stale
-read shows either ``None`` or the thread that now holds the lock. Every thread
-of a real cycle set the owner of the lock it holds before it asked for the
-next one, and registered its wait under the mutex before the last request
-looks, so the request that closes the cycle always sees all of it.
+The rule (see the package docstring for the user's version): an unbounded
+request is refused when, once it waits, its thread could never run again.
+Follow ``requester -> lock -> owner -> the lock that owner waits for -> ...``:
+
+- the chain ends (a lock with no owner, an owner that is running or in a timed
+  wait): someone can still release, the request waits;
+- it comes back to a thread already on it: every wait on it is unbounded. If
+  all its locks are ``RLock`` or joins (only the owner can end those) nothing
+  outside can end it: refused. If one is a plain ``Lock``, any thread may release that one,
+  so it is refused only when no other thread can run: every live thread of the
+  process (lock-server plumbing aside) is itself in an unbounded wait for a
+  held lock, and no such Lock is shared with another process (whose threads
+  this graph cannot count).
+
+A refused request raises :class:`~gilfree.errors.DeadlockError` before it
+waits, so the lock state is untouched and the other threads go on once the
+refused thread unwinds and releases what it holds.
+
+Why reading owners outside the graph mutex is sound: an owner is stored after
+its lock is taken and the wait that got it has left the graph, and cleared
+before the lock is released, so a stale read shows either ``None`` (treated as
+"someone will get it") or the thread that now holds the lock. Every thread of
+a real deadlock stored the owner of what it holds before it asked for the next
+lock, and registered that wait under the mutex before the last request looks,
+so the request that completes the deadlock always sees all of it. Counting
+live threads races only with threads starting, which can only make a request
+look less stuck.
 """
 
 from __future__ import annotations
@@ -29,6 +50,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from _thread import _count as _started_threads  # type: ignore[attr-defined]
 from _thread import allocate_lock
 from typing import Any
 
@@ -68,14 +90,15 @@ def local_thread_label(ident: int) -> str:
 
 
 class _Wait:
-    """One stored edge: who waits, for which lock, from where."""
+    """One stored edge: who waits, for which lock, from where, and whether it is timed."""
 
-    __slots__ = ("lock", "where", "who")
+    __slots__ = ("bounded", "lock", "where", "who")
 
-    def __init__(self, lock: Any, where: str, who: str) -> None:
+    def __init__(self, lock: Any, where: str, who: str, bounded: bool) -> None:
         self.lock = lock
         self.where = where
         self.who = who
+        self.bounded = bounded
 
 
 class WaitForGraph:
@@ -85,72 +108,147 @@ class WaitForGraph:
         # A raw _thread lock: threading.Lock may be patched by deadlock_detection().
         self._mutex = allocate_lock()
         self._waits: dict[Any, _Wait] = {}
+        # Idents of live threads that never release a user's lock (the lock
+        # server's accept loop): they do not count as "someone could release".
+        self._plumbing: set[int] = set()
 
-    def wait_begins(self, me: Any, lock: Any, where: str, who: str) -> None:
+    def wait_begins(self, me: Any, lock: Any, where: str, who: str, bounded: bool = False) -> None:
         """Record that ``me`` is about to wait for ``lock``.
 
-        Raises DeadlockError, recording nothing, when that wait closes a cycle.
+        Raises DeadlockError, recording nothing, when an unbounded wait would
+        never end (the rule is in the module docstring).
         """
+        request = _Wait(lock, where, who, bounded)
         with self._mutex:
-            cycle = self._cycle_through(me, lock)
-            if cycle is None:
-                self._waits[me] = _Wait(lock, where, who)
+            found = None if bounded else self._forever(me, lock)
+            if found is None:
+                self._waits[me] = request
                 return
-        raise DeadlockError(_describe(_Wait(lock, where, who), cycle))
+        raise DeadlockError(_describe(me, request, *found))
 
     def wait_ends(self, me: Any) -> None:
         with self._mutex:
             self._waits.pop(me, None)
+
+    def plumbing(self, ident: int, running: bool) -> None:
+        """Mark thread ``ident`` as lock plumbing while ``running``."""
+        with self._mutex:
+            if running:
+                self._plumbing.add(ident)
+            else:
+                self._plumbing.discard(ident)
 
     def waiting(self) -> dict[Any, tuple[str, str, str]]:
         """Snapshot ``{waiter: (who, lock name, where)}``, for tests and debugging."""
         with self._mutex:
             return {k: (w.who, w.lock.name, w.where) for k, w in self._waits.items()}
 
-    def _cycle_through(self, me: Any, lock: Any) -> list[_Wait] | None:
-        """The waits from ``lock``'s owner back to ``me``, or None when there is no cycle."""
-        path: list[_Wait] = []
-        seen = set()
-        owner = lock._owner
-        while owner is not None:
-            if owner == me:
-                return path
-            if owner in seen:
-                # A cycle that does not pass through me: not this request's doing
-                # (and only transient, see the module docstring).
-                return None
-            seen.add(owner)
+    def _forever(self, me: Any, lock: Any) -> tuple[list[tuple[Any, _Wait]], Any, str] | None:
+        """Why ``me`` waiting for ``lock`` never ends, or None when it may.
+
+        Returns ``(chain, closer, note)``: the ``(owner, wait)`` pairs followed
+        from the request, the owner at which the chain comes back on itself, and
+        a sentence for plain Locks (empty when there are none).
+        """
+        chain: list[tuple[Any, _Wait]] = []
+        on_chain = {me}
+        plain = False
+        while (owner := lock._owner) is not None:
+            if lock._kind == "Lock":
+                if lock._shared is not None:
+                    return None  # threads of other processes, uncounted here, may release it
+                plain = True
+            if owner in on_chain:
+                if plain:
+                    note = self._nobody_else_runs(me)
+                    if note is None:
+                        return None
+                    return chain, owner, note
+                return chain, owner, ""
             wait = self._waits.get(owner)
-            if wait is None:
-                return None  # the owner is running: it will release
-            path.append(wait)
-            owner = wait.lock._owner
+            if wait is None or wait.bounded:
+                return None  # the owner runs, or its wait ends by itself: it may release
+            on_chain.add(owner)
+            chain.append((owner, wait))
+            lock = wait.lock
         return None
+
+    def _nobody_else_runs(self, me: Any) -> str | None:
+        """A sentence saying why no thread can release a plain Lock, or None if one can."""
+        others = [w for k, w in self._waits.items() if k != me]
+        for wait in others:
+            if wait.bounded or wait.lock._owner is None:
+                return None  # it runs again by itself, or is about to get its lock
+            if wait.lock._kind == "Lock" and wait.lock._shared is not None:
+                return None  # threads of other processes may release it
+        if _live_threads() - len(self._plumbing) > len(others) + 1:
+            return None  # some thread is not waiting for a lock: it may release
+        if not others:
+            return "no other thread exists to release it"
+        return (
+            f"the {len(others)} other thread(s) of this process, which could release "
+            "a plain Lock, are all blocked in unbounded waits for held locks"
+        )
 
     def _after_fork_in_child(self) -> None:
         # The child has only the forking thread; every recorded waiter is gone
         # and the mutex may have been held by a thread that no longer exists.
         self._mutex = allocate_lock()
         self._waits = {}
+        self._plumbing = set()
 
 
-def _describe(request: _Wait, cycle: list[_Wait]) -> str:
-    """The DeadlockError message: every thread, lock and waiting place in the cycle."""
-    chain = [request, *cycle]
-    lines = [
-        f"{request.who} would wait forever for {_lock_label(request.lock)}: "
-        f"its request closes a wait-for cycle of {len(chain)} thread(s) and was refused"
-    ]
-    for i, wait in enumerate(chain):
-        holder = chain[(i + 1) % len(chain)].who
-        verb = "requests" if i == 0 else "waits for"
-        lines.append(
-            f"  {wait.who} at {wait.where} {verb} {_lock_label(wait.lock)}, held by {holder}"
+def _live_threads() -> int:
+    """How many threads this process has: any of them not waiting may release a plain Lock.
+
+    The operating system's count where there is one: Python counts a thread
+    started with ``_thread.start_new_thread`` only once it runs, so right after
+    the start a thread meant to release would be missed. Native threads (a C
+    library's pool) count too, which can only make a request look less stuck.
+    """
+    python = max(_started_threads() + 1, len(threading._active))  # type: ignore[attr-defined]
+    try:
+        return max(python, len(os.listdir(_TASKS)))
+    except OSError:
+        return python
+
+
+_TASKS = "/proc/self/task"  # one entry per thread of the calling process (Linux)
+
+
+def _describe(
+    me: Any, request: _Wait, chain: list[tuple[Any, _Wait]], closer: Any, note: str
+) -> str:
+    """The DeadlockError message: every thread, lock and waiting place in the deadlock."""
+    waits = [(me, request), *chain]
+    who = {key: wait.who for key, wait in waits}
+    if closer == me:
+        head = (
+            f"its request closes a wait-for cycle of {len(waits)} thread(s) and was refused"
         )
+    else:
+        size = len(waits) - [key for key, _ in waits].index(closer)
+        head = (
+            f"its request waits on a wait-for cycle of {size} thread(s) that never ends, "
+            "and was refused"
+        )
+    lines = [f"{request.who} would wait forever for {_lock_label(request.lock)}: {head}"]
+    for i, (_, wait) in enumerate(waits):
+        holder = who[waits[i + 1][0]] if i + 1 < len(waits) else who[closer]
+        if wait.lock._kind == "Thread":  # an unbounded join (see _patch)
+            what = f"{'asks to join' if i == 0 else 'joins'} {holder}"
+        else:
+            verb = "requests" if i == 0 else "waits for"
+            what = f"{verb} {_lock_label(wait.lock)}, held by {holder}"
+        lines.append(f"  {wait.who} at {wait.where} {what}")
+    if note:
+        lines.append(f"  a plain Lock may be released by any thread, but {note}")
     return "\n".join(lines)
 
 
 def _lock_label(lock: Any) -> str:
+    if lock._kind == "Thread":
+        return f"the end of thread {lock.name!r}"
     return f"{lock._kind} {lock.name!r}"
 
 

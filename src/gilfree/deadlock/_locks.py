@@ -1,11 +1,15 @@
 """``Lock`` and ``RLock``: drop-in ``threading`` locks that refuse to deadlock.
 
 Each wraps a raw ``_thread`` lock and records its owner. The fast path is a
-non-blocking acquire of that inner lock plus one attribute store, so an
-uncontended acquire/release costs about 2.4x a plain ``threading.Lock``
-(``benchmarks/bench_locks.py``). Only when the inner lock is taken does a
-request go to the wait-for graph (:mod:`._graph`), which either records the
-wait or refuses it with :class:`~gilfree.errors.DeadlockError`.
+non-blocking acquire of that inner lock plus one attribute store
+(``benchmarks/bench_locks.py`` prints its cost against ``threading.Lock``).
+Only when the inner lock is taken does a request go to the wait-for graph
+(:mod:`._graph`), which records the wait or refuses it with
+:class:`~gilfree.errors.DeadlockError`.
+
+They behave as ``_thread.lock`` and ``_thread.RLock`` do, errors and ``repr``
+form included: a plain Lock may be released by any thread; an RLock only by
+its owner; a timeout above ``threading.TIMEOUT_MAX`` raises OverflowError.
 
 Owners are keys, not threads: a local thread is its ``get_ident()``, a thread
 of another process is ``(pid, ident, connection)``, so the lock server (:mod:`._server`)
@@ -16,7 +20,7 @@ can acquire and release on behalf of remote threads with the same code
 from __future__ import annotations
 
 import itertools
-from _thread import allocate_lock, get_ident
+from _thread import TIMEOUT_MAX, allocate_lock, get_ident
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +28,11 @@ from ._graph import GRAPH, call_site, caller, local_thread_label
 
 __all__ = ["Lock", "RLock"]
 
+# Numbers for unnamed locks, given the first time a name is asked for (a
+# message, a repr), not at creation: creation stays cheap, and the counter is
+# advanced under a lock, so no two locks share a number without the GIL either.
 _serial = itertools.count(1)
+_serial_mutex = allocate_lock()
 
 # How a waiter blocks on the inner lock: (inner, timeout) -> acquired. The lock
 # server passes one that also notices a dead requester or a server stop.
@@ -50,13 +58,16 @@ class _GraphLock:
         # Without a name, remember where the lock was made and format it only
         # when someone asks: under deadlock_detection() every Condition, Event
         # and Future makes locks, so creation cost matters more than naming.
-        self._site = None if name is not None else (next(_serial), *caller(2))
+        self._site = None if name is not None else caller(2)
 
     @property
     def name(self) -> str:
         if self._name is None:
-            serial, filename, lineno = self._site
-            self._name = f"{self._kind}-{serial} (created at {filename}:{lineno})"
+            with _serial_mutex:
+                if self._name is None:
+                    filename, lineno = self._site
+                    serial = next(_serial)
+                    self._name = f"{self._kind}-{serial} (created at {filename}:{lineno})"
         return self._name
 
     def _taken(self, me: Any) -> None:
@@ -76,8 +87,11 @@ class _GraphLock:
         if not blocking:
             if timeout != -1:
                 raise ValueError("can't specify a timeout for a non-blocking call")
-        elif timeout < 0 and timeout != -1:
-            raise ValueError("timeout value must be a non-negative number")
+        elif timeout != -1:
+            if timeout < 0:
+                raise ValueError("timeout value must be a non-negative number")
+            if timeout > TIMEOUT_MAX:
+                raise OverflowError("timeout value is too large")
         if self._inner.acquire(False):
             self._taken(me)
             return True
@@ -88,13 +102,16 @@ class _GraphLock:
             self,
             where if where is not None else call_site(),
             who if who is not None else local_thread_label(me),
+            timeout != -1,
         )
         try:
             got = (wait or _plain_wait)(self._inner, timeout)
-            if got:
-                self._taken(me)
         finally:
+            # Leave the graph before storing the owner: a waiter whose lock's
+            # owner is itself must mean a real self-wait (see _graph).
             GRAPH.wait_ends(me)
+        if got:
+            self._taken(me)
         return got
 
     def _abandon(self, me: Any) -> bool:
@@ -119,18 +136,26 @@ class _GraphLock:
         return reduce_shared(self)
 
     def __repr__(self) -> str:
+        # The stdlib's form, "<unlocked _thread.lock object at 0x...>", plus our name.
         owner = self._owner
-        state = "unlocked" if owner is None and not self.locked() else f"locked by {owner!r}"
-        return f"<gilfree.{self._kind} {self.name!r} {state} at {id(self):#x}>"
+        state = "locked" if self.locked() else "unlocked"
+        return (
+            f"<{state} gilfree.{self._kind} object name={self.name!r} "
+            f"owner={owner!r}{self._count_field()} at {id(self):#x}>"
+        )
+
+    def _count_field(self) -> str:
+        return ""
 
 
 class Lock(_GraphLock):
     """A ``threading.Lock`` that raises DeadlockError instead of deadlocking.
 
-    Like ``threading.Lock`` any thread may release it. Acquiring it again in
-    the thread that holds it is a cycle of one and raises DeadlockError, even
-    where another thread was meant to release it (a Lock used as a signal:
-    use an Event or a Semaphore for that).
+    Like ``threading.Lock`` any thread may release it, so a thread that holds
+    it may wait to acquire it again until another thread releases it (a Lock
+    used as a signal). That wait is refused only when no other thread could
+    release it: every other live thread is itself blocked in an unbounded wait
+    for a held lock, or there is none.
     """
 
     __slots__ = ()
@@ -155,6 +180,11 @@ class Lock(_GraphLock):
 
     def _release_as(self, me: Any) -> None:
         self.release()
+
+    # The old names _thread.lock still answers to.
+    acquire_lock = acquire
+    release_lock = release
+    locked_lock = _GraphLock.locked
 
 
 class RLock(_GraphLock):
@@ -229,6 +259,12 @@ class RLock(_GraphLock):
     def _at_fork_reinit(self) -> None:
         super()._at_fork_reinit()
         self._count = 0
+
+    def _count_field(self) -> str:
+        return f" count={self._count}"
+
+    def _recursion_count(self) -> int:
+        return self._count if self._owner == get_ident() else 0
 
     # threading.Condition uses these to release fully around a wait.
     def _is_owned(self) -> bool:

@@ -44,6 +44,7 @@ from time import monotonic
 from typing import Any
 
 from ..errors import DeadlockError
+from ._graph import GRAPH
 from ._locks import _GraphLock
 
 __all__ = ["LockServer", "current_server", "reduce_shared", "shutdown"]
@@ -99,6 +100,15 @@ class LockServer:
     # -- threads ---------------------------------------------------------------
 
     def _accept_loop(self) -> None:
+        # This thread never releases a user's lock: a plain Lock waited for by
+        # everyone else is not saved by it (see _graph's rule).
+        GRAPH.plumbing(threading.get_ident(), True)
+        try:
+            self._accept_until_stopped()
+        finally:
+            GRAPH.plumbing(threading.get_ident(), False)
+
+    def _accept_until_stopped(self) -> None:
         while not self.stopped:
             try:
                 conn = self._listener.accept()
