@@ -194,8 +194,13 @@ def _plan(fn: Callable[[Any], Any], request: dict[str, Any]) -> Probed:
         address=request["address"],
         workers=request["workers"],
     )
+    # This child is the sandbox: planner.advise probes in it, calling a prefix
+    # of the samples, whose outcomes become the first records.
     records = []
-    for (index, _item), (ok, value) in zip(samples, getattr(plan, "outcomes", ()), strict=False):
+    for k, (index, _item) in enumerate(samples):
+        if k not in plan.outcomes:
+            break
+        ok, value = plan.outcomes[k]
         records.append(result_record(index, value) if ok else (False, error_record(index, value)))
     return Probed(
         backend=plan.backend,

@@ -279,7 +279,8 @@ def _plan(
     """
     if placement.backend != "auto":
         return [], placement
-    from .._api import AUTO_BUDGET, AUTO_SAMPLES
+    from .._api import AUTO_SAMPLES
+    from .._auto import AUTO_BUDGET
     from ._probe import probe
 
     samples = feed.take(AUTO_SAMPLES)
