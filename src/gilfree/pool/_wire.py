@@ -21,10 +21,15 @@ HEADER = 8
 FN = 1  # (FN, key, blob): define function `key`
 FORGET = 2  # (FORGET, key): drop function `key`
 CHUNK = 3  # (CHUNK, seq, key, items_blob, careful)
+INIT = 4  # (INIT, blob): run this initializer once, before the first chunk
 # worker -> parent
 RESULT = 11  # (RESULT, seq, offset, values, failures, elapsed, final)
 LOADFAIL = 12  # (LOADFAIL, seq, message): the chunk's items did not unpickle
 RETIRE = 13  # (RETIRE, reason): the worker exits after this message
+INITFAIL = 14  # (INITFAIL, exc, traceback_text): the initializer raised; the worker exits
+
+#: Exit status of a worker that lost its parent (or its end of the alive pipe).
+PARENT_GONE = 70
 
 #: Largest read per readiness event, so one chatty worker cannot starve others.
 READ_BUDGET = 8 << 20

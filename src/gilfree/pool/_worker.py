@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .. import _serialize, _shm
@@ -54,7 +55,7 @@ def main(
     stack_fd: int,
     alive_fd: int,
     slots_fd: int,
-    close_fds: list[int] = (),  # type: ignore[assignment]
+    close_fds: Sequence[int] = (),
 ) -> None:
     for fd in close_fds:  # the parent's ends, inherited through fork
         try:
@@ -100,7 +101,7 @@ def _cap_native_threads(n: int) -> None:
 
 
 #: Exit status of a worker that lost its parent (or its end of the alive pipe).
-PARENT_GONE = 70
+PARENT_GONE = _wire.PARENT_GONE
 
 
 def _die_with_parent(ppid: int) -> None:
@@ -181,12 +182,25 @@ class Worker:
                     return
             elif kind == _wire.FN:
                 self.define(msg[1], msg[2])
+            elif kind == _wire.INIT:
+                if not self.initialize(msg[1]):
+                    return
             elif kind == _wire.FORGET:
                 self.fns.pop(msg[1], None)
 
+    def initialize(self, blob: bytes) -> bool:
+        """Run the pool's initializer; on failure tell the parent and return False (exit)."""
+        try:
+            _serialize.loads(blob)()
+        except BaseException as exc:
+            exc_, tb = _serialize.exception_payload(exc)
+            self.send((_wire.INITFAIL, exc_, tb))
+            return False
+        return True
+
     def cap_inherited_pools(self) -> None:
         """Cap BLAS/OpenMP pools this worker inherited loaded through fork."""
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
         threadpool_limits(limits=self.blas_cap)
         self.blas_cap = None
@@ -329,4 +343,5 @@ def spawned_main() -> None:
     """Entry point of a worker started by the spawn launcher in ``_procs``."""
     config = json.loads(sys.argv[1])
     sys.path[:] = config.pop("sys_path")
-    main(config, *map(int, sys.argv[2:7]))
+    task_fd, result_fd, stack_fd, alive_fd, slots_fd = map(int, sys.argv[2:7])
+    main(config, task_fd, result_fd, stack_fd, alive_fd, slots_fd)
