@@ -14,7 +14,7 @@ import pytest
 
 import gilfree
 from gilfree import PoolBroken
-from gilfree.pool import ProcessPool, _manager, _zygote
+from gilfree.pool import ProcessPool, _ledger, _manager, _zygote
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -119,7 +119,7 @@ def test_a_manager_error_breaks_the_pool_and_fails_every_pending_task(monkeypatc
     pool = ProcessPool(2)
     try:
         jobs = [sink(abs) for _ in range(3)]
-        monkeypatch.setattr(_manager.Manager, "_on_result", broken_on_result)
+        monkeypatch.setattr(_ledger.Ledger, "results", broken_on_result)
         for k, job in enumerate(jobs):
             pool.submit(job, 0, [-k, -k - 1])
         outcomes = [job.take(2, timeout=5.0) for job in jobs]

@@ -10,9 +10,11 @@ call it makes (reaping, the fork server, a stack dump) has a time bound.
 
 Other threads talk to it only through ``enqueue``, ``forget`` and ``stop``,
 which change the state below ``_lock`` and wake it; everything else is the
-manager thread's own. When it cannot go on (no worker can be started, a
-worker's initializer failed, a bug of its own) it *breaks*: every chunk it
-holds fails with ``PoolBroken``, and so does every later submission.
+manager thread's own: the worker processes (a ``Crew``), the chunks and
+where they are (a ``Ledger``), the selector and the timers. When it cannot go
+on (no worker can be started, a worker's initializer failed, a bug of its
+own) it *breaks*: every chunk it holds fails with ``PoolBroken``, and so does
+every later submission.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ import time
 from typing import Any
 
 from .. import _serialize, _shm
-from ..errors import PoolBroken, SerializationError
+from ..errors import PoolBroken
 from . import _recovery, _wire
-from ._procs import Slots, WorkerProcess, choose_start_method, frozen_heap
-from ._recovery import Cause, Fail, Held
+from ._crew import Crew
+from ._ledger import Ledger
 from ._state import Chunk, PoolState, Worker, WorkerState, seqs
 
 #: Chunks a worker may hold at once: the one it runs and one waiting in its
@@ -78,43 +80,23 @@ class Manager:
         # The manager thread's own.
         self.size = workers
         self.stats = collections.Counter[str]()
-        self._config = config
         self._arena = arena
         self._init_blob = init_blob
-        self._later_method = start_method or "zygote"
-        self._workers: list[Worker | None] = [None] * workers
-        self._live = 0  # workers not yet DEAD: _finished stays O(1)
-        self._pending: collections.deque[Chunk] = collections.deque()
+        self._ledger = Ledger(arena, self.stats)
         self._free: collections.deque[Worker] = collections.deque()  # stale entries skipped
-        self._chunks: dict[int, Chunk] = {}  # sent to a worker, by seq
         self._timers: list[tuple[float, int, int]] = []  # (when, seq, chunk seq)
-        self._fn_time: dict[int, tuple[int, float]] = {}  # fn key -> (tasks, seconds)
         self._stop_deadline: float | None = None
         self._killed = False
-        self._dead_servers: set[int] = set()
-
-        self._slots = Slots(workers)
-        # Workers hold the read end; only we hold the write end. EOF = we died.
-        self._alive_r, self._alive_w = os.pipe()
-        # Fork the first workers now, while the caller may be the only thread,
-        # and before our own pipes exist (the children would inherit them).
-        method = choose_start_method(start_method)
-        inherited = [self._alive_w]
-        try:
-            with frozen_heap(method):
-                for i in range(workers):
-                    inherited += self._start(i, method, inherited).proc.parent_fds
-        except BaseException:
-            self._close_workers(0.0)
-            self._close_shared()
-            raise
+        # The first workers are forked before our own pipes exist (the children
+        # would inherit them) and before our thread runs.
+        self._crew = Crew(workers, config, start_method)
+        self._crew.start_all(start_method)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
-        for w in self._workers:
-            assert w is not None
+        for w in self._crew:
             self._enlist(w)
         # The thread holds the manager, never the ProcessPool: a pool no one
         # holds is collected, and its finalizer stops us.
@@ -173,7 +155,7 @@ class Manager:
         return self._thread.is_alive()
 
     def pids(self) -> list[int]:
-        return [w.pid for w in self._workers if w is not None and w.state is not WorkerState.DEAD]
+        return self._crew.pids()
 
     def _wake_locked(self, force: bool = False) -> None:
         # The byte is written before the flag is set: a KeyboardInterrupt in
@@ -192,10 +174,10 @@ class Manager:
         except BaseException as exc:  # a bug here must not hang callers
             self._break(f"its manager thread failed with {type(exc).__name__}: {exc}", exc)
         finally:
-            self._close_all()
+            self._close()
 
     def _loop(self) -> None:
-        while not self._finished():
+        while not (self._state is not PoolState.RUNNING and self._crew.live == 0):
             for key, _mask in self._selector.select(self._next_timeout()):
                 kind, w = key.data
                 if w is not None and w.state is WorkerState.DEAD:
@@ -212,9 +194,6 @@ class Manager:
             self._fire_timers()
             self._dispatch()
             self._progress_shutdown()
-
-    def _finished(self) -> bool:
-        return self._state is not PoolState.RUNNING and self._live == 0
 
     def _next_timeout(self) -> float | None:
         deadline = self._timers[0][0] if self._timers else None
@@ -234,11 +213,11 @@ class Manager:
             self._woken = False
             incoming, self._incoming = self._incoming, collections.deque()
             forgotten, self._forgotten = self._forgotten, []
-        self._pending.extend(incoming)
+        self._ledger.pending.extend(incoming)
         for key in forgotten:  # rare: only when callers' function cache overflows
-            self._fn_time.pop(key, None)
-            for w in self._workers:
-                if w is not None and w.state is WorkerState.RUNNING and key in w.fn_keys:
+            self._ledger.fn_time.pop(key, None)
+            for w in self._crew:
+                if key in w.fn_keys:
                     w.fn_keys.discard(key)
                     self._send(w, (_wire.FORGET, key))
 
@@ -246,19 +225,20 @@ class Manager:
     def _dispatch(self) -> None:
         if self._state is not PoolState.RUNNING and self._state is not PoolState.CLOSING:
             return
-        pending, free = self._pending, self._free
+        ledger = self._ledger
+        pending, free = ledger.pending, self._free
         while pending and free:
             w = free.popleft()
             if w.state is not WorkerState.RUNNING or len(w.inflight) >= PREFETCH:
                 continue  # a stale entry
             if (
                 w.inflight
-                and self._predicted_s(w.inflight[-1]) > PREFETCH_MAX_S
+                and ledger.predicted_s(w.inflight[-1]) > PREFETCH_MAX_S
                 and pending[0].job.input_done
                 and len(pending) < self.size
             ):
                 continue  # the tail: re-added when its chunk completes
-            budget = self._budget(w)
+            budget = self._crew.budget(w)
             if budget == 0:
                 continue  # it retires after its running chunk
             chunk = pending.popleft()
@@ -267,39 +247,23 @@ class Manager:
                 free.appendleft(w)
                 continue
             if len(chunk.items) > budget:  # recycling: never send past max_tasks
-                whole, chunk = chunk, self._rechunk(chunk, 0, budget)
-                pending.appendleft(self._rechunk(whole, budget, len(whole.items)))
+                whole, chunk = chunk, ledger.piece(chunk, 0, budget)
+                pending.appendleft(ledger.piece(whole, budget, len(whole.items)))
                 whole.release()
             w.assigned += len(chunk.items)
             self._assign(w, chunk)
             if len(w.inflight) < PREFETCH:
                 free.append(w)
 
-    def _budget(self, w: Worker) -> int:
-        """Tasks `w` may still be sent before max_tasks_per_worker retires it."""
-        limit: int | None = self._config["max_tasks"]
-        return (1 << 62) if limit is None else max(0, limit - w.assigned)
-
-    def _predicted_s(self, chunk: Chunk) -> float:
-        """Seconds the rest of `chunk` should take: from its job, else from its function
-        (Executor.submit makes a job per call, so the function is what repeats)."""
-        mean = chunk.job.mean_task_seconds()
-        if mean is None:
-            n, s = self._fn_time.get(chunk.key, (0, 0.0))
-            mean = s / n if n else None
-        return float("inf") if mean is None else mean * (len(chunk.items) - chunk.done)
-
     def _assign(self, w: Worker, chunk: Chunk) -> None:
         key, fn_blob = chunk.fn
         if key not in w.fn_keys:
             self._send(w, (_wire.FN, key, fn_blob))
             w.fn_keys.add(key)
-        chunk.worker = w
-        w.inflight.append(chunk)
-        self._chunks[chunk.seq] = chunk
+        self._ledger.sent_to(w, chunk)
         # Careful mode times each task (for timeouts) and streams results of
         # long chunks; fast mode is for chunks known to be short.
-        careful = chunk.timeout is not None or self._predicted_s(chunk) > CAREFUL_ABOVE_S
+        careful = chunk.timeout is not None or self._ledger.predicted_s(chunk) > CAREFUL_ABOVE_S
         self._send(w, (_wire.CHUNK, chunk.seq, key, chunk.blob, careful))
         if chunk.timeout is not None:
             heapq.heappush(self._timers, (time.monotonic() + chunk.timeout, next(seqs), chunk.seq))
@@ -337,16 +301,28 @@ class Manager:
             self._unwatch(w.proc.result_fd)
 
     def _handle(self, w: Worker, raw: bytes | bytearray) -> None:
+        ledger = self._ledger
         try:
             msg = pickle.loads(raw)
         except Exception as exc:
-            self._unloadable_results(w, exc)
+            if w.inflight:
+                ledger.unloadable(w, w.inflight[0], exc)
+                self._offer(w)
             return
         kind = msg[0]
         if kind == _wire.RESULT:
-            self._on_result(w, *msg[1:])
+            _, seq, offset, values, failures, elapsed, final = msg
+            chunk = ledger.sent.get(seq)
+            if chunk is not None:
+                ledger.results(chunk, offset, values, failures, elapsed)
+                if final:
+                    ledger.settle(w, chunk)
+                    self._offer(w)
         elif kind == _wire.LOADFAIL:
-            self._on_loadfail(w, msg[1], msg[2])
+            chunk = ledger.sent.get(msg[1])
+            if chunk is not None:
+                ledger.load_failed(w, chunk, msg[2])
+                self._offer(w)
         elif kind == _wire.RETIRE:
             w.retiring()
             self.stats["recycled"] += 1
@@ -355,124 +331,10 @@ class Manager:
             reason = f"the initializer raised {type(msg[1]).__name__}: {msg[1]} in worker {w.pid}"
             self._break(reason, cause)
 
-    def _on_result(
-        self,
-        w: Worker,
-        seq: int,
-        offset: int,
-        values: list[Any],
-        failures: list[tuple[int, BaseException, str]],
-        elapsed: float,
-        final: bool,
-    ) -> None:
-        chunk = self._chunks.get(seq)
-        if chunk is None:
-            return
-        job = chunk.job
-        job.record(len(values), elapsed)
-        n, s = self._fn_time.get(chunk.key, (0, 0.0))
-        self._fn_time[chunk.key] = (n + len(values), s + elapsed)
-        if not failures:
-            job.deliver(chunk.start + offset, values)
-        else:  # runs of successes delivered whole, each failure on its own
-            bad = {pos: (exc, tb) for pos, exc, tb in failures}
-            run = offset
-            for pos in sorted(bad):
-                if pos > run:
-                    job.deliver(chunk.start + run, values[run - offset : pos - offset])
-                exc, tb = bad[pos]
-                self._task_failed(chunk, pos, _serialize.with_remote_traceback(exc, tb))
-                run = pos + 1
-            if run < offset + len(values):
-                job.deliver(chunk.start + run, values[run - offset :])
-        chunk.done = offset + len(values)
-        if final:
-            self._complete(w, chunk)
-
-    def _complete(self, w: Worker, chunk: Chunk) -> None:
-        """`chunk` left `w` with every task accounted for (or re-queued as new chunks)."""
-        try:
-            w.inflight.remove(chunk)
-        except ValueError:
-            pass
-        self._chunks.pop(chunk.seq, None)
-        chunk.release()
+    def _offer(self, w: Worker) -> None:
+        """`w` has room for another chunk."""
         if w.state is WorkerState.RUNNING:
             self._free.append(w)
-
-    def _task_failed(self, chunk: Chunk, pos: int, exc: BaseException) -> None:
-        """Task `pos` of `chunk` failed: retry it if its budget allows, else report it."""
-        if chunk.attempt < chunk.retries and not isinstance(exc, SerializationError):
-            retry = self._rechunk(chunk, pos, pos + 1)
-            retry.attempt = chunk.attempt + 1
-            self._pending.appendleft(retry)
-            self.stats["retries"] += 1
-            return
-        chunk.job.fail(chunk.start + pos, exc)
-
-    def _rechunk(self, chunk: Chunk, a: int, b: int, by_value: bool | None = None) -> Chunk:
-        """Items a..b-1 of `chunk` as a fresh chunk with its own pickle and lease."""
-        items = chunk.items[a:b]
-        by_value = chunk.by_value if by_value is None else by_value
-        try:
-            blob, lease = self._arena.dumps(items, by_value=by_value)
-        except Exception:  # pickled before, so this does not happen; be safe
-            by_value = True
-            blob, lease = self._arena.dumps(items, by_value=True)
-        new = Chunk(
-            chunk.job,
-            chunk.start + a,
-            items,
-            blob,
-            lease,
-            chunk.fn,
-            timeout=chunk.timeout,
-            retries=chunk.retries,
-            attempt=chunk.attempt,
-            by_value=by_value,
-        )
-        new.deaths = chunk.deaths
-        return new
-
-    def _on_loadfail(self, w: Worker, seq: int, message: str) -> None:
-        chunk = self._chunks.get(seq)
-        if chunk is None:
-            return
-        if not chunk.by_value:
-            # Pickled by reference but not importable there (a __main__ class
-            # in a spawned worker): send it by value.
-            again = [self._rechunk(chunk, 0, len(chunk.items), by_value=True)]
-        elif len(chunk.items) > 1:
-            again = [self._rechunk(chunk, k, k + 1) for k in range(len(chunk.items))]
-        else:
-            again = []
-            chunk.job.fail(
-                chunk.start,
-                SerializationError(
-                    f"argument of task {chunk.start} ({_serialize.describe(chunk.items[0])}) "
-                    f"could not be unpickled in the worker: {message}",
-                    what="argument",
-                    index=chunk.start,
-                ),
-            )
-        self._complete(w, chunk)  # after the re-pickling: its segments are still needed
-        self._pending.extendleft(reversed(again))
-
-    def _unloadable_results(self, w: Worker, exc: Exception) -> None:
-        if not w.inflight:
-            return
-        chunk = w.inflight[0]
-        for pos in range(chunk.done, len(chunk.items)):
-            chunk.job.fail(
-                chunk.start + pos,
-                SerializationError(
-                    f"the result of task {chunk.start + pos} could not be unpickled in the parent: "
-                    f"{type(exc).__name__}: {exc}",
-                    what="result",
-                    index=chunk.start + pos,
-                ),
-            )
-        self._complete(w, chunk)
 
     # -- deaths and timeouts ---------------------------------------------------------------
     def _on_exit(self, w: Worker) -> None:
@@ -487,82 +349,57 @@ class Manager:
         self._unwatch(w.proc.sentinel)
         self._want_write(w, False)
         exitcode, server_died = w.proc.exit_status()
-        _shm.sweep(f"gilfree-{os.getpid()}-r{w.pid}-")  # result segments we never received
+        cause, culprit, stack = self._crew.diagnose(w, server_died)
         if w.inflight:
-            self._recover(w, exitcode, server_died)
+            self._ledger.recover(w, cause, culprit, exitcode, stack)
         expected = w.state in (WorkerState.RETIRING, WorkerState.STOPPING)
-        w.dead()
-        self._live -= 1
-        if server_died and w.proc.fork_server is not None:
-            self._dead_servers.add(w.proc.fork_server)
-            if len(self._dead_servers) > MAX_SERVER_DEATHS:
-                self._break(f"its fork server died {len(self._dead_servers)} times")
+        self._crew.buried(w)
+        if server_died:
+            if self._crew.server_deaths > MAX_SERVER_DEATHS:
+                self._break(f"its fork server died {self._crew.server_deaths} times")
         elif not expected:
             self.stats["deaths"] += 1
         if self._state is PoolState.RUNNING or (
-            self._state is PoolState.CLOSING and (self._pending or self._chunks)
+            self._state is PoolState.CLOSING and self._ledger.busy
         ):
             self._replace(w.index)
 
-    def _recover(self, w: Worker, exitcode: int | None, server_died: bool) -> None:
-        """Apply ``_recovery.recover`` to the chunks the dead worker held."""
-        culprit: tuple[int, int] | None = None
-        stack = ""
-        if server_died:
-            cause = Cause.SERVER
-        elif w.kill_reason is not None:
-            cause, culprit, stack = Cause.TIMEOUT, w.kill_reason[:2], w.kill_reason[2]
-        elif w.state is WorkerState.RETIRING:
-            cause = Cause.RETIRED
-        else:
-            cause = Cause.CRASH
-            seq, pos, _start, running = self._slots.read(w.index)
-            culprit = (seq, pos) if running else None
-            stack = w.proc.read_stack()
-        held = [Held(c.seq, c.done, len(c.items), c.deaths) for c in w.inflight]
-        by_seq = {c.seq: c for c in w.inflight}
-        requeue: list[Chunk] = []
-        for step in _recovery.recover(cause, culprit, held):
-            chunk = by_seq[step.seq]
-            if isinstance(step, Fail):
-                err = self._error_for(w, chunk, step, exitcode, stack)
-                self._task_failed(chunk, step.pos, err)
-                if step.why == "timeout":
-                    self.stats["timeouts"] += 1
-            else:
-                again = self._rechunk(chunk, step.a, step.b)
-                again.deaths = step.deaths
-                requeue.append(again)
-        for chunk in w.inflight:
-            self._chunks.pop(chunk.seq, None)
-            chunk.release()
-        w.inflight.clear()
-        self._pending.extendleft(reversed(requeue))
+    def _replace(self, index: int) -> None:
+        """Start a worker in a dead one's place; break the pool if none can start."""
+        try:
+            w = self._crew.replace(index)
+        except OSError as exc:
+            self._break(f"no worker process could be started ({exc})", exc)
+            return
+        self._enlist(w)
+        self.stats["started"] += 1
 
-    @staticmethod
-    def _error_for(
-        w: Worker, chunk: Chunk, step: Fail, exitcode: int | None, stack: str
-    ) -> BaseException:
-        index = chunk.start + step.pos
-        item = _serialize.describe(chunk.items[step.pos])
-        if step.why == "timeout":
-            return _recovery.timeout_error(index, item, chunk.timeout, stack)
-        return _recovery.death_error(
-            w.pid, exitcode, index, item, stack, loading=step.why == "loading"
-        )
+    def _enlist(self, w: Worker) -> None:
+        """Watch a new worker, send it the initializer, and offer it work."""
+        self._selector.register(w.proc.result_fd, selectors.EVENT_READ, ("result", w))
+        self._selector.register(w.proc.sentinel, selectors.EVENT_READ, ("exit", w))
+        if self._init_blob is not None:
+            self._send(w, (_wire.INIT, self._init_blob))
+        self._free.extend([w] * PREFETCH)
+
+    def _unwatch(self, fd: int) -> None:
+        try:
+            self._selector.unregister(fd)
+        except (KeyError, ValueError):
+            pass
 
     def _fire_timers(self) -> None:
         now = time.monotonic()
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, seq = heapq.heappop(timers)
-            chunk = self._chunks.get(seq)
+            chunk = self._ledger.sent.get(seq)
             w = None if chunk is None else chunk.worker
             if chunk is None or chunk.timeout is None or w is None:
                 continue
             if w.state is not WorkerState.RUNNING:
                 continue
-            s_seq, s_pos, s_start, running = self._slots.read(w.index)
+            s_seq, s_pos, s_start, running = self._crew.slots.read(w.index)
             if s_seq == seq and running:
                 deadline = s_start / 1e9 + chunk.timeout
                 if deadline <= now:
@@ -573,68 +410,27 @@ class Manager:
             else:  # not started yet, or between tasks
                 heapq.heappush(timers, (now + chunk.timeout, next(seqs), seq))
 
-    # -- workers ---------------------------------------------------------------------------
-    def _start(self, index: int, method: str, inherited: list[int]) -> Worker:
-        self._slots.reset(index)
-        proc = WorkerProcess(
-            index, method, self._slots.fd, self._alive_r, inherited, self._config
-        )
-        w = self._workers[index] = Worker(index, proc)
-        self._live += 1
-        return w
-
-    def _enlist(self, w: Worker) -> None:
-        """Watch a new worker, send it the initializer, and offer it work."""
-        self._selector.register(w.proc.result_fd, selectors.EVENT_READ, ("result", w))
-        self._selector.register(w.proc.sentinel, selectors.EVENT_READ, ("exit", w))
-        if self._init_blob is not None:
-            self._send(w, (_wire.INIT, self._init_blob))
-        self._free.extend([w] * PREFETCH)
-
-    def _replace(self, index: int) -> None:
-        """Start a worker in a dead one's place; break the pool if none can start."""
-        for attempt in (1, 2):  # a dead fork server is restarted by the second try
-            try:
-                w = self._start(index, self._later_method, [])
-            except OSError as exc:  # ZygoteGone, EMFILE, EAGAIN...
-                if attempt == 2:
-                    self._break(f"no worker process could be started ({exc})", exc)
-                    return
-                continue
-            self._enlist(w)
-            self.stats["started"] += 1
-            return
-
-    def _unwatch(self, fd: int) -> None:
-        try:
-            self._selector.unregister(fd)
-        except (KeyError, ValueError):
-            pass
-
     # -- stopping and breaking -------------------------------------------------------------
     def _progress_shutdown(self) -> None:
         state = self._state
         if state is PoolState.RUNNING:
             return
         if state is PoolState.KILLING:
-            if self._pending or self._chunks:
-                self._fail_all(RuntimeError("the pool was shut down before this task ran"))
+            if self._ledger.busy:
+                self._ledger.fail_all(RuntimeError("the pool was shut down before this task ran"))
             if not self._killed:
                 self._killed = True
-                for w in self._workers:
-                    if w is not None and w.state is not WorkerState.DEAD:
-                        w.kill()
-        elif state is PoolState.CLOSING and not self._pending and not self._chunks:
+                for w in self._crew:
+                    w.kill()
+        elif state is PoolState.CLOSING and not self._ledger.busy:
             if self._stop_deadline is None:
                 self._stop_deadline = time.monotonic() + STOP_GRACE_S
-                for w in self._workers:
-                    if w is not None and w.state is not WorkerState.DEAD:
-                        self._want_write(w, False)
-                        w.stop()
+                for w in self._crew:
+                    self._want_write(w, False)
+                    w.stop()
             elif time.monotonic() >= self._stop_deadline:
-                for w in self._workers:
-                    if w is not None and w.state is not WorkerState.DEAD:
-                        w.kill()
+                for w in self._crew:
+                    w.kill()
 
     def _break(self, reason: str, cause: BaseException | None = None) -> None:
         """The pool cannot go on: fail everything it holds, refuse new work, stop workers."""
@@ -645,59 +441,25 @@ class Manager:
             self._state = PoolState.BROKEN
             self.error = err
             incoming, self._incoming = self._incoming, collections.deque()
-        self._pending.extend(incoming)
-        self._fail_all(err)
-        for w in self._workers:
-            if w is not None and w.state is not WorkerState.DEAD:
-                w.kill()
+        self._ledger.pending.extend(incoming)
+        self._ledger.fail_all(err)
+        for w in self._crew:
+            w.kill()
 
-    def _fail_all(self, exc: BaseException) -> None:
-        for chunk in [*self._chunks.values(), *self._pending]:
-            for pos in range(chunk.done, len(chunk.items)):
-                try:
-                    chunk.job.fail(chunk.start + pos, exc)
-                except Exception:  # one job's sink must not keep the others waiting
-                    pass
-            chunk.release()
-        self._chunks.clear()
-        self._pending.clear()
-        for w in self._workers:
-            if w is not None:
-                w.inflight.clear()
-
-    def _close_all(self) -> None:
+    def _close(self) -> None:
         """The manager's last act: nothing it does may raise or block unbounded."""
         with self._lock:
             left = bool(self._incoming)
-        if left or self._pending or self._chunks:  # only a bug leaves work here
+        if left or self._ledger.busy:  # only a bug leaves work here
             self._break("it stopped with tasks left")
-        self._close_workers(REAP_S)
         with self._lock:
             if self._state is not PoolState.BROKEN:
                 self._state = PoolState.CLOSED
-        for close in (self._arena.close, self._selector.close, self._close_shared):
+        self._crew.close(REAP_S)
+        for close in (self._arena.close, self._selector.close):
             try:
                 close()
             except Exception:
                 pass
-        for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
-
-    def _close_workers(self, wait_s: float) -> None:
-        for w in self._workers:
-            if w is None:
-                continue
-            if w.state is not WorkerState.DEAD:
-                try:
-                    w.kill()
-                    w.proc.wait(wait_s)
-                    w.dead()
-                    self._live -= 1
-                except Exception:
-                    pass
-            _shm.sweep(f"gilfree-{os.getpid()}-r{w.pid}-")
-
-    def _close_shared(self) -> None:
-        self._slots.close()
-        for fd in (self._alive_r, self._alive_w):
-            os.close(fd)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
