@@ -19,6 +19,8 @@ from ._state import Worker, WorkerState
 #: Attempts to start a replacement worker before the pool gives up. A dead
 #: fork server is restarted by the second.
 START_ATTEMPTS = 2
+#: Seconds a killed worker gets to be reaped when the pool closes.
+REAP_S = 5.0
 
 
 class Crew:
@@ -44,7 +46,7 @@ class Crew:
                 for i in range(self.size):
                     inherited += self._start(i, method, inherited).proc.parent_fds
         except BaseException:
-            self.close(0.0)
+            self.close()
             raise
 
     def _start(self, index: int, method: str, inherited: list[int]) -> Worker:
@@ -102,12 +104,12 @@ class Crew:
     def pids(self) -> list[int]:
         return [w.pid for w in self]
 
-    def close(self, wait_s: float) -> None:
-        """Kill and reap every worker, then close what they shared. Never raises."""
+    def close(self) -> None:
+        """Kill and reap every worker, then close what they shared."""
         for w in list(self):
             try:
                 w.kill()
-                w.proc.wait(wait_s)
+                w.proc.wait(REAP_S)
                 self.buried(w)
             except Exception:
                 pass

@@ -53,8 +53,6 @@ PREFETCH_MAX_S = 0.01
 CAREFUL_ABOVE_S = 0.1
 #: Seconds workers get to exit after their pipes close before they are killed.
 STOP_GRACE_S = 2.0
-#: Seconds a killed worker gets to be reaped when the manager closes.
-REAP_S = 5.0
 #: Distinct fork servers that may die under one pool before it gives up (a
 #: task that kills its worker's parent would otherwise loop for ever).
 MAX_SERVER_DEATHS = 3
@@ -160,6 +158,8 @@ class Manager:
     def _wake_locked(self, force: bool = False) -> None:
         # The byte is written before the flag is set: a KeyboardInterrupt in
         # between must not leave the flag up with the manager asleep.
+        if self._wake_w < 0:  # closed: the number may belong to another file now
+            return
         if force or not self._woken:
             try:
                 os.write(self._wake_w, b"\0")
@@ -455,11 +455,11 @@ class Manager:
         with self._lock:
             if self._state is not PoolState.BROKEN:
                 self._state = PoolState.CLOSED
-        self._crew.close(REAP_S)
-        for close in (self._arena.close, self._selector.close):
+            wake_fds, self._wake_w = (self._wake_r, self._wake_w), -1
+        for close in (self._crew.close, self._arena.close, self._selector.close):
             try:
                 close()
             except Exception:
                 pass
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        for fd in wake_fds:
+            os.close(fd)
