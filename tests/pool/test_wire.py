@@ -79,3 +79,23 @@ def test_writing_to_a_closed_reader_raises_broken_pipe(pipe):
     os.close(r)
     with pytest.raises(BrokenPipeError):
         _wire.FrameWriter(w).send(b"nobody listens")
+
+
+def test_the_workers_buffered_reader_splits_gulps_into_frames(pipe):
+    r, w = pipe
+    payloads = [b"a", b"", b"x" * 70_000, b"tail" * 10, os.urandom(3 << 20), b"end"]
+    writer = threading.Thread(target=lambda: [_wire.send_frame(w, p) for p in payloads])
+    writer.start()
+    frames = _wire.BlockingFrames(r)
+    got = [frames.recv() for _ in payloads]
+    writer.join(10)
+    assert got == payloads
+    os.close(w)
+    assert frames.recv() is None
+
+
+def test_the_buffered_reader_returns_none_on_eof_mid_frame(pipe):
+    r, w = pipe
+    os.write(w, _wire.frame(b"0123456789")[:12])
+    os.close(w)
+    assert _wire.BlockingFrames(r).recv() is None

@@ -147,6 +147,7 @@ class Worker:
         max_memory: int | None,
     ) -> None:
         self.task_fd = task_fd
+        self.frames = _wire.BlockingFrames(task_fd)
         self.result_fd = result_fd
         self.slot = slot
         self.fns: dict[int, Any] = {}
@@ -166,7 +167,7 @@ class Worker:
 
     def serve(self) -> None:
         while True:
-            raw = _wire.recv_frame(self.task_fd)
+            raw = self.frames.recv()
             if raw is None:
                 return  # the parent closed our pipe: orderly exit
             msg = pickle.loads(raw)
