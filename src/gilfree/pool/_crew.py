@@ -50,21 +50,24 @@ class Crew:
             raise
 
     def _start(self, index: int, method: str, inherited: list[int]) -> Worker:
+        """A new worker in slot ``index``; raises OSError when none could start."""
         self.slots.reset(index)
-        proc = WorkerProcess(index, method, self.slots.fd, self._alive_r, inherited, self.config)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                proc = WorkerProcess(
+                    index, method, self.slots.fd, self._alive_r, inherited, self.config
+                )
+                break
+            except OSError:  # ZygoteGone, EMFILE, EAGAIN...
+                if attempt == START_ATTEMPTS:
+                    raise
         w = self.workers[index] = Worker(index, proc)
         self.live += 1
         return w
 
     def replace(self, index: int) -> Worker:
-        """A new worker in slot ``index``; raises OSError when none could start."""
-        for attempt in range(1, START_ATTEMPTS + 1):
-            try:
-                return self._start(index, self.later_method, [])
-            except OSError:  # ZygoteGone, EMFILE, EAGAIN...
-                if attempt == START_ATTEMPTS:
-                    raise
-        raise AssertionError("unreachable")
+        """A new worker in a dead one's slot; raises OSError when none could start."""
+        return self._start(index, self.later_method, [])
 
     def __iter__(self) -> Iterator[Worker]:
         """Workers not yet dead."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import heapq
-import os
 import pickle
 import selectors
 import signal
@@ -34,6 +33,7 @@ from ..errors import PoolBroken
 from . import _recovery, _wire
 from ._crew import Crew
 from ._ledger import Ledger
+from ._procs import WakePipe
 from ._state import Chunk, PoolState, Worker, WorkerState, seqs
 
 #: Chunks a worker may hold at once: the one it runs and one waiting in its
@@ -73,7 +73,6 @@ class Manager:
         self._state = PoolState.RUNNING
         self._incoming: collections.deque[Chunk] = collections.deque()
         self._forgotten: list[int] = []  # function keys callers evicted
-        self._woken = False
         self.error: PoolBroken | None = None
         # The manager thread's own.
         self.size = workers
@@ -89,11 +88,9 @@ class Manager:
         # would inherit them) and before our thread runs.
         self._crew = Crew(workers, config, start_method)
         self._crew.start_all(start_method)
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._waker = WakePipe()
         self._selector = selectors.DefaultSelector()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._selector.register(self._waker.fd, selectors.EVENT_READ, ("wake", None))
         for w in self._crew:
             self._enlist(w)
         # The thread holds the manager, never the ProcessPool: a pool no one
@@ -110,7 +107,7 @@ class Manager:
         with self._lock:
             if self._state is PoolState.RUNNING:
                 self._incoming.extend(chunks)
-                self._wake_locked()
+                self._waker.wake()
                 return
         for chunk in chunks:
             chunk.release()
@@ -143,7 +140,7 @@ class Manager:
                 self._state = PoolState.KILLING
             elif self._state is PoolState.RUNNING:
                 self._state = PoolState.CLOSING
-            self._wake_locked(force=True)
+            self._waker.wake(force=True)
 
     def join(self) -> None:
         if threading.current_thread() is not self._thread:
@@ -154,18 +151,6 @@ class Manager:
 
     def pids(self) -> list[int]:
         return self._crew.pids()
-
-    def _wake_locked(self, force: bool = False) -> None:
-        # The byte is written before the flag is set: a KeyboardInterrupt in
-        # between must not leave the flag up with the manager asleep.
-        if self._wake_w < 0:  # closed: the number may belong to another file now
-            return
-        if force or not self._woken:
-            try:
-                os.write(self._wake_w, b"\0")
-            except OSError:  # full (a wake-up is pending anyway) or closed
-                pass
-            self._woken = True
 
     # -- the loop ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -189,7 +174,7 @@ class Manager:
                 elif kind == "write":
                     self._on_writable(w)
                 else:
-                    self._drain_wake()
+                    self._waker.drain()
             self._take_incoming()
             self._fire_timers()
             self._dispatch()
@@ -201,16 +186,9 @@ class Manager:
             deadline = min(deadline or self._stop_deadline, self._stop_deadline)
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
     def _take_incoming(self) -> None:
         with self._lock:
-            self._woken = False
+            self._waker.clear()
             incoming, self._incoming = self._incoming, collections.deque()
             forgotten, self._forgotten = self._forgotten, []
         self._ledger.pending.extend(incoming)
@@ -438,8 +416,8 @@ class Manager:
         with self._lock:
             if self._state in (PoolState.BROKEN, PoolState.CLOSED):
                 return
+            self.error = err  # before the state: readers check the state without the lock
             self._state = PoolState.BROKEN
-            self.error = err
             incoming, self._incoming = self._incoming, collections.deque()
         self._ledger.pending.extend(incoming)
         self._ledger.fail_all(err)
@@ -455,11 +433,9 @@ class Manager:
         with self._lock:
             if self._state is not PoolState.BROKEN:
                 self._state = PoolState.CLOSED
-            wake_fds, self._wake_w = (self._wake_r, self._wake_w), -1
+            self._waker.close()
         for close in (self._crew.close, self._arena.close, self._selector.close):
             try:
                 close()
             except Exception:
                 pass
-        for fd in wake_fds:
-            os.close(fd)

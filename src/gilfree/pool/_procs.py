@@ -277,3 +277,45 @@ class Slots:
         self._view.release()
         self._map.close()
         os.close(self.fd)
+
+
+class WakePipe:
+    """Wakes the manager's ``select`` from other threads: one byte per wake-up at most.
+
+    ``wake`` is called under the manager's lock, ``clear`` by the manager when
+    it takes what it was woken for.
+    """
+
+    def __init__(self) -> None:
+        self.fd, self._w = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._w, False)
+        self._woken = False
+
+    def wake(self, force: bool = False) -> None:
+        # The byte is written before the flag is set: a KeyboardInterrupt in
+        # between must not leave the flag up with the manager asleep.
+        if self._w < 0:  # closed: the number may belong to another file now
+            return
+        if force or not self._woken:
+            try:
+                os.write(self._w, b"\0")
+            except OSError:  # full: a wake-up is pending anyway
+                pass
+            self._woken = True
+
+    def clear(self) -> None:
+        self._woken = False
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        """Only under the lock ``wake`` is called under."""
+        fds, self._w = (self.fd, self._w), -1
+        for fd in fds:
+            os.close(fd)
