@@ -239,6 +239,7 @@ def main():
             {"gilfree (fork server)": server, **peers_cpu(cpu_items)},
             r,
             note=f"serial loop: {t_serial:.3f} s",
+            slow_s=30.0,  # seconds each: one noisy run must not decide
         )
         summary(ratios, "multiprocessing.Pool.map(chunksize=1)")
         print(
