@@ -23,6 +23,8 @@ from gilfree.pool._recovery import (
 A = Held(seq=1, done=0, size=10, deaths=0)  # the chunk it was running
 B = Held(seq=2, done=0, size=5, deaths=0)  # prefetched behind it
 
+# One case per group of rows, read as a table: kept as written.
+# fmt: off
 CASES = [
     # (name, cause, culprit, held, expected)
     ("crash mid-chunk: the culprit fails, its neighbours and the next chunk go back",
@@ -51,6 +53,7 @@ CASES = [
      Cause.RETIRED, None, [Held(1, 10, 10, 0)], []),
     ("no chunks held: nothing to do", Cause.CRASH, None, [], []),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize("name, cause, culprit, held, expected", CASES, ids=[c[0] for c in CASES])
