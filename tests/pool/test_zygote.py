@@ -77,3 +77,14 @@ def test_status_of_a_worker_that_has_not_exited_is_bounded(plumbing):
         assert z.status(proc.pid) == -signal.SIGKILL
     finally:
         proc.release()
+
+
+def test_a_hung_zygote_is_killed_after_its_reply_timeout(monkeypatch, plumbing):
+    monkeypatch.setattr(_zygote, "_SERVE", "import time; time.sleep(60)")
+    monkeypatch.setattr(_zygote, "REPLY_TIMEOUT_S", 0.5)
+    hung = _zygote.Zygote()
+    t0 = time.monotonic()
+    with pytest.raises(_zygote.ZygoteGone, match="failed"):
+        hung.fork(CONFIG, [])
+    assert time.monotonic() - t0 < 5
+    assert not hung.alive() and hung._popen.returncode == -signal.SIGKILL
