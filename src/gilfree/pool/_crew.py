@@ -27,6 +27,7 @@ class Crew:
     def __init__(self, size: int, config: dict[str, Any], start_method: str | None) -> None:
         self.size = size
         self.config = config
+        self._max_tasks: int | None = config["max_tasks"]
         #: Workers started after the first ones come from the fork server: by
         #: then the manager thread runs, and forking a threaded parent is unsafe.
         self.later_method = start_method or "zygote"
@@ -101,7 +102,7 @@ class Crew:
 
     def budget(self, w: Worker) -> int:
         """Tasks ``w`` may still be sent before max_tasks_per_worker retires it."""
-        limit: int | None = self.config["max_tasks"]
+        limit = self._max_tasks
         return (1 << 62) if limit is None else max(0, limit - w.assigned)
 
     def pids(self) -> list[int]:

@@ -187,6 +187,10 @@ class Manager:
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
     def _take_incoming(self) -> None:
+        if not self._incoming and not self._forgotten:
+            # Safe without the lock: an append we miss comes with a wake-up
+            # byte, written after it, that brings us back here.
+            return
         with self._lock:
             self._waker.clear()
             incoming, self._incoming = self._incoming, collections.deque()
@@ -367,8 +371,10 @@ class Manager:
             pass
 
     def _fire_timers(self) -> None:
-        now = time.monotonic()
         timers = self._timers
+        if not timers:
+            return
+        now = time.monotonic()
         while timers and timers[0][0] <= now:
             _, _, seq = heapq.heappop(timers)
             chunk = self._ledger.sent.get(seq)

@@ -308,8 +308,8 @@ class WakePipe:
         self._woken = False
 
     def drain(self) -> None:
-        try:
-            while os.read(self.fd, 4096):
+        try:  # a short read empties it: no second read just to hear EAGAIN
+            while len(os.read(self.fd, 4096)) == 4096:
                 pass
         except BlockingIOError:
             pass
