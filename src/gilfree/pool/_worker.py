@@ -34,12 +34,17 @@ from .. import _serialize, _shm
 from ..errors import SerializationError
 from . import _wire
 
-#: An inherited OpenBLAS pool is capped only once tasks take this long on
-#: average: changing its thread count wakes its threads, which spin for ~0.1 s
-#: of CPU (measured in a forked child), and paying that in every worker made
-#: 200,000 tiny tasks 1.7x slower. Tasks that call BLAS for long are capped
-#: after their first chunk; microsecond tasks never run BLAS at length.
+#: A BLAS/OpenMP pool inherited through fork is capped only once it runs:
+#: capping one that never ran starts its threads, which spin for ~0.1 s of CPU
+#: (in a forked child OpenBLAS restarts its server on any thread-count call).
+#: Paid in every worker, that made 200,000 tiny tasks 1.7x slower, and cost
+#: ~12 ms of CPU per worker on pure-Python work that never calls BLAS (64
+#: workers: ~0.8 s). So after a chunk whose tasks took this long on average
+#: the worker counts its threads; more than its own (a pool woke up) and it
+#: caps them. Microsecond tasks never run BLAS at length.
 CAP_AFTER_S = 0.001
+#: ...and counts them at most this often (reading /proc costs ~15 us).
+THREAD_CHECK_S = 0.1
 #: Results of a chunk still running are sent home at least this often, so a
 #: crash late in a long chunk loses (and re-runs) little finished work.
 FLUSH_S = 0.2
@@ -156,6 +161,8 @@ class Worker:
         self.tasks_done = 0
         self.results: _shm.ResultPickler | None = None
         self.blas_cap: int | None = None
+        self.own_threads = _thread_count()  # this one and the parent watcher
+        self.next_thread_check = 0.0
 
     def dumps(self, msg: Any) -> bytes:
         if self.results is not None and _shm.numpy_loaded():
@@ -176,7 +183,7 @@ class Worker:
                 t0 = time.perf_counter()
                 n = self.run_chunk(msg[1], msg[2], msg[3], msg[4])
                 if self.blas_cap is not None and time.perf_counter() - t0 > CAP_AFTER_S * n:
-                    self.cap_inherited_pools()
+                    self.cap_if_running()
                 reason = self.retire_reason()
                 if reason:
                     self.send((_wire.RETIRE, reason))
@@ -198,6 +205,15 @@ class Worker:
             self.send((_wire.INITFAIL, exc_, tb))
             return False
         return True
+
+    def cap_if_running(self) -> None:
+        """Cap inherited pools once native threads beyond our own show one is running."""
+        now = time.monotonic()
+        if now < self.next_thread_check:
+            return
+        self.next_thread_check = now + THREAD_CHECK_S
+        if _thread_count() > self.own_threads:
+            self.cap_inherited_pools()
 
     def cap_inherited_pools(self) -> None:
         """Cap BLAS/OpenMP pools this worker inherited loaded through fork."""
@@ -333,6 +349,14 @@ class Worker:
             if rss > self.max_memory:
                 return f"uses {rss} bytes of memory (max_worker_memory={self.max_memory})"
         return ""
+
+
+def _thread_count() -> int:
+    """Threads of this process, native ones included (an unknown count: assume many)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1 << 30
 
 
 def _rss() -> int:
