@@ -36,10 +36,8 @@ def _matmul_then_report(_):
 
 
 def test_a_pool_that_never_runs_is_not_capped():
-    got = gilfree.map(
-        _nap_then_report, range(12), backend="process", workers=WORKERS, chunksize=1,
-        start_method="fork",
-    )
+    opts = dict(backend="process", workers=WORKERS, chunksize=1, start_method="fork")
+    got = gilfree.map(_nap_then_report, range(12), **opts)
     # Capping an idle OpenBLAS pool starts its threads: the workers keep just their two.
     assert {threads for _pid, threads in got} == {2}
 
@@ -47,10 +45,8 @@ def test_a_pool_that_never_runs_is_not_capped():
 def test_a_pool_that_runs_is_capped_after_the_first_chunk():
     if not any(n > CAP for n in _inherited_blas_threads()):
         pytest.skip("the parent's BLAS pool is no larger than the cap: nothing to cap")
-    got = gilfree.map(
-        _matmul_then_report, range(12), backend="process", workers=WORKERS, chunksize=1,
-        start_method="fork",
-    )
+    opts = dict(backend="process", workers=WORKERS, chunksize=1, start_method="fork")
+    got = gilfree.map(_matmul_then_report, range(12), **opts)
     seen = set()
     for pid, counts in got:
         if pid in seen:  # a worker's first chunk may run before its pool is capped
