@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Modules held to `mypy --strict` (the rest of the package is not yet).
+MYPY_STRICT := src/gilfree/pool src/gilfree/errors.py
 
 .PHONY: demo test lint bench clean
 
@@ -17,6 +19,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks mkdocs_hooks.py
+	$(VENV)/bin/mypy --strict $(MYPY_STRICT)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -8,6 +8,9 @@
           ├── TaskTimeout (TimeoutError)  the task ran past ``timeout=``
           ├── SerializationError          a function, argument or result could not be pickled
           ├── DeadlockError               a lock request closed a wait-for cycle
+          ├── PoolBroken (concurrent.futures.BrokenExecutor)
+          │                               the process pool cannot go on: pending
+          │                               and later work fail with it
           └── ConfigurationError (ValueError)
                                           bad options: names the option and the value
 
@@ -18,10 +21,14 @@ and on the process and dask backends the worker-side traceback hangs off it as
 
 from __future__ import annotations
 
+import concurrent.futures
+from typing import Any
+
 __all__ = [
     "ConfigurationError",
     "DeadlockError",
     "GilfreeError",
+    "PoolBroken",
     "RemoteTraceback",
     "SerializationError",
     "TaskTimeout",
@@ -32,7 +39,8 @@ __all__ = [
 class GilfreeError(Exception):
     """Base class of every error gilfree raises on its own account."""
 
-    def __reduce__(self):  # keep keyword attributes (index, stack...) across pickling
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep keyword attributes (index, stack...) across pickling.
         return (_rebuild, (type(self), self.args, self.__dict__))
 
 
@@ -102,6 +110,17 @@ class DeadlockError(GilfreeError):
     """Raised in the thread whose lock request would close a wait-for cycle."""
 
 
+class PoolBroken(GilfreeError, concurrent.futures.BrokenExecutor):
+    """The process pool cannot go on (its fork server cannot be restarted, a
+    worker's ``initializer`` failed, or its manager hit an internal error).
+
+    Every task still pending fails with it, and every later ``submit`` raises
+    it. It is a ``concurrent.futures.BrokenExecutor`` (a ``RuntimeError``), so
+    code written for ``ProcessPoolExecutor``'s ``BrokenProcessPool`` catches it.
+    The underlying error, when there is one, is its ``__cause__``.
+    """
+
+
 class ConfigurationError(GilfreeError, ValueError):
     """An option has a value gilfree cannot use; the message names both."""
 
@@ -117,7 +136,7 @@ class RemoteTraceback(Exception):
         return f'\n"""\n{self.tb}"""'
 
 
-def _rebuild(cls, args, state):
+def _rebuild(cls: type[GilfreeError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
     obj = cls.__new__(cls)
     Exception.__init__(obj, *args)
     obj.__dict__.update(state)

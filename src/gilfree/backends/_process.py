@@ -24,15 +24,21 @@ class ProcessBackend(Backend):
             max_tasks_per_worker=options.max_tasks_per_worker,
             max_worker_memory=options.max_worker_memory,
             share_threshold=options.share_threshold,
+            # Options gains these with issue 13; getattr until it has.
+            initializer=getattr(options, "initializer", None),
+            initargs=getattr(options, "initargs", ()),
         )
 
     def max_chunk(self, job: Job) -> int:
         return job.options.max_tasks_per_worker or 1 << 30
 
     def submit(self, job: Job, start: int, items: list[Any]) -> None:
-        self._pool.submit(job, start, items)
+        # Each chunk carries its own limits: the pool knows nothing of Options.
+        opts = job.options
+        self._pool.submit(job, start, items, timeout=opts.timeout, retries=opts.retries)
 
     def check(self) -> None:
+        """Raise ``PoolBroken`` if the pool cannot go on."""
         self._pool.check()
 
     def shutdown(self, *, wait: bool = True, kill: bool = False) -> None:

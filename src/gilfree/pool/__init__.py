@@ -1,5 +1,9 @@
-"""gilfree's own process pool (see ``_pool`` for the design)."""
+"""gilfree's own process pool (see ``_pool`` for the design and the module map).
 
-from ._pool import PoolState, ProcessPool
+It depends on nothing above it: jobs are anything shaped like ``JobLike``.
+"""
 
-__all__ = ["PoolState", "ProcessPool"]
+from ._pool import ProcessPool
+from ._state import JobLike, PoolState
+
+__all__ = ["JobLike", "PoolState", "ProcessPool"]

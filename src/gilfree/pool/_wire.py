@@ -21,10 +21,15 @@ HEADER = 8
 FN = 1  # (FN, key, blob): define function `key`
 FORGET = 2  # (FORGET, key): drop function `key`
 CHUNK = 3  # (CHUNK, seq, key, items_blob, careful)
+INIT = 4  # (INIT, blob): run this initializer once, before the first chunk
 # worker -> parent
 RESULT = 11  # (RESULT, seq, offset, values, failures, elapsed, final)
 LOADFAIL = 12  # (LOADFAIL, seq, message): the chunk's items did not unpickle
 RETIRE = 13  # (RETIRE, reason): the worker exits after this message
+INITFAIL = 14  # (INITFAIL, exc, traceback_text): the initializer raised; the worker exits
+
+#: Exit status of a worker that lost its parent (or its end of the alive pipe).
+PARENT_GONE = 70
 
 #: Largest read per readiness event, so one chatty worker cannot starve others.
 READ_BUDGET = 8 << 20
@@ -53,6 +58,50 @@ def recv_frame(fd: int) -> bytes | None:
     if head is None:
         return None
     return read_exact(fd, int.from_bytes(head, "little"))
+
+
+class BlockingFrames:
+    """Frames from a blocking fd, read in gulps: one read per small frame, not two.
+
+    The worker's side of its task pipe. Large bodies are read straight into
+    their own buffer.
+    """
+
+    __slots__ = ("_buf", "_fd")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buf = bytearray()
+
+    def recv(self) -> bytes | bytearray | None:
+        """The next frame's payload, or None on EOF."""
+        buf = self._buf
+        while len(buf) < HEADER:
+            data = os.read(self._fd, 65536)
+            if not data:
+                return None
+            buf += data
+        n = int.from_bytes(buf[:HEADER], "little")
+        while len(buf) - HEADER < n and n - (len(buf) - HEADER) < 65536:
+            data = os.read(self._fd, 65536)
+            if not data:
+                return None
+            buf += data
+        if len(buf) - HEADER >= n:
+            body = bytes(buf[HEADER : HEADER + n])
+            del buf[: HEADER + n]
+            return body
+        body_buf = bytearray(n)
+        have = len(buf) - HEADER
+        body_buf[:have] = buf[HEADER:]
+        buf.clear()
+        view = memoryview(body_buf)
+        while have < n:
+            k = os.readv(self._fd, [view[have:]])
+            if k == 0:
+                return None
+            have += k
+        return body_buf
 
 
 def send_frame(fd: int, payload: bytes) -> None:
@@ -98,6 +147,8 @@ class FrameReader:
                 budget -= len(chunk)
                 self._head += chunk
                 self._split(frames)
+                if len(chunk) < 65536 and self._body is None:
+                    break  # drained for now: skip the read that would say EAGAIN
             else:
                 view = memoryview(self._body)[self._got :]
                 try:
@@ -149,7 +200,16 @@ class FrameWriter:
 
     def send(self, payload: bytes) -> None:
         if len(payload) < 65536:
-            self._pending.append(memoryview(frame(payload)))
+            data = frame(payload)
+            if not self._pending:  # the common case: straight into the pipe
+                try:
+                    n = os.write(self._fd, data)
+                except BlockingIOError:
+                    n = 0
+                if n < len(data):
+                    self._pending.append(memoryview(data)[n:])
+                return
+            self._pending.append(memoryview(data))
         else:
             self._pending.append(memoryview(len(payload).to_bytes(HEADER, "little")))
             self._pending.append(memoryview(payload))

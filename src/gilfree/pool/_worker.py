@@ -27,18 +27,24 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .. import _serialize, _shm
 from ..errors import SerializationError
 from . import _wire
 
-#: An inherited OpenBLAS pool is capped only once tasks take this long on
-#: average: changing its thread count wakes its threads, which spin for ~0.1 s
-#: of CPU (measured in a forked child), and paying that in every worker made
-#: 200,000 tiny tasks 1.7x slower. Tasks that call BLAS for long are capped
-#: after their first chunk; microsecond tasks never run BLAS at length.
+#: A BLAS/OpenMP pool inherited through fork is capped only once it runs:
+#: capping one that never ran starts its threads, which spin for ~0.1 s of CPU
+#: (in a forked child OpenBLAS restarts its server on any thread-count call).
+#: Paid in every worker, that made 200,000 tiny tasks 1.7x slower, and cost
+#: ~12 ms of CPU per worker on pure-Python work that never calls BLAS (64
+#: workers: ~0.8 s). So after a chunk whose tasks took this long on average
+#: the worker counts its threads; more than its own (a pool woke up) and it
+#: caps them. Microsecond tasks never run BLAS at length.
 CAP_AFTER_S = 0.001
+#: ...and counts them at most this often (reading /proc costs ~15 us).
+THREAD_CHECK_S = 0.1
 #: Results of a chunk still running are sent home at least this often, so a
 #: crash late in a long chunk loses (and re-runs) little finished work.
 FLUSH_S = 0.2
@@ -54,7 +60,7 @@ def main(
     stack_fd: int,
     alive_fd: int,
     slots_fd: int,
-    close_fds: list[int] = (),  # type: ignore[assignment]
+    close_fds: Sequence[int] = (),
 ) -> None:
     for fd in close_fds:  # the parent's ends, inherited through fork
         try:
@@ -100,7 +106,7 @@ def _cap_native_threads(n: int) -> None:
 
 
 #: Exit status of a worker that lost its parent (or its end of the alive pipe).
-PARENT_GONE = 70
+PARENT_GONE = _wire.PARENT_GONE
 
 
 def _die_with_parent(ppid: int) -> None:
@@ -146,6 +152,7 @@ class Worker:
         max_memory: int | None,
     ) -> None:
         self.task_fd = task_fd
+        self.frames = _wire.BlockingFrames(task_fd)
         self.result_fd = result_fd
         self.slot = slot
         self.fns: dict[int, Any] = {}
@@ -154,6 +161,8 @@ class Worker:
         self.tasks_done = 0
         self.results: _shm.ResultPickler | None = None
         self.blas_cap: int | None = None
+        self.own_threads = _thread_count()  # this one and the parent watcher
+        self.next_thread_check = 0.0
 
     def dumps(self, msg: Any) -> bytes:
         if self.results is not None and _shm.numpy_loaded():
@@ -165,7 +174,7 @@ class Worker:
 
     def serve(self) -> None:
         while True:
-            raw = _wire.recv_frame(self.task_fd)
+            raw = self.frames.recv()
             if raw is None:
                 return  # the parent closed our pipe: orderly exit
             msg = pickle.loads(raw)
@@ -174,19 +183,41 @@ class Worker:
                 t0 = time.perf_counter()
                 n = self.run_chunk(msg[1], msg[2], msg[3], msg[4])
                 if self.blas_cap is not None and time.perf_counter() - t0 > CAP_AFTER_S * n:
-                    self.cap_inherited_pools()
+                    self.cap_if_running()
                 reason = self.retire_reason()
                 if reason:
                     self.send((_wire.RETIRE, reason))
                     return
             elif kind == _wire.FN:
                 self.define(msg[1], msg[2])
+            elif kind == _wire.INIT:
+                if not self.initialize(msg[1]):
+                    return
             elif kind == _wire.FORGET:
                 self.fns.pop(msg[1], None)
 
+    def initialize(self, blob: bytes) -> bool:
+        """Run the pool's initializer; on failure tell the parent and return False (exit)."""
+        try:
+            _serialize.loads(blob)()
+        except BaseException as exc:
+            exc_, tb = _serialize.exception_payload(exc)
+            self.send((_wire.INITFAIL, exc_, tb))
+            return False
+        return True
+
+    def cap_if_running(self) -> None:
+        """Cap inherited pools once native threads beyond our own show one is running."""
+        now = time.monotonic()
+        if now < self.next_thread_check:
+            return
+        self.next_thread_check = now + THREAD_CHECK_S
+        if _thread_count() > self.own_threads:
+            self.cap_inherited_pools()
+
     def cap_inherited_pools(self) -> None:
         """Cap BLAS/OpenMP pools this worker inherited loaded through fork."""
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
         threadpool_limits(limits=self.blas_cap)
         self.blas_cap = None
@@ -320,6 +351,14 @@ class Worker:
         return ""
 
 
+def _thread_count() -> int:
+    """Threads of this process, native ones included (an unknown count: assume many)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1 << 30
+
+
 def _rss() -> int:
     with open("/proc/self/statm", "rb") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -329,4 +368,5 @@ def spawned_main() -> None:
     """Entry point of a worker started by the spawn launcher in ``_procs``."""
     config = json.loads(sys.argv[1])
     sys.path[:] = config.pop("sys_path")
-    main(config, *map(int, sys.argv[2:7]))
+    task_fd, result_fd, stack_fd, alive_fd, slots_fd = map(int, sys.argv[2:7])
+    main(config, task_fd, result_fd, stack_fd, alive_fd, slots_fd)

@@ -15,7 +15,12 @@ Protocol on one Unix socket (requests serialised by a lock in the parent):
   reap the child, so the pid cannot be reused in between);
 * ``("status", pid)`` -> ``("status", pid, exitcode)`` once that worker has
   exited and been reaped by the zygote (its parent), exit code as
-  ``multiprocessing`` reports it (negative: killed by that signal).
+  ``multiprocessing`` reports it (negative: killed by that signal). Replies
+  may come late and out of order; the client keeps those it was not waiting for.
+
+Every round trip is bounded (``REPLY_TIMEOUT_S``); a zygote that exits or
+stops answering raises ``ZygoteGone`` in the caller, and the next ``get()``
+starts a fresh one.
 
 The zygote exits when the parent does (EOF on its socket); workers notice the
 parent's death on their own (see ``_worker``).
@@ -31,57 +36,151 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 _MAX_FDS = 8
 _SERVE = "from gilfree.pool._zygote import serve; serve()"
+#: Seconds one request to the zygote may take. A fork answers in about a
+#: millisecond; the first request also waits for the zygote's interpreter to
+#: start (0.1-1 s on a loaded machine). Past this the zygote is presumed hung:
+#: it is killed, and the next request starts a new one.
+REPLY_TIMEOUT_S = 10.0
+#: Seconds ``status`` waits for the zygote to report an exited worker. The
+#: zygote reaps on SIGCHLD, at once; a worker whose status is late is reported
+#: with an unknown exit code rather than stalling the pool's manager.
+STATUS_TIMEOUT_S = 1.0
+
+
+class ZygoteGone(ConnectionError):
+    """The zygote exited, or stopped answering and was killed."""
 
 
 class Zygote:
-    """The parent's client for the zygote process."""
+    """The parent's client for the zygote process.
+
+    Every call is bounded: the socket has a timeout, and a zygote that misses
+    it is killed (its workers die with it and are replaced by the pool).
+    """
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._lock = threading.Lock()
-        self._popen = subprocess.Popen(
-            [sys.executable, "-c", _SERVE, str(theirs.fileno()), repr(sys.path)],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-        )
-        theirs.close()
+        try:
+            self._popen = subprocess.Popen(
+                [sys.executable, "-c", _SERVE, str(theirs.fileno()), repr(sys.path)],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.settimeout(REPLY_TIMEOUT_S)
         self._sock = ours
         self.pid = self._popen.pid
+        self._broken = False
+        # Status replies that arrived while another reply was awaited.
         self._statuses: dict[int, int] = {}
+        self._asked: set[int] = set()
 
     def fork(self, config: dict[str, Any], fds: list[int]) -> tuple[int, int]:
-        """Start a worker; returns (pid, pidfd)."""
+        """Start a worker; returns (pid, pidfd). Raises ZygoteGone."""
         with self._lock:
-            socket.send_fds(self._sock, [_pack(("fork", config))], fds)
-            msg, got = self._recv()
-            assert msg[0] == "pid" and len(got) == 1, msg
+            try:
+                self._check()
+                socket.send_fds(self._sock, [_pack(("fork", config))], fds)
+                msg, got = self._recv_until(lambda m: m[0] == "pid", REPLY_TIMEOUT_S)
+            except OSError as exc:  # ConnectionError, TimeoutError: it is gone or hung
+                self._fail()
+                raise ZygoteGone(f"gilfree's fork server (pid {self.pid}) failed: {exc}") from exc
+            if len(got) != 1:
+                for fd in got:
+                    os.close(fd)
+                self._fail()
+                raise ZygoteGone(f"gilfree's fork server sent {len(got)} pidfds for one fork")
             return msg[1], got[0]
 
-    def status(self, pid: int) -> int | None:
-        """The exit code of an exited worker (blocks until the zygote has reaped it)."""
+    def status(self, pid: int, timeout: float = STATUS_TIMEOUT_S) -> int | None:
+        """The exit code of an exited worker; None if not reported within ``timeout``.
+
+        Raises ZygoteGone if the zygote itself is gone (the worker then died
+        with it: workers are killed when their zygote dies, see ``_worker``).
+        """
         with self._lock:
             if pid in self._statuses:
                 return self._statuses.pop(pid)
-            self._sock.sendall(_pack(("status", pid)))
-            msg, _ = self._recv()
-            return msg[2]
+            try:
+                self._check()
+                if pid not in self._asked:
+                    self._sock.sendall(_pack(("status", pid)))
+                    self._asked.add(pid)
+                msg, _ = self._recv_until(lambda m: m[0] == "status" and m[1] == pid, timeout)
+            except TimeoutError:
+                return None  # still asked: a late reply is kept in _statuses
+            except OSError as exc:
+                self._fail()
+                raise ZygoteGone(f"gilfree's fork server (pid {self.pid}) is gone") from exc
+            self._asked.discard(pid)
+            code: int = msg[2]
+            return code
+
+    def _check(self) -> None:
+        if self._broken:
+            raise ConnectionError("the fork server was closed")
+
+    def _recv_until(
+        self, wanted: Callable[[tuple[Any, ...]], bool], timeout: float
+    ) -> tuple[tuple[Any, ...], list[int]]:
+        """The next reply ``wanted`` accepts; status replies for others are kept.
+
+        TimeoutError only when no reply began to arrive within ``timeout`` (the
+        stream stays in step); a reply cut short raises another OSError.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._sock], [], [], left)[0]:
+                raise TimeoutError("gilfree's fork server did not answer in time")
+            msg, fds = self._recv()
+            if wanted(msg):
+                return msg, fds
+            for fd in fds:
+                os.close(fd)
+            if msg[0] == "status":
+                self._asked.discard(msg[1])
+                self._statuses[msg[1]] = msg[2]
 
     def _recv(self) -> tuple[tuple[Any, ...], list[int]]:
         head, fds, _flags, _addr = socket.recv_fds(self._sock, 4, _MAX_FDS)
-        if not head:
-            raise ConnectionError("gilfree's zygote process exited")
+        if len(head) < 4:
+            for fd in fds:
+                os.close(fd)
+            if not head:
+                raise ConnectionError("gilfree's fork server exited")
+            head += _recv_exact(self._sock, 4 - len(head))
         n = int.from_bytes(head[:4], "little")
         body = _recv_exact(self._sock, n)
-        return pickle.loads(body), list(fds)
+        msg: tuple[Any, ...] = pickle.loads(body)
+        return msg, list(fds)
+
+    def _fail(self) -> None:
+        """Give up on this zygote: the next ``get()`` starts another."""
+        self._broken = True
+        self._sock.close()
+        self._popen.kill()
+        try:
+            self._popen.wait(REPLY_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
 
     def alive(self) -> bool:
-        return self._popen.poll() is None
+        return not self._broken and self._popen.poll() is None
 
     def close(self) -> None:
+        self._broken = True
         self._sock.close()
         try:
             self._popen.wait(5)
@@ -95,7 +194,7 @@ _zygote_lock = threading.Lock()
 
 
 def get() -> Zygote:
-    """The process-wide zygote, started on first use (and again after a fork)."""
+    """The process-wide zygote, started on first use (and again after it died or a fork)."""
     global _zygote
     with _zygote_lock:
         if _zygote is None or not _zygote.alive():
@@ -142,14 +241,14 @@ def serve() -> None:
     asked: set[int] = set()
     pending = b""
     while True:
-        ready, _, _ = select.select([sock, wake_r], [], [])
+        ready, _, _ = select.select([fd, wake_r], [], [])
         if wake_r in ready:
             os.read(wake_r, 4096)
         _reap(exited)
         for pid in [p for p in asked if p in exited]:
             asked.discard(pid)
             sock.sendall(_pack(("status", pid, exited.pop(pid))))
-        if sock not in ready:
+        if fd not in ready:
             continue
         data, fds, _flags, _addr = socket.recv_fds(sock, 65536, _MAX_FDS)
         if not data:

@@ -1,0 +1,90 @@
+"""The fork server: workers it starts, their exit codes, and bounded round trips when
+it is slow or gone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from gilfree.pool import _zygote
+from gilfree.pool._procs import Slots, WorkerProcess
+
+pytestmark = pytest.mark.timeout(60)
+
+CONFIG = {
+    "parent": os.getpid(),
+    "max_tasks": None,
+    "max_memory": None,
+    "share_threshold": 1 << 20,
+    "blas_threads": 1,
+}
+
+
+@pytest.fixture
+def plumbing():
+    slots = Slots(1)
+    alive_r, alive_w = os.pipe()
+    yield slots, alive_r
+    slots.close()
+    os.close(alive_r)
+    os.close(alive_w)
+
+
+def test_a_worker_from_the_zygote_reports_its_exit_code(plumbing):
+    slots, alive_r = plumbing
+    proc = WorkerProcess(0, "zygote", slots.fd, alive_r, [], CONFIG)
+    try:
+        assert proc.fork_server == _zygote.get().pid
+        proc.kill()
+        assert proc.exit_status() == (-signal.SIGKILL, False)
+    finally:
+        proc.release()
+
+
+def test_a_dead_zygote_is_reported_and_replaced(plumbing):
+    slots, alive_r = plumbing
+    proc = WorkerProcess(0, "zygote", slots.fd, alive_r, [], CONFIG)
+    old = _zygote.get()
+    try:
+        os.kill(old.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        proc.wait(5)  # the worker dies with its zygote (PR_SET_PDEATHSIG)
+        assert proc.exit_status() == (None, True)
+        assert time.monotonic() - t0 < 5
+    finally:
+        proc.release()
+    assert not old.alive()
+    fresh = _zygote.get()
+    assert fresh is not old and fresh.alive()
+    with pytest.raises(_zygote.ZygoteGone):
+        old.fork(CONFIG, [])
+
+
+def test_status_of_a_worker_that_has_not_exited_is_bounded(plumbing):
+    slots, alive_r = plumbing
+    proc = WorkerProcess(0, "zygote", slots.fd, alive_r, [], CONFIG)
+    try:
+        z = _zygote.get()
+        t0 = time.monotonic()
+        assert z.status(proc.pid, timeout=0.2) is None  # still running: no answer yet
+        assert time.monotonic() - t0 < 2
+        proc.kill()
+        proc.wait(5)
+        # The late reply is matched to its pid, not to whatever is asked next.
+        assert z.status(proc.pid) == -signal.SIGKILL
+    finally:
+        proc.release()
+
+
+def test_a_hung_zygote_is_killed_after_its_reply_timeout(monkeypatch, plumbing):
+    monkeypatch.setattr(_zygote, "_SERVE", "import time; time.sleep(60)")
+    monkeypatch.setattr(_zygote, "REPLY_TIMEOUT_S", 0.5)
+    hung = _zygote.Zygote()
+    t0 = time.monotonic()
+    with pytest.raises(_zygote.ZygoteGone, match="failed"):
+        hung.fork(CONFIG, [])
+    assert time.monotonic() - t0 < 5
+    assert not hung.alive() and hung._popen.returncode == -signal.SIGKILL
