@@ -178,8 +178,11 @@ def test_no_segment_outlives_ctrl_c(tmp_path):
 
 
 def blas_threads(_):
+    import numpy as np
     from threadpoolctl import threadpool_info
 
+    a = np.ones((256, 256))
+    (a @ a).sum()  # the BLAS pool runs its threads: only a running pool is capped
     time.sleep(0.005)  # BLAS pools inherited through fork are capped after tasks this long
     return os.getpid(), [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
 

@@ -93,6 +93,8 @@ from collections import ChainMap
 from collections.abc import Iterable
 from typing import Any
 
+from . import _serialize
+
 SHM_DIR = "/dev/shm"
 DEFAULT_THRESHOLD = 1 << 20
 #: Bytes of a segment read per step while comparing it with an array: the
@@ -495,8 +497,6 @@ class Arena:
         ``release()`` once (idempotent) when none is.
         """
         if not numpy_loaded():
-            from . import _serialize
-
             return _serialize.dumps_data(items, by_value=by_value), NO_LEASE
         used: dict[str, _ArgSegment] = {}
 

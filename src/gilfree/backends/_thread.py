@@ -21,7 +21,7 @@ import traceback
 from typing import Any
 
 from .._options import Options
-from ..errors import TaskTimeout
+from ..errors import PoolBroken, TaskTimeout
 from ._base import Backend, Job
 from ._run import run_items
 
@@ -69,6 +69,7 @@ class ThreadBackend(Backend):
         self._watch_seq = itertools.count()
         self._watch_cv = threading.Condition(self._lock)
         self._watchdog: threading.Thread | None = None
+        self._broken: PoolBroken | None = None
 
     def max_chunk(self, job: Job) -> int:
         # A timeout is per task: one task per chunk, so an abandoned thread
@@ -78,6 +79,8 @@ class ThreadBackend(Backend):
     # -- submission ---------------------------------------------------------
     def submit(self, job: Job, start: int, items: list[Any], attempt: int = 0) -> None:
         with self._lock:
+            if self._broken is not None:
+                raise self._broken
             if self._closed:
                 raise RuntimeError("cannot schedule new work after shutdown")
             self._queue.put((job, start, items, attempt))
@@ -98,6 +101,8 @@ class ThreadBackend(Backend):
     def _work(self) -> None:
         me = threading.current_thread()
         try:
+            if not self._initialize():
+                return
             while True:
                 entry = self._queue.get()
                 if entry is None:
@@ -116,6 +121,41 @@ class ThreadBackend(Backend):
         finally:
             with self._lock:
                 self._threads.discard(me)
+
+    def _initialize(self) -> bool:
+        """Run the initializer in this new thread; if it fails, the backend is
+        broken, as ``ThreadPoolExecutor`` is (``BrokenThreadPool``): every queued
+        task fails with ``PoolBroken`` and later submits raise it."""
+        init = self.options.initializer
+        if init is None:
+            return True
+        try:
+            init(*self.options.initargs)
+            return True
+        except BaseException as exc:
+            broken = PoolBroken(
+                f"the thread pool is broken: initializer {init!r} raised "
+                f"{type(exc).__name__}: {exc}"
+            )
+            broken.__cause__ = exc
+        with self._lock:
+            self._broken = self._broken or broken
+            self._closed = True
+        self._fail_queued(self._broken)
+        return False
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        while True:
+            try:
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if entry is None:
+                continue
+            job, start, items, _attempt = entry
+            if job.begin():
+                for k in range(len(items)):
+                    job.fail(start + k, exc)
 
     def _run_timed(self, job: Job, index: int, item: Any, attempt: int) -> bool:
         """Run one task under its timeout, retrying here if it raises.
