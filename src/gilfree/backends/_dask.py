@@ -49,9 +49,30 @@ Errors, retries and timeouts:
 * ``retries=N`` is Dask's own ``retries=``: a chunk of one item is submitted with
   ``retries=N`` and raises on failure, so Dask reruns it (on any worker). In a chunk of
   several items a failed item is resubmitted alone, as such a one-item task with
-  ``retries=N-1``, so its neighbours never run twice. A worker that dies is Dask's
-  business: the scheduler reruns its tasks elsewhere (``distributed.scheduler
-  .allowed-failures`` times, then :class:`gilfree.WorkerDied`).
+  ``retries=N-1``, so its neighbours never run twice.
+
+Worker deaths. Dask reruns a task whose worker died on another worker, and gives up with
+``KilledWorker`` once ``distributed.scheduler.allowed-failures`` (3) + 1 workers died
+under it. Two things make that unfit to blame one item:
+
+* ``KilledWorker`` blames every task that was running on each dead worker: an innocent
+  task that shared workers with the culprit (one worker runs several tasks at once)
+  gets it too, and a chunk holds many items.
+* The runner, the function and large arrays are *scattered* data: they live only in
+  the memory of the workers that got them. A culprit that kills one worker after
+  another kills every holder; the scheduler then forgets the data and *cancels* every
+  task that needs it, queued or running. (That is where innocent items failed with
+  "Dask cancelled the task".)
+
+So: each scattered future is used only while Dask says it is held, and scattered
+again otherwise. A task given up with ``KilledWorker``, or cancelled by the cluster, is
+split: every item of a chunk goes again as a one-item task; a one-item task that shared
+the cluster with other tasks of ours becomes a *suspect* and runs again *alone* (new
+work waits until no task of ours is out there, then each suspect goes by itself). A
+one-item task that died alone killed its workers: it fails with :class:`gilfree
+.WorkerDied`, or runs alone again while it has ``retries`` left. Innocent items thus
+never fail, and the culprit is found after a few worker restarts more than plain
+``client.map`` needs. Items of a chunk that ran before the death run again.
 * ``timeout=`` is per item and measured on the worker, from the moment the call starts
   (time queued on the cluster does not count): with a timeout the runner calls ``fn`` in
   a helper thread and waits on it. Past the timeout the item fails with
@@ -707,7 +728,7 @@ class DaskBackend(Backend):
         reported = (
             f"Dask reported {type(killed).__name__}: {killed}"
             if killed is not None
-            else "Dask dropped the task when the workers holding its data died with it"
+            else "Dask cancelled its task: every worker holding data it needed died with it"
         )
         err = WorkerDied(
             f"task {index} ({_short(work.items[0])}): its Dask worker died while running "
