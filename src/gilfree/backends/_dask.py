@@ -37,6 +37,10 @@ What travels, and how:
   collected), and the payload carries a pickle *persistent id* that the worker resolves
   to the scattered array. Arrays are treated as read-only: mutating one between two
   tasks of the same map is not seen by the workers.
+* A ``gilfree.share()`` handle names a segment in this machine's ``/dev/shm``, which a
+  worker elsewhere cannot open: its data is scattered the same way (whatever its size)
+  and the task gets that array, which ``numpy.asarray`` takes as the handle. Nothing
+  on this path needs the workers to share this machine.
 * The chunk runner (``_run_chunk`` in ``_dask_runner``) is scattered once as well, pickled
   *by value* (that module is registered with ``cloudpickle.register_pickle_by_value``), and uses
   only the standard library and cloudpickle: the cluster's workers need Dask, cloudpickle
