@@ -235,19 +235,20 @@ class _Work:
 
 
 class _Chunk:
-    """One Dask task in flight, and what it depends on that was scattered.
+    """One Dask task in flight.
 
-    ``alone``: no other task of ours was in flight at any moment while this one was,
-    so a worker death during it is its own doing (see "Worker deaths" above).
+    ``first``: no other task of ours was in flight when it was sent; ``sends``: the
+    backend's count of sent tasks just after it went. Both still true when it settles:
+    it was alone on the cluster (see "Worker deaths" above).
     """
 
-    __slots__ = ("alone", "deps", "future", "key", "work")
+    __slots__ = ("first", "future", "key", "sends", "work")
 
-    def __init__(self, key: str, work: _Work, deps: list[Any]) -> None:
+    def __init__(self, key: str, work: _Work) -> None:
         self.key = key
         self.work = work
-        self.deps = deps
-        self.alone = False
+        self.first = False
+        self.sends = 0
         self.future: Any = None
 
     @property
@@ -319,6 +320,7 @@ class DaskBackend(Backend):
         # there are any, new work waits in _waiting. _isolating: one is on the cluster.
         self._suspects: deque[_Work] = deque()
         self._isolating = False
+        self._sends = 0  # tasks sent so far (see _Chunk)
         self._functions: OrderedDict[Any, tuple[Any, Any]] = OrderedDict()  # -> (fn, fut)
         self._arrays: dict[int, tuple[weakref.ref, Any]] = {}  # id -> (ref, future)
         self._closed = False
@@ -444,11 +446,11 @@ class DaskBackend(Backend):
             self._launch_picklable_parts(work)
             return False
         key = f"gilfree-{self._token}-{job.id}-{start}-{next(self._seq)}"
-        chunk = _Chunk(key, work, [runner, fn, *refs])
+        chunk = _Chunk(key, work)
         with self._lock:
-            chunk.alone = not self._chunks
-            for other in self._chunks.values():
-                other.alone = False
+            chunk.first = not self._chunks
+            self._sends += 1
+            chunk.sends = self._sends
             self._chunks[key] = chunk
             self._stats["tasks"] += 1
         try:
@@ -708,6 +710,7 @@ class DaskBackend(Backend):
         """
         work = chunk.work
         with self._lock:
+            alone = chunk.first and chunk.sends == self._sends
             self._stats["worker_deaths"] += 1
             # Scatter again what was lost; anything still held somewhere is kept.
             if self._runner is not None and self._runner.status != "finished":
@@ -718,7 +721,7 @@ class DaskBackend(Backend):
             for k in range(len(work.items)):
                 self._launch(work.part(k, isolated=False))
             return
-        if not work.isolated and (killed is None or not chunk.alone):
+        if not work.isolated and (killed is None or not alone):
             with self._lock:
                 self._stats["resubmitted"] += 1
             self._launch(work.part(0, isolated=True))
