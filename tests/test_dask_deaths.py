@@ -149,6 +149,14 @@ def test_errors_raise_gives_the_worker_death(address):
         gilfree.map(exit_on_two, range(10), backend="dask", address=address, chunksize=10)
 
 
+def test_executor_future_of_the_culprit_gets_worker_died(address):
+    with gilfree.Executor(backend="dask", address=address) as ex:
+        futures = [ex.submit(exit_on_two, x) for x in range(6)]
+        outcomes = [f.exception(timeout=120) or f.result() for f in futures]
+    assert isinstance(outcomes[2], gilfree.WorkerDied) and outcomes[2].index == 0
+    assert outcomes[:2] + outcomes[3:] == [0, 10, 30, 40, 50]
+
+
 def test_retries_rerun_a_task_whose_worker_died(address, tmp_path):
     """Item 2 kills its worker on four calls, then succeeds.
 

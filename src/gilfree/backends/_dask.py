@@ -109,6 +109,7 @@ import pickle
 import queue
 import sys
 import threading
+import time
 import types
 import uuid
 import weakref
@@ -564,7 +565,20 @@ class DaskBackend(Backend):
                 del self._arrays[key]
 
     def _scatter(self, obj: Any) -> Any:
-        return self._client.scatter(obj, broadcast=True, hash=False, timeout=SCATTER_TIMEOUT_S)
+        """``obj`` on every worker. A worker that dies while it gets its copy fails the
+        whole scatter (the scheduler's connection to it closes): try again, as the
+        scheduler drops the dead worker, until SCATTER_TIMEOUT_S is spent."""
+        deadline = time.monotonic() + SCATTER_TIMEOUT_S
+        pause = 0.05
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return self._client.scatter(obj, broadcast=True, hash=False, timeout=left)
+            except OSError:
+                if self._client.status != "running" or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)  # a moment for the scheduler to notice the death
+            pause = min(2 * pause, 1.0)
 
     def _scattered_function(self, fn: Any) -> Any:
         # Each `obj.method` is a new bound-method object: key those by what they bind.
