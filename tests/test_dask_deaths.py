@@ -50,8 +50,9 @@ def address(cluster):
     """
     yield cluster.address
     cluster.wait_for_workers(N_WORKERS)
-    for proc in psutil.Process().children(recursive=True):
-        conftest._SESSION_PIDS.add(proc.pid)
+    for nanny in cluster.alive_workers():
+        for proc in psutil.Process(nanny.pid).children(recursive=True):
+            conftest._SESSION_PIDS.add(proc.pid)
 
 
 @pytest.fixture

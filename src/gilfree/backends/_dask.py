@@ -465,7 +465,7 @@ class DaskBackend(Backend):
                 work.strict,
                 key=key,
                 pure=False,
-                retries=(work.retries if work.strict else 0) or None,
+                retries=work.retries or None,
             )
         except Exception as exc:  # the client is closing or lost the scheduler
             with self._lock:
@@ -726,9 +726,6 @@ class DaskBackend(Backend):
         with self._lock:
             alone = chunk.first and chunk.sends == self._sends
             self._stats["worker_deaths"] += 1
-            # Scatter again what was lost; anything still held somewhere is kept.
-            if self._runner is not None and self._runner.status != "finished":
-                self._runner = None
         if len(work.items) > 1:
             with self._lock:
                 self._stats["resubmitted"] += len(work.items)
