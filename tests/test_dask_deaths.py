@@ -126,12 +126,13 @@ def _check_against_client_map(got, plain, culprits):
 
 
 # -- a task kills its worker -----------------------------------------------------------------
-@pytest.mark.parametrize("retries", [0, 1])
-def test_task_that_exits_its_worker_fails_alone(address, client, retries):
+@pytest.mark.parametrize(("retries", "chunksize"), [(0, None), (1, 10)])
+def test_task_that_exits_its_worker_fails_alone(address, client, retries, chunksize):
+    """Automatic chunks, and all ten items in one task: its neighbours run again."""
     plain = _client_map(client, exit_on_two, range(10))
     out = gilfree.map(
         exit_on_two, range(10), backend="dask", address=address, errors="return",
-        retries=retries,
+        retries=retries, chunksize=chunksize,
     )  # fmt: skip
     _check_against_client_map(_outcomes(out), plain, culprits=[2])
     exc = out[2]
