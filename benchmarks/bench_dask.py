@@ -7,6 +7,11 @@ on 127.0.0.1), then runs each workload with:
 * ``gilfree (auto chunks)`` -- ``gilfree.map(fn, items, backend="dask")``;
 * ``gilfree chunksize=1``   -- one Dask task per item, as Client.map does.
 
+The last workload passes one 8 MiB array to every task. Client.map gets it scattered to
+every worker first (``client.scatter(array, broadcast=True)``, inside the timing), as a
+Dask user would do; gilfree gets the plain array, or a ``gilfree.share()`` handle (on
+Dask it travels by value, scattered once per map).
+
 Overhead per task = (wall time - the work itself spread over the cluster's threads) / n.
 Each figure is the best of ``--repeat`` runs (the machine is shared; the minimum is the
 least disturbed). The ratio column is Client.map's overhead divided by gilfree's: above
@@ -42,12 +47,20 @@ def busy(x, seconds=0.005):
     return x
 
 
+def pick(arg):
+    import numpy as np
+
+    array, i = arg  # an ndarray, or a gilfree.share() handle: asarray takes both
+    return float(np.asarray(array)[i])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer items")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
+    import numpy as np
     from distributed import Client
 
     import gilfree
@@ -56,7 +69,10 @@ def main() -> None:
     workloads = [
         ("no-op", noop, 0.0, 4000 // scale),
         ("5 ms of Python", busy, 0.005, 400 // scale),
+        ("8 MiB array arg", pick, 0.0, 400 // scale),
     ]
+    array = np.arange(1 << 20, dtype=np.float64)
+    handle = gilfree.share(array)
     threads = 2
     with LocalDaskCluster(n_workers=2, nthreads=1, pythonpath=[str(HERE)]) as cluster:
         address = cluster.address
@@ -72,17 +88,30 @@ def main() -> None:
             for label, fn, seconds, n in workloads:
                 items = list(range(n))
                 ideal = n * seconds / threads
-                runs = {
-                    "dask Client.map": lambda fn=fn, items=items: client.gather(
-                        client.map(fn, items, pure=False)
-                    ),
-                    "gilfree (auto chunks)": lambda fn=fn, items=items: gilfree.map(
-                        fn, items, backend="dask", address=address
-                    ),
-                    "gilfree chunksize=1": lambda fn=fn, items=items: gilfree.map(
-                        fn, items, backend="dask", address=address, chunksize=1
-                    ),
-                }
+                if fn is pick:
+                    runs = {
+                        "dask Client.map": lambda n=n: _client_map_scattered(client, array, n),
+                        "gilfree ndarray": lambda n=n: gilfree.map(
+                            pick, [(array, i) for i in range(n)], backend="dask",
+                            address=address,
+                        ),
+                        "gilfree share()": lambda n=n: gilfree.map(
+                            pick, [(handle, i) for i in range(n)], backend="dask",
+                            address=address,
+                        ),
+                    }  # fmt: skip
+                else:
+                    runs = {
+                        "dask Client.map": lambda fn=fn, items=items: client.gather(
+                            client.map(fn, items, pure=False)
+                        ),
+                        "gilfree (auto chunks)": lambda fn=fn, items=items: gilfree.map(
+                            fn, items, backend="dask", address=address
+                        ),
+                        "gilfree chunksize=1": lambda fn=fn, items=items: gilfree.map(
+                            fn, items, backend="dask", address=address, chunksize=1
+                        ),
+                    }
                 overhead = {}
                 for runner, run in runs.items():
                     wall = best(run, args.repeat)
@@ -104,6 +133,12 @@ def main() -> None:
                 "ratio = Client.map's overhead per task / this runner's (same cluster, "
                 "same run); above 1x gilfree costs less per task."
             )
+    handle.release()
+
+
+def _client_map_scattered(client, array, n):
+    future = client.scatter(array, broadcast=True, hash=False)
+    return client.gather(client.map(pick, [(future, i) for i in range(n)], pure=False))
 
 
 if __name__ == "__main__":

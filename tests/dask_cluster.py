@@ -52,8 +52,18 @@ def _dask_command(kind: str) -> list[str]:
 class LocalDaskCluster:
     """``dask scheduler`` plus ``n_workers`` x ``dask worker`` processes on 127.0.0.1."""
 
-    def __init__(self, n_workers: int = 2, nthreads: int = 2, pythonpath: list[str] | None = None):
+    def __init__(
+        self,
+        n_workers: int = 2,
+        nthreads: int = 2,
+        pythonpath: list[str] | None = None,
+        *,
+        nanny: bool = False,
+        allowed_failures: int | None = None,
+    ):
         self.n_workers = n_workers
+        self.nanny = nanny
+        self.allowed_failures = allowed_failures
         self.nthreads = nthreads
         self.pythonpath = [str(TESTS_DIR)] if pythonpath is None else pythonpath
         self.address = ""
@@ -83,15 +93,20 @@ class LocalDaskCluster:
             raise
         return self
 
-    def add_worker(self, *, wait: bool = True) -> subprocess.Popen:
+    def add_worker(
+        self, *, wait: bool = True, wrapper: list[str] | None = None
+    ) -> subprocess.Popen:
+        """Start one more ``dask worker``; ``wrapper`` is a command line it runs under
+        (it must end by exec-ing its arguments, so the process stays the one we track)."""
         proc = self._spawn(
             f"worker{len(self.workers)}",
             [
+                *(wrapper or ()),
                 *_dask_command("worker"),
                 self.address,
                 "--nthreads", str(self.nthreads),
                 "--nworkers", "1",
-                "--no-nanny",
+                "--nanny" if self.nanny else "--no-nanny",
                 "--no-dashboard",
                 "--host", "127.0.0.1",
                 "--local-directory", self._dir,
@@ -113,7 +128,8 @@ class LocalDaskCluster:
 
         try:
             with Client(self.address, timeout=START_TIMEOUT_S, set_as_default=False) as client:
-                client.wait_for_workers(n, timeout=START_TIMEOUT_S)
+                if n:  # with none, connecting shows the scheduler is up
+                    client.wait_for_workers(n, timeout=START_TIMEOUT_S)
         except Exception as exc:
             raise RuntimeError(f"dask cluster did not start: {exc}\n{self.logs()}") from exc
 
@@ -152,6 +168,8 @@ class LocalDaskCluster:
         env["PYTHONPATH"] = os.pathsep.join([*self.pythonpath, env.get("PYTHONPATH", "")])
         # Quieter logs; a lost worker is noticed through its closed connection anyway.
         env.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+        if self.allowed_failures is not None:
+            env["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = str(self.allowed_failures)
         # Scratch space (the scheduler makes one too) inside our directory, not /tmp.
         env["DASK_TEMPORARY_DIRECTORY"] = self._dir
         log = open(os.path.join(self._dir, f"{name}.log"), "wb")  # noqa: SIM115 - closed in stop()

@@ -37,6 +37,10 @@ What travels, and how:
   collected), and the payload carries a pickle *persistent id* that the worker resolves
   to the scattered array. Arrays are treated as read-only: mutating one between two
   tasks of the same map is not seen by the workers.
+* A ``gilfree.share()`` handle names a segment in this machine's ``/dev/shm``, which a
+  worker elsewhere cannot open: its data is scattered the same way (whatever its size)
+  and the task gets that array, which ``numpy.asarray`` takes as the handle. Nothing
+  on this path needs the workers to share this machine.
 * The chunk runner (``_run_chunk`` in ``_dask_runner``) is scattered once as well, pickled
   *by value* (that module is registered with ``cloudpickle.register_pickle_by_value``), and uses
   only the standard library and cloudpickle: the cluster's workers need Dask, cloudpickle
@@ -49,9 +53,30 @@ Errors, retries and timeouts:
 * ``retries=N`` is Dask's own ``retries=``: a chunk of one item is submitted with
   ``retries=N`` and raises on failure, so Dask reruns it (on any worker). In a chunk of
   several items a failed item is resubmitted alone, as such a one-item task with
-  ``retries=N-1``, so its neighbours never run twice. A worker that dies is Dask's
-  business: the scheduler reruns its tasks elsewhere (``distributed.scheduler
-  .allowed-failures`` times, then :class:`gilfree.WorkerDied`).
+  ``retries=N-1``, so its neighbours never run twice.
+
+Worker deaths. Dask reruns a task whose worker died on another worker, and gives up with
+``KilledWorker`` once ``distributed.scheduler.allowed-failures`` (3) + 1 workers died
+under it. Two things make that unfit to blame one item:
+
+* ``KilledWorker`` blames every task that was running on each dead worker: an innocent
+  task that shared workers with the culprit (one worker runs several tasks at once)
+  gets it too, and a chunk holds many items.
+* The runner, the function and large arrays are *scattered* data: they live only in
+  the memory of the workers that got them. A culprit that kills one worker after
+  another kills every holder; the scheduler then forgets the data and *cancels* every
+  task that needs it, queued or running. (That is where innocent items failed with
+  "Dask cancelled the task".)
+
+So: each scattered future is used only while Dask says it is held, and scattered
+again otherwise. A task given up with ``KilledWorker``, or cancelled by the cluster, is
+split: every item of a chunk goes again as a one-item task; a one-item task that shared
+the cluster with other tasks of ours becomes a *suspect* and runs again *alone* (new
+work waits until no task of ours is out there, then each suspect goes by itself). A
+one-item task that died alone killed its workers: it fails with :class:`gilfree
+.WorkerDied`, or runs alone again while it has ``retries`` left. Innocent items thus
+never fail, and the culprit is found after a few worker restarts more than plain
+``client.map`` needs. Items of a chunk that ran before the death run again.
 * ``timeout=`` is per item and measured on the worker, from the moment the call starts
   (time queued on the cluster does not count): with a timeout the runner calls ``fn`` in
   a helper thread and waits on it. Past the timeout the item fails with
@@ -84,6 +109,7 @@ import pickle
 import queue
 import sys
 import threading
+import time
 import types
 import uuid
 import weakref
@@ -126,6 +152,9 @@ PIPELINE = 16
 #: Functions kept scattered per backend (an Executor fed new lambdas must not grow
 #: without bound); the least recently used one is released from the cluster.
 FUNCTION_CACHE = 64
+#: Seconds a scatter may wait for a worker to take the data. Longer than connecting:
+#: right after workers died, their nannies may take seconds to start new ones.
+SCATTER_TIMEOUT_S = 60.0
 
 # ---------------------------------------------------------------------------------------
 # Client side.
@@ -146,10 +175,19 @@ class _ArgumentPickler(cloudpickle.Pickler):
         self._backend = backend
         self._threshold = threshold
         self._ndarray = sys.modules["numpy"].ndarray
+        # gilfree.share() handles need numpy, so with no numpy there are none to look for.
+        from .._shm import SharedArray
+
+        self._shared = SharedArray
 
     def persistent_id(self, obj: Any) -> int | None:
-        if isinstance(obj, self._ndarray) and obj.nbytes >= self._threshold:
-            future = self._backend._scattered_array(obj)
+        # A share() handle names a segment in this machine's /dev/shm, which a Dask
+        # worker on another host (or in another mount namespace) cannot open: its data
+        # travels by value instead, scattered once like any large array, and arrives as
+        # the read-only array numpy.asarray(handle) gives here.
+        shared = type(obj) is self._shared
+        if shared or (isinstance(obj, self._ndarray) and obj.nbytes >= self._threshold):
+            future = self._backend._scattered_array(obj, shared)
             index = self._ref_index.get(id(future))
             if index is None:
                 index = self._ref_index[id(future)] = len(self.refs)
@@ -158,18 +196,73 @@ class _ArgumentPickler(cloudpickle.Pickler):
         return None
 
 
-class _Chunk:
-    """One Dask task in flight: the items of ``job`` starting at input ``start``."""
+class _Work:
+    """Consecutive items of one job, to be sent as one Dask task.
 
-    __slots__ = ("future", "items", "job", "key", "start", "strict")
+    ``retries``: Dask reruns left for a task that raises (``strict`` one-item tasks
+    raise; see ``_run_chunk``), and the reruns left after its worker died.
+    ``isolated``: sent only when no other task of ours is on the cluster (a suspect,
+    see "Worker deaths" above).
+    """
 
-    def __init__(self, key: str, job: Job, start: int, items: list[Any], strict: bool) -> None:
-        self.key = key
+    __slots__ = ("isolated", "items", "job", "retries", "start", "strict")
+
+    def __init__(
+        self,
+        job: Job,
+        start: int,
+        items: list[Any],
+        *,
+        retries: int,
+        strict: bool,
+        isolated: bool = False,
+    ) -> None:
         self.job = job
         self.start = start
         self.items = items
+        self.retries = retries
         self.strict = strict
+        self.isolated = isolated
+
+    def part(self, k: int, **changes: Any) -> _Work:
+        """Item ``k`` alone, as a one-item task."""
+        fields = {
+            "retries": self.retries,
+            "strict": self.retries > 0,
+            "isolated": self.isolated,
+            **changes,
+        }
+        return _Work(self.job, self.start + k, [self.items[k]], **fields)
+
+
+class _Chunk:
+    """One Dask task in flight.
+
+    ``first``: no other task of ours was in flight when it was sent; ``sends``: the
+    backend's count of sent tasks just after it went. Both still true when it settles:
+    it was alone on the cluster (see "Worker deaths" above).
+    """
+
+    __slots__ = ("first", "future", "key", "sends", "work")
+
+    def __init__(self, key: str, work: _Work) -> None:
+        self.key = key
+        self.work = work
+        self.first = False
+        self.sends = 0
         self.future: Any = None
+
+    @property
+    def job(self) -> Job:
+        return self.work.job
+
+    @property
+    def start(self) -> int:
+        return self.work.start
+
+    @property
+    def items(self) -> list[Any]:
+        return self.work.items
 
 
 _STOP = object()
@@ -205,10 +298,11 @@ class DaskBackend(Backend):
             )
         self.address = address
         self._client = connect(address, CONNECT_TIMEOUT_S)
+        self._runner: Any = None  # the scattered _run_chunk, under self._lock
         try:
             threads = sum(self._client.nthreads().values())
             self.workers = options.workers or max(1, threads)
-            self._runner = self._client.scatter(_run_chunk, broadcast=True, hash=False)
+            self._scattered_runner()
         except BaseException:
             self._client.close()
             raise
@@ -221,12 +315,23 @@ class DaskBackend(Backend):
         # in order. At or above the cluster's size a cap would only stop the scheduler
         # from queueing the next tasks (as "auto" passes workers=threads): no cap then.
         self._cap = options.workers if options.workers and options.workers < threads else None
-        self._waiting: deque[tuple[Job, int, list[Any], bool, int]] = deque()
+        self._waiting: deque[_Work] = deque()
         self._active = 0  # tasks on the cluster or being sent, counted against the cap
+        # One-item tasks suspected of killing their worker, each to be rerun alone; while
+        # there are any, new work waits in _waiting. _isolating: one is on the cluster.
+        self._suspects: deque[_Work] = deque()
+        self._isolating = False
+        self._sends = 0  # tasks sent so far (see _Chunk)
         self._functions: OrderedDict[Any, tuple[Any, Any]] = OrderedDict()  # -> (fn, fut)
         self._arrays: dict[int, tuple[weakref.ref, Any]] = {}  # id -> (ref, future)
         self._closed = False
-        self._stats = {"tasks": 0, "resubmitted": 0, "scattered_arrays": 0, "functions": 0}
+        self._stats = {
+            "tasks": 0,
+            "resubmitted": 0,
+            "scattered_arrays": 0,
+            "functions": 0,
+            "worker_deaths": 0,  # tasks that came back KilledWorker or lost with the data
+        }
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._collector = threading.Thread(
             target=self._collect, name="gilfree-dask-collector", daemon=True
@@ -249,82 +354,118 @@ class DaskBackend(Backend):
             # the outcome: the future stays pending until then, and cancelling it (say,
             # Executor.shutdown(cancel_futures=True)) drops its Dask task.
             job.future.add_done_callback(lambda f, job=job: f.cancelled() and self.cancel(job))
-        strict = job.options.retries > 0 and len(items) == 1
-        self._launch(job, start, items, strict=strict, retries=job.options.retries)
+        retries = job.options.retries
+        strict = retries > 0 and len(items) == 1
+        self._launch(_Work(job, start, items, retries=retries, strict=strict))
 
-    def _launch(
-        self, job: Job, start: int, items: list[Any], *, strict: bool, retries: int
-    ) -> None:
-        if job.cancelled:
+    def _launch(self, work: _Work) -> None:
+        if work.job.cancelled:
+            return
+        if work.isolated:
+            with self._lock:
+                self._suspects.append(work)
+            self._release(0)  # sends it at once if nothing else of ours is out there
             return
         with self._lock:
-            if self._cap is not None and self._active >= self._cap:
-                self._waiting.append((job, start, items, strict, retries))
+            held = self._suspects or self._isolating
+            if held or (self._cap is not None and self._active >= self._cap):
+                self._waiting.append(work)
                 return
             self._active += 1
-        self._send_in_slot(job, start, items, strict, retries)
+        self._send_in_slot(work)
 
-    def _send_in_slot(
-        self, job: Job, start: int, items: list[Any], strict: bool, retries: int
-    ) -> None:
+    def _send_in_slot(self, work: _Work) -> None:
         """Send a chunk whose slot under the cap is taken; give it back if nothing went."""
         sent = False
         try:
-            sent = not job.cancelled and self._send(
-                job, start, items, strict=strict, retries=retries
-            )
+            sent = not work.job.cancelled and self._send(work)
         finally:
             if not sent:
+                if work.isolated:
+                    with self._lock:
+                        self._isolating = False
                 self._release()
 
     def _release(self, n: int = 1) -> None:
-        """Give back ``n`` slots of the cap; send waiting chunks into them."""
+        """Give back ``n`` slots of the cap; send what waits into them.
+
+        While suspects wait, nothing else goes out: once none of our tasks is left on
+        the cluster, the first suspect goes alone; ordinary work resumes after the last.
+        """
         with self._lock:
             self._active -= n
             ready = []
-            while self._waiting and (self._cap is None or self._active < self._cap):
-                ready.append(self._waiting.popleft())
-                self._active += 1
-            if not self._chunks and not self._waiting:
+            if self._suspects or self._isolating:
+                if not self._isolating and self._active == 0:
+                    ready.append(self._suspects.popleft())
+                    self._isolating = True
+                    self._active += 1
+            else:
+                while self._waiting and (self._cap is None or self._active < self._cap):
+                    ready.append(self._waiting.popleft())
+                    self._active += 1
+            if not (self._chunks or self._waiting or self._suspects):
                 self._idle.notify_all()
-        for job, start, items, strict, retries in ready:
-            self._send_in_slot(job, start, items, strict, retries)
+        for work in ready:
+            self._send_in_slot(work)
 
-    def _send(self, job: Job, start: int, items: list[Any], *, strict: bool, retries: int) -> bool:
+    def _send(self, work: _Work) -> bool:
         """Submit one Dask task for the chunk (its slot is taken). False: none was sent."""
+        job, start, items = work.job, work.start, work.items
         try:
+            if work.isolated:
+                self._drop_lost_data()
+            runner = self._scattered_runner()
             fn = self._scattered_function(job.fn)
         except Exception as exc:
-            err = SerializationError(
-                f"the function {job.fn!r} could not be sent to the Dask workers: {exc}",
-                what="function",
-            )
+            if isinstance(exc, (OSError, TimeoutError)):  # no worker took the data in time
+                err: BaseException = GilfreeError(
+                    f"could not send the function to the Dask workers at {self.address}: "
+                    f"{exc!r} (are any workers running?)"
+                )
+            else:
+                err = SerializationError(
+                    f"the function {job.fn!r} could not be sent to the Dask workers: {exc}",
+                    what="function",
+                )
             err.__cause__ = exc
             for k in range(len(items)):
                 job.fail(start + k, err)
             return False
         try:
             payload, refs = self._pack(items, job.options.share_threshold)
+        except (OSError, TimeoutError) as exc:  # scattering a large array failed
+            err = GilfreeError(
+                f"could not send large arrays of inputs {start}..{start + len(items) - 1} "
+                f"to the Dask workers at {self.address}: {exc!r}"
+            )
+            err.__cause__ = exc
+            for k in range(len(items)):
+                job.fail(start + k, err)
+            return False
         except Exception:
-            self._launch_picklable_parts(job, start, items, strict=strict, retries=retries)
+            self._launch_picklable_parts(work)
             return False
         key = f"gilfree-{self._token}-{job.id}-{start}-{next(self._seq)}"
-        chunk = _Chunk(key, job, start, items, strict)
+        chunk = _Chunk(key, work)
         with self._lock:
+            chunk.first = not self._chunks
+            self._sends += 1
+            chunk.sends = self._sends
             self._chunks[key] = chunk
             self._stats["tasks"] += 1
         try:
             chunk.future = self._client.submit(
                 operator.call,
-                self._runner,
+                runner,
                 fn,
                 payload,
                 refs,
                 job.options.timeout,
-                strict,
+                work.strict,
                 key=key,
                 pure=False,
-                retries=retries or None,
+                retries=work.retries or None,
             )
         except Exception as exc:  # the client is closing or lost the scheduler
             with self._lock:
@@ -345,17 +486,22 @@ class DaskBackend(Backend):
         # event loop, and SimpleQueue.put never blocks it.
         self._client.loop.add_callback(_done_callback, future, self._inbox.put)
 
-    def _launch_picklable_parts(
-        self, job: Job, start: int, items: list[Any], *, strict: bool, retries: int
-    ) -> None:
+    def _launch_picklable_parts(self, work: _Work) -> None:
         """Some item cannot be pickled: fail those, send the runs of good ones."""
+        job, start, items = work.job, work.start, work.items
         run: list[Any] = []
+
+        def launch_run(first: int) -> None:
+            self._launch(
+                _Work(job, first, run, retries=work.retries, strict=work.strict and len(run) == 1)
+            )
+
         for k, item in enumerate(items):
             try:
                 self._pack([item], job.options.share_threshold)
             except Exception as exc:
                 if run:
-                    self._launch(job, start + k - len(run), run, strict=strict, retries=retries)
+                    launch_run(start + k - len(run))
                     run = []
                 err = SerializationError(
                     f"argument {start + k} ({_short(item)}) could not be pickled: {exc}",
@@ -367,7 +513,7 @@ class DaskBackend(Backend):
             else:
                 run.append(item)
         if run:
-            self._launch(job, start + len(items) - len(run), run, strict=strict, retries=retries)
+            launch_run(start + len(items) - len(run))
 
     def _pack(self, items: list[Any], threshold: int) -> tuple[bytes, list[Any]]:
         buf = io.BytesIO()
@@ -378,6 +524,62 @@ class DaskBackend(Backend):
         cloudpickle.Pickler(buf, protocol=5).dump(items)
         return buf.getvalue(), []
 
+    # Scattered data lives only in the memory of the workers that hold it: when they all
+    # die, the scheduler forgets it and cancels every task that needs it. Each cache
+    # below hands out a future only while it is "finished" (held somewhere), and
+    # scatters again otherwise.
+    def _scattered_runner(self) -> Any:
+        with self._lock:
+            runner = self._runner
+        if runner is None or runner.status != "finished":
+            runner = self._scatter(_run_chunk)
+            with self._lock:
+                self._runner = runner
+        return runner
+
+    def _drop_lost_data(self) -> None:
+        """Ask the scheduler which scattered data is still held; forget the rest.
+
+        Our futures learn of a loss by a message from the scheduler, which may still be
+        on its way: a suspect must not be blamed for data lost before it was sent.
+        """
+        with self._lock:
+            held = [self._runner] if self._runner is not None else []
+            held += [future for _, future in self._functions.values()]
+            held += [future for _, future in self._arrays.values()]
+        lost = {future.key for future in held if future.status != "finished"}
+        alive = [future for future in held if future.key not in lost]
+        try:
+            holders = self._client.who_has(alive) if alive else {}
+        except Exception:  # one was cancelled meanwhile: scatter them all again
+            holders = {}
+        lost.update(future.key for future in alive if not holders.get(future.key))
+        if not lost:
+            return
+        with self._lock:
+            if self._runner is not None and self._runner.key in lost:
+                self._runner = None
+            for key in [k for k, (_, f) in self._functions.items() if f.key in lost]:
+                del self._functions[key]
+            for key in [k for k, (_, f) in self._arrays.items() if f.key in lost]:
+                del self._arrays[key]
+
+    def _scatter(self, obj: Any) -> Any:
+        """``obj`` on every worker. A worker that dies while it gets its copy fails the
+        whole scatter (the scheduler's connection to it closes): try again, as the
+        scheduler drops the dead worker, until SCATTER_TIMEOUT_S is spent."""
+        deadline = time.monotonic() + SCATTER_TIMEOUT_S
+        pause = 0.05
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return self._client.scatter(obj, broadcast=True, hash=False, timeout=left)
+            except OSError:
+                if self._client.status != "running" or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)  # a moment for the scheduler to notice the death
+            pause = min(2 * pause, 1.0)
+
     def _scattered_function(self, fn: Any) -> Any:
         # Each `obj.method` is a new bound-method object: key those by what they bind.
         if isinstance(fn, types.MethodType):
@@ -386,24 +588,26 @@ class DaskBackend(Backend):
             key = id(fn)
         with self._lock:
             entry = self._functions.get(key)
-            if entry is not None:
+            if entry is not None and entry[1].status == "finished":
                 self._functions.move_to_end(key)
                 return entry[1]
-        future = self._client.scatter(fn, broadcast=True, hash=False)
+        future = self._scatter(fn)
         with self._lock:
             self._functions[key] = (fn, future)  # holding fn keeps the ids in key unique
+            self._functions.move_to_end(key)
             self._stats["functions"] += 1
             while len(self._functions) > FUNCTION_CACHE:
                 self._functions.popitem(last=False)
         return future
 
-    def _scattered_array(self, array: Any) -> Any:
-        key = id(array)
+    def _scattered_array(self, obj: Any, shared: bool = False) -> Any:
+        """The scattered copy of an ndarray, or of a share() handle's data (``shared``)."""
+        key = id(obj)
         with self._lock:
             entry = self._arrays.get(key)
-            if entry is not None and entry[0]() is array:
+            if entry is not None and entry[0]() is obj and entry[1].status == "finished":
                 return entry[1]
-        future = self._client.scatter(array, broadcast=True, hash=False)
+        future = self._scatter(sys.modules["numpy"].asarray(obj) if shared else obj)
 
         def forget(ref: weakref.ref, key: int = key) -> None:
             with self._lock:
@@ -411,7 +615,7 @@ class DaskBackend(Backend):
                     del self._arrays[key]
 
         with self._lock:
-            self._arrays[key] = (weakref.ref(array, forget), future)
+            self._arrays[key] = (weakref.ref(obj, forget), future)
             self._stats["scattered_arrays"] += 1
         return future
 
@@ -473,19 +677,25 @@ class DaskBackend(Backend):
                 self._fail_chunk(chunk, exc, "")
                 return
         elif future.status == "cancelled":
-            why = (
-                f"the connection to the Dask scheduler at {self.address} was lost"
-                if self._client.status != "running"
-                else "it was cancelled on the cluster"
-            )
-            exc = GilfreeError(
-                f"Dask cancelled the task of inputs {chunk.start}.."
-                f"{chunk.start + len(chunk.items) - 1}: {why}"
-            )
-            self._fail_chunk(chunk, exc, "")
+            if self._client.status != "running":
+                exc = GilfreeError(
+                    f"Dask cancelled the task of inputs {chunk.start}.."
+                    f"{chunk.start + len(chunk.items) - 1}: the connection to the Dask "
+                    f"scheduler at {self.address} was lost"
+                )
+                self._fail_chunk(chunk, exc, "")
+            else:
+                # Not by us (we forget what we cancel): the scheduler dropped it because
+                # scattered data it needed died with the workers that held it.
+                self._after_death(chunk, None)
             return
         else:  # "error": the task itself raised (strict one-item tasks, or the runner)
+            from distributed.scheduler import KilledWorker
+
             exc = future.exception()
+            if isinstance(exc, KilledWorker):
+                self._after_death(chunk, exc)
+                return
             text = exc.__dict__.pop(_TB_ATTR, None) or _format_remote(exc, future.traceback())
             self._fail_chunk(chunk, exc, text)
             return
@@ -502,6 +712,51 @@ class DaskBackend(Backend):
             return
         self._deliver(chunk, outcomes)
 
+    def _after_death(self, chunk: _Chunk, killed: BaseException | None) -> None:
+        """Workers died under ``chunk``: Dask gave up on it (``killed``, a KilledWorker)
+        or dropped it with lost scattered data (``killed`` is None). Find the culprit.
+
+        Several items: each is sent again as a one-item task. One item that was not
+        alone on the cluster, or whose data was lost (perhaps before it started): a
+        suspect, sent again alone. One item that Dask gave up on while it was alone, or
+        a suspect whose workers died again: it killed them. It fails with WorkerDied,
+        or is sent alone again while it has retries left.
+        """
+        work = chunk.work
+        with self._lock:
+            alone = chunk.first and chunk.sends == self._sends
+            self._stats["worker_deaths"] += 1
+        if len(work.items) > 1:
+            with self._lock:
+                self._stats["resubmitted"] += len(work.items)
+            for k in range(len(work.items)):
+                self._launch(work.part(k, isolated=False))
+            return
+        if not work.isolated and (killed is None or not alone):
+            with self._lock:
+                self._stats["resubmitted"] += 1
+            self._launch(work.part(0, isolated=True))
+            return
+        if work.retries > 0:
+            with self._lock:
+                self._stats["resubmitted"] += 1
+            self._launch(work.part(0, isolated=True, retries=work.retries - 1))
+            return
+        index = work.start
+        reported = (
+            f"Dask reported {type(killed).__name__}: {killed}"
+            if killed is not None
+            else "Dask cancelled its task: every worker holding data it needed died with it"
+        )
+        err = WorkerDied(
+            f"task {index} ({_short(work.items[0])}): its Dask worker died while running "
+            f"it, with no other task of this map on the cluster; {reported}",
+            index=index,
+            item=_short(work.items[0]),
+        )
+        err.__cause__ = killed
+        work.job.fail(index, err)
+
     def _deliver(self, chunk: _Chunk, outcomes: list[tuple[Any, ...]]) -> None:
         job, start = chunk.job, chunk.start
         run: list[Any] = []
@@ -516,17 +771,11 @@ class DaskBackend(Backend):
                 job.deliver(first, run)
                 run = []
             first = start + k + 1
-            if kind != _BAD_RESULT and job.options.retries > 0 and not chunk.strict:
+            if kind != _BAD_RESULT and chunk.work.retries > 0 and not chunk.work.strict:
                 # Rerun this item alone; Dask's retries take the remaining attempts.
                 with self._lock:
                     self._stats["resubmitted"] += 1
-                self._launch(
-                    job,
-                    start + k,
-                    [chunk.items[k]],
-                    strict=True,
-                    retries=job.options.retries - 1,
-                )
+                self._launch(chunk.work.part(k, retries=chunk.work.retries - 1, strict=True))
                 continue
             job.fail(start + k, self._error(kind, value, text, start + k, job))
         if run:
@@ -555,21 +804,11 @@ class DaskBackend(Backend):
 
     def _fail_chunk(self, chunk: _Chunk, exc: BaseException, text: str) -> None:
         """The task as a whole failed: every item of it fails with ``exc``."""
-        from distributed.scheduler import KilledWorker
-
         job = chunk.job
         for k in range(len(chunk.items)):
             index = chunk.start + k
             if isinstance(exc, TimeoutError) and exc.args[:1] == (_TIMEOUT_MARK,):
                 err = self._error(_TIMEOUT, None, exc.args[1], index, job)
-            elif isinstance(exc, KilledWorker):
-                err = WorkerDied(
-                    f"task {index}: Dask workers died while running it, each time it was "
-                    f"rescheduled; gave up ({exc})",
-                    index=index,
-                    item=_short(chunk.items[k]),
-                )
-                err.__cause__ = exc
             elif text:
                 err = self._error(_RAISED, exc, text, index, job)
             else:
@@ -580,14 +819,18 @@ class DaskBackend(Backend):
         with self._lock:
             if self._chunks.pop(chunk.key, None) is None:
                 return  # cancel() already forgot it and gave its slot back
+            if chunk.work.isolated:
+                self._isolating = False
         self._release()
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._lock:
             held = [(c.job, c.start, c.items) for c in self._chunks.values()]
-            held += [(job, start, items) for job, start, items, _, _ in self._waiting]
+            held += [(w.job, w.start, w.items) for w in [*self._waiting, *self._suspects]]
             self._chunks.clear()
             self._waiting.clear()
+            self._suspects.clear()
+            self._isolating = False
             self._active = 0
             self._idle.notify_all()
         for job, start, items in held:
@@ -606,7 +849,10 @@ class DaskBackend(Backend):
             chunks = [c for c in self._chunks.values() if c.job is job]
             for c in chunks:
                 del self._chunks[c.key]
-            self._waiting = deque(w for w in self._waiting if w[0] is not job)
+                if c.work.isolated:
+                    self._isolating = False
+            self._waiting = deque(w for w in self._waiting if w.job is not job)
+            self._suspects = deque(w for w in self._suspects if w.job is not job)
         self._release(len(chunks))
         futures = [c.future for c in chunks if c.future is not None]
         if futures:
@@ -623,13 +869,15 @@ class DaskBackend(Backend):
             # Not from the collector itself (a Future callback calling shutdown): it is
             # the thread that would empty _chunks.
             if wait and not kill and threading.current_thread() is not self._collector:
-                while self._chunks or self._waiting:
+                while self._chunks or self._waiting or self._suspects:
                     self._idle.wait()
             futures = [c.future for c in self._chunks.values() if c.future is not None]
-            for job in [c.job for c in self._chunks.values()] + [w[0] for w in self._waiting]:
+            held = [*self._chunks.values(), *self._waiting, *self._suspects]
+            for job in [w.job for w in held]:
                 job.cancelled = True
             self._chunks.clear()
             self._waiting.clear()
+            self._suspects.clear()
             self._functions.clear()
             self._arrays.clear()
         try:
@@ -650,6 +898,7 @@ class DaskBackend(Backend):
                 "workers": self.workers,
                 "in_flight": len(self._chunks),
                 "waiting": len(self._waiting),
+                "suspects": len(self._suspects) + self._isolating,
                 **self._stats,
             }
 
