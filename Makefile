@@ -4,12 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-pythons lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,plot]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -18,6 +18,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
+
+# The whole suite on CPython 3.14, 3.15 and free-threaded 3.13t, each in a fresh
+# venv (needs root and ../shared/pythons; see ci/test-pythons). Fails, saying
+# which, when an interpreter cannot be set up.
+test-pythons:
+	ci/test-pythons
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
