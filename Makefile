@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed
 # Modules held to `mypy --strict` (the rest of the package is not yet).
 MYPY_STRICT := src/gilfree/pool src/gilfree/errors.py
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-pythons lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,plot]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,6 +22,12 @@ test: $(STAMP)
 	$(VENV)/bin/mypy --strict $(MYPY_STRICT)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+
+# The whole suite on CPython 3.14, 3.15 and free-threaded 3.13t, each in a fresh
+# venv (needs root and ../shared/pythons; see ci/test-pythons). Fails, saying
+# which, when an interpreter cannot be set up.
+test-pythons:
+	ci/test-pythons
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks mkdocs_hooks.py

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
-import sysconfig
 import threading
 import types
 import weakref
@@ -19,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _bytecode, _machine, _probe
-from ._features import Features
+from ._features import Features, free_threaded_build, gil_enabled
 from ._model import choose
 from ._plan import Plan
 
@@ -82,7 +80,7 @@ def advise(
     features = dataclasses.replace(
         features,
         gil_enabled=gil_enabled(),
-        free_threaded_build=bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
+        free_threaded_build=free_threaded_build(),
         total=total,
         workers=workers,
         address=address,
@@ -94,13 +92,6 @@ def advise(
     plan.outcomes = outcomes
     plan.cached = cached is not None
     return plan
-
-
-def gil_enabled() -> bool:
-    """Whether the GIL is on now: on a free-threaded build a C extension can turn
-    it back on at import, so this is read at each plan, not once."""
-    check = getattr(sys, "_is_gil_enabled", None)
-    return True if check is None else bool(check())
 
 
 def clear_cache() -> None:

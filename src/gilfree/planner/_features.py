@@ -1,7 +1,10 @@
-"""What the policy looks at: the measurements and findings for one function."""
+"""What the policy looks at: the measurements and findings for one function,
+and the interpreter they were measured on."""
 
 from __future__ import annotations
 
+import sys
+import sysconfig
 from dataclasses import dataclass, field
 
 from ._bytecode import Finding
@@ -37,9 +40,25 @@ class Features:
     dask_workers: int | None = None  # worker processes on the cluster
     dask_error: str | None = None
     notes: tuple[str, ...] = field(default=())
-    # sys._is_gil_enabled() when planning (False: threads run Python in parallel)
+    # The interpreter at plan time (see gil_enabled / free_threaded_build below).
+    # Defaults describe a GIL build, so policy tables that do not set them keep
+    # their meaning.
     gil_enabled: bool = True
-    free_threaded_build: bool = False  # built with --disable-gil (the GIL may still be on)
+    free_threaded_build: bool = False
 
     def kinds(self, kind: str) -> list[Finding]:
         return [f for f in self.findings if f.kind == kind]
+
+
+def free_threaded_build() -> bool:
+    """True on a CPython built without the GIL (``--disable-gil``: 3.13t, 3.14t)."""
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+def gil_enabled() -> bool:
+    """Whether the GIL is on *now*. False only on a free-threaded build where it
+    stayed off: importing a C extension that does not declare free-threading
+    support turns it back on for the rest of the process (and ``PYTHON_GIL=1``
+    or ``-X gil=1`` starts with it on), so ask at plan time, not at import."""
+    check = getattr(sys, "_is_gil_enabled", None)  # 3.13+
+    return True if check is None else bool(check())
