@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -133,6 +134,7 @@ def plan(
             address=address,
             workers=opts.workers,
             probe=runner,
+            cluster=cluster_size,
         )
     except BaseException:
         runner.close(kill=True)
@@ -343,3 +345,39 @@ def _merge_pair(
     result.pair_windows = pair.pair_windows
     result.overlap = pair.overlap
     result.pair_skipped = pair.pair_skipped
+
+
+# -- the Dask cluster the planner may consider -----------------------------------------
+_cluster_lock = threading.Lock()
+_clusters: dict[str, tuple[int | None, int | None, str | None]] = {}
+
+
+def cluster_size(address: str) -> tuple[int | None, int | None, str | None]:
+    """``(threads, workers, error)`` of the Dask cluster at ``address``, asked once."""
+    with _cluster_lock:
+        if address in _clusters:
+            return _clusters[address]
+    try:
+        from .backends._dask import connect
+    except ImportError:
+        found: tuple[int | None, int | None, str | None] = (
+            None, None, "dask.distributed is not installed (pip install 'gilfree[dask]')"
+        )
+    else:
+        try:
+            with connect(address, timeout=5) as client:
+                per_worker = client.nthreads()
+            found = (sum(per_worker.values()), len(per_worker), None) if per_worker else (
+                None, None, "it has no workers"
+            )
+        except Exception as exc:  # connection refused, timeout, version mismatch
+            found = (None, None, f"connecting failed ({type(exc).__name__}: {exc})")
+    with _cluster_lock:
+        _clusters[address] = found
+    return found
+
+
+def forget_clusters() -> None:
+    """Ask clusters again next time (tests; after a cluster changed)."""
+    with _cluster_lock:
+        _clusters.clear()

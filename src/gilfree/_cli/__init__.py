@@ -11,6 +11,6 @@ on stderr raises :class:`UsageError`; ``gilfree.cli.main`` prints it.
 
 from __future__ import annotations
 
+from .._usage import UsageError
 
-class UsageError(Exception):
-    """Bad usage or unusable input: printed as one line, exit status 2."""
+__all__ = ["UsageError"]

@@ -183,6 +183,7 @@ def _child() -> int:
 
 
 def _plan(fn: Callable[[Any], Any], request: dict[str, Any]) -> Probed:
+    from .._auto import cluster_size
     from ..planner import advise
     from ._jsonl import error_record, result_record
     samples = request["samples"]
@@ -193,6 +194,7 @@ def _plan(fn: Callable[[Any], Any], request: dict[str, Any]) -> Probed:
         total=request["total"],
         address=request["address"],
         workers=request["workers"],
+        cluster=cluster_size,
     )
     # This child is the sandbox: planner.advise probes in it, calling a prefix
     # of the samples, whose outcomes become the first records.

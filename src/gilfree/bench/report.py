@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .._cli import UsageError
+from .._usage import UsageError
 from .runner import BACKENDS, WorkloadResult
 
 #: The multiplication sign of speedups ("2.5" + TIMES), escaped for ruff's RUF001.

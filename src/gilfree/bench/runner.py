@@ -185,7 +185,7 @@ def select(only: str | None) -> tuple[Workload, ...]:
     known = {w.name for w in SUITE}
     unknown = sorted(names - known)
     if unknown or not names:
-        from .._cli import UsageError
+        from .._usage import UsageError
 
         raise UsageError(
             f"--only {only!r}: no workload named {', '.join(unknown) or only!r}; "

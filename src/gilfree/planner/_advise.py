@@ -25,12 +25,13 @@ from ._plan import Plan
 # one call (an Executor's first submit) says too little to plan a long job on.
 MIN_CACHED_CALLS = 3
 
+#: A Dask cluster's size: ``(threads, worker processes, why unknown)``.
+ClusterSize = tuple[int | None, int | None, str | None]
 #: What runs the probe's calls: ``(fn, samples, budget) -> ProbeResult``.
 ProbeFn = Callable[[Callable[[Any], Any], Sequence[Any], float], _probe.ProbeResult]
 
 _cache_lock = threading.Lock()
 _cache: weakref.WeakKeyDictionary[Any, Features] = weakref.WeakKeyDictionary()
-_dask_cache: dict[str, tuple[int | None, int | None, str | None]] = {}
 
 
 def advise(
@@ -43,6 +44,7 @@ def advise(
     workers: int | None = None,
     cache: bool = True,
     probe: ProbeFn | None = None,
+    cluster: Callable[[str], ClusterSize] | None = None,
 ) -> Plan:
     """Measure ``fn`` on ``samples`` (each called at most once) and plan a job.
 
@@ -51,7 +53,9 @@ def advise(
     the user imposed. With ``cache=True`` the measurements of an earlier call
     for the same function are reused (then no sample is run). ``probe`` runs
     the calls: by default ``_probe.probe``, in this thread; ``gilfree.advise``
-    and ``backend="auto"`` pass one that runs them in pool workers.
+    and ``backend="auto"`` pass one that runs them in pool workers. ``cluster``
+    gives ``(threads, workers, error)`` of the Dask cluster at an address (the
+    planner itself reaches no cluster: it depends on nothing above it).
     """
     if budget <= 0:
         raise ValueError(f"budget={budget!r} must be a positive number of seconds")
@@ -76,7 +80,12 @@ def advise(
         if cache and key is not None and worth_keeping:
             with _cache_lock:
                 _cache[key] = features
-    dask = _dask_size(address) if address is not None else (None, None, None)
+    if address is None:
+        dask: ClusterSize = (None, None, None)
+    elif cluster is None:
+        dask = (None, None, "no way to reach a Dask cluster was given to the planner")
+    else:
+        dask = cluster(address)
     features = dataclasses.replace(
         features,
         gil_enabled=gil_enabled(),
@@ -98,7 +107,6 @@ def clear_cache() -> None:
     """Forget every cached measurement (tests; or after the code changed)."""
     with _cache_lock:
         _cache.clear()
-        _dask_cache.clear()
     _machine.forget()
 
 
@@ -189,28 +197,3 @@ def _name(fn: Any, fallback: str) -> str:
     if isinstance(fn, functools.partial):
         return f"partial({fallback})"
     return fallback
-
-
-def _dask_size(address: str) -> tuple[int | None, int | None, str | None]:
-    """``(threads, workers, error)`` of the cluster at ``address``, cached."""
-    with _cache_lock:
-        if address in _dask_cache:
-            return _dask_cache[address]
-    try:
-        from ..backends._dask import connect
-    except ImportError:
-        found: tuple[int | None, int | None, str | None] = (
-            None, None, "dask.distributed is not installed (pip install 'dask[distributed]')"
-        )
-    else:
-        try:
-            with connect(address, timeout=5) as client:
-                per_worker = client.nthreads()
-            found = (sum(per_worker.values()), len(per_worker), None) if per_worker else (
-                None, None, "it has no workers"
-            )
-        except Exception as exc:  # connection refused, timeout, version mismatch
-            found = (None, None, f"connecting failed ({type(exc).__name__}: {exc})")
-    with _cache_lock:
-        _dask_cache[address] = found
-    return found
