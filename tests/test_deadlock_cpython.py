@@ -26,6 +26,8 @@ RUNNER = os.path.join(HERE, "cpython_lock_suites.py")
 
 def _python313() -> tuple[str | None, str]:
     """A CPython 3.13 with its test package, or None and why not."""
+    if os.environ.get("GILFREE_TEST_PYTHONS"):
+        return None, "make test-pythons: make test already ran the suites on CPython 3.13"
     candidates = [
         os.environ.get("GILFREE_CPYTHON313", ""),
         sys.executable if sys.version_info[:2] == (3, 13) else "",
