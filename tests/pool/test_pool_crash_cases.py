@@ -210,3 +210,16 @@ def test_cancel_futures_leaves_a_map_alone():
         it = ex.map(abs, range(-50, 0))
         ex.shutdown(wait=True, cancel_futures=True)
         assert list(it) == list(range(50, 0, -1))
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_an_exit_by_exception_cancels_queued_futures(backend):
+    # Executor.__exit__ on KeyboardInterrupt kills: queued futures must still settle.
+    # (A running thread cannot be stopped: its task settles when it returns.)
+    with pytest.raises(KeyboardInterrupt), gilfree.Executor(backend=backend, workers=1) as ex:
+        futures = [ex.submit(nap, k) for k in range(20)]
+        raise KeyboardInterrupt
+    for f in futures:  # (wait() counts a cancelled future as not done, as the stdlib's)
+        if not f.cancelled():
+            f.exception(timeout=30)
+    assert sum(f.cancelled() for f in futures) >= 10

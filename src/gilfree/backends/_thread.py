@@ -263,6 +263,7 @@ class ThreadBackend(Backend):
                         except queue.Empty:
                             break
                         if entry is not None:
+                            entry[0].withdraw()  # a future's job: cancel the future
                             entry[0].cancelled = True
                 elif cancel_pending:
                     self._withdraw_queued()
