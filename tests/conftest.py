@@ -8,8 +8,10 @@ one leak does not cascade into the next test.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
+from collections.abc import Iterable
 
 import psutil
 import pytest
@@ -25,8 +27,22 @@ _SETTLE_S = 5.0
 _SESSION_PIDS: set[int] = set()
 
 
+def register_session_pids(pids: Iterable[int]) -> None:
+    """Processes that outlive single tests on purpose (a session-wide cluster):
+    the leak guard ignores them, and a long-lived helper they start."""
+    _SESSION_PIDS.update(pids)
+
+
+def forget_session_pids() -> None:
+    """The session-long processes are gone (their fixture ended)."""
+    _SESSION_PIDS.clear()
+
+
 def _children() -> dict[int, str]:
     out = {}
+    me = os.getpid()
+    zygote = sys.modules.get("gilfree.pool._zygote")
+    zygote_pid = getattr(getattr(zygote, "_zygote", None), "pid", None)
     for p in psutil.Process().children(recursive=True):
         if p.pid in _SESSION_PIDS:
             continue
@@ -34,9 +50,15 @@ def _children() -> dict[int, str]:
             cmd = " ".join(p.cmdline())
             if p.status() == psutil.STATUS_ZOMBIE:
                 continue
+            parent = p.ppid()
         except psutil.Error:
             continue
-        if not any(name in cmd for name in _LONG_LIVED):
+        # A helper is long-lived, not its children: a worker the zygote forks
+        # carries the zygote's command line, and must count when it leaks.
+        helper = any(name in cmd for name in _LONG_LIVED) and (
+            p.pid == zygote_pid or parent == me or parent in _SESSION_PIDS
+        )
+        if not helper:
             out[p.pid] = cmd
     return out
 
@@ -113,10 +135,9 @@ def dask_cluster_address():
     from dask_cluster import LocalDaskCluster
 
     with LocalDaskCluster(n_workers=2, nthreads=2) as cluster:
-        for proc in psutil.Process().children(recursive=True):
-            _SESSION_PIDS.add(proc.pid)
+        register_session_pids(p.pid for p in psutil.Process().children(recursive=True))
         yield cluster.address
-    _SESSION_PIDS.clear()
+    forget_session_pids()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -51,8 +51,9 @@ def address(cluster):
     yield cluster.address
     cluster.wait_for_workers(N_WORKERS)
     for nanny in cluster.alive_workers():
-        for proc in psutil.Process(nanny.pid).children(recursive=True):
-            conftest._SESSION_PIDS.add(proc.pid)
+        conftest.register_session_pids(
+            proc.pid for proc in psutil.Process(nanny.pid).children(recursive=True)
+        )
 
 
 @pytest.fixture

@@ -611,8 +611,16 @@ class Executor(concurrent.futures.Executor):
             pending = [f for f in self._pending if not f.done()]
             planners = list(self._planners)
             waiting = [fut for calls in self._planning.values() for _c, _i, fut in calls]
+            backends = list(self._backends.values())
         if cancel_futures:
-            for fut in waiting + pending:
+            # Calls waiting for a plan never reached a backend: cancel them here.
+            # Queued calls are cancelled by their backend, which alone knows
+            # which it already handed to a worker (those run, as in
+            # concurrent.futures); cancelling them from this thread raced the
+            # workers and could cancel all of them. A backend that cannot do
+            # that gets the old way.
+            fallback = pending if not all(b.cancels_pending for b in backends) else []
+            for fut in waiting + fallback:
                 fut.cancel()
         if not kill:
             # A plan being made still runs the calls that waited for it.
@@ -621,7 +629,10 @@ class Executor(concurrent.futures.Executor):
         with self._lock:
             backends = list(self._backends.values())
         for backend in backends:
-            backend.shutdown(wait=wait, kill=kill)
+            if cancel_futures and backend.cancels_pending:
+                backend.shutdown(wait=wait, kill=kill, cancel_pending=True)  # type: ignore[call-arg]
+            else:
+                backend.shutdown(wait=wait, kill=kill)
             if not wait and not kill:
                 _draining.add(backend)
         self._finalizer.detach()

@@ -33,6 +33,9 @@ class Sink:
     def mean_task_seconds(self) -> float | None:
         return None
 
+    def withdraw(self) -> bool:
+        return False
+
     def take(self, n: int, timeout: float = 30.0) -> dict[int, tuple[bool, Any]]:
         """The next n outcomes, by index (raises queue.Empty if they are late)."""
         out = {}

@@ -88,3 +88,22 @@ def test_a_hung_zygote_is_killed_after_its_reply_timeout(monkeypatch, plumbing):
         hung.fork(CONFIG, [])
     assert time.monotonic() - t0 < 5
     assert not hung.alive() and hung._popen.returncode == -signal.SIGKILL
+
+
+def test_the_leak_guard_counts_a_worker_the_zygote_forked(plumbing, pytestconfig):
+    """The zygote is long-lived by design; the workers it forks share its command
+    line but are not: a leaked one must show up in the guard's list."""
+    top = os.path.join(os.path.dirname(os.path.dirname(__file__)), "conftest.py")
+    plugins = pytestconfig.pluginmanager.get_plugins()
+    conftest = next(m for m in plugins if getattr(m, "__file__", "") == top)
+    slots, alive_r = plumbing
+    proc = WorkerProcess(0, "zygote", slots.fd, alive_r, [], CONFIG)
+    try:
+        children = conftest._children()
+        assert proc.pid in children
+        assert _zygote.get().pid not in children
+    finally:
+        proc.kill()
+        proc.wait(5)
+        proc.release()
+    assert proc.pid not in conftest._children()

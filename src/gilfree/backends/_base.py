@@ -42,6 +42,7 @@ class Job:
         "id",
         "input_done",
         "options",
+        "stats_lock",
         "stats_n",
         "stats_s",
     )
@@ -56,6 +57,9 @@ class Job:
         self.input_done = True
         self.stats_n = 0
         self.stats_s = 0.0
+        # record() runs in whichever thread finished a chunk; on a free-threaded
+        # build two unguarded adds lose updates (64 threads: many). Once a chunk.
+        self.stats_lock = threading.Lock()
 
     def begin(self) -> bool:
         """Called just before a backend runs work of this job; False: skip it."""
@@ -68,12 +72,22 @@ class Job:
         raise NotImplementedError
 
     def record(self, n: int, seconds: float) -> None:
-        # Two plain adds under the GIL; a lost update only blurs an estimate.
-        self.stats_n += n
-        self.stats_s += seconds
+        with self.stats_lock:
+            self.stats_n += n
+            self.stats_s += seconds
 
     def mean_task_seconds(self) -> float | None:
-        return self.stats_s / self.stats_n if self.stats_n else None
+        with self.stats_lock:
+            n, s = self.stats_n, self.stats_s
+        return s / n if n else None
+
+    def withdraw(self) -> bool:
+        """Shutdown with ``cancel_pending``: True if this queued work is dropped.
+
+        Only a future's job is: a stream (``map``) keeps its queued chunks,
+        whose outcomes its caller still waits for.
+        """
+        return False
 
 
 class StreamJob(Job):
@@ -110,6 +124,10 @@ class FutureJob(Job):
             return True
         # False when the user cancelled the future while it was queued.
         return self.future.set_running_or_notify_cancel()
+
+    def withdraw(self) -> bool:
+        # False once it runs (a retry of a started task must still settle it).
+        return self.future.cancel()
 
     def deliver(self, start: int, values: list[Any]) -> None:
         if not self.future.done():
@@ -156,9 +174,20 @@ class Backend(ABC):
         """Drop queued work of ``job``; running work may finish, its outcomes are ignored."""
         job.cancelled = True
 
+    #: Whether ``shutdown`` takes ``cancel_pending`` (see there).
+    cancels_pending: ClassVar[bool] = False
+
     @abstractmethod
     def shutdown(self, *, wait: bool = True, kill: bool = False) -> None:
-        """Release workers. ``kill`` stops running work at once."""
+        """Release workers. ``kill`` stops running work at once.
+
+        A backend with ``cancels_pending`` also takes ``cancel_pending=True``
+        (``Executor.shutdown(cancel_futures=True)``): work already handed to a
+        worker runs, and queued work whose job agrees (``Job.withdraw``) is
+        dropped, its future cancelled -- by the backend, which alone knows what
+        was handed on. Cancelling from the caller's thread instead raced the
+        backend and could cancel every task before a worker took the first.
+        """
 
     def statistics(self) -> dict[str, Any]:
         return {"backend": self.name, "workers": self.workers}

@@ -41,8 +41,12 @@ class ProcessBackend(Backend):
         """Raise ``PoolBroken`` if the pool cannot go on."""
         self._pool.check()
 
-    def shutdown(self, *, wait: bool = True, kill: bool = False) -> None:
-        self._pool.shutdown(wait=wait, kill=kill)
+    cancels_pending = True
+
+    def shutdown(
+        self, *, wait: bool = True, kill: bool = False, cancel_pending: bool = False
+    ) -> None:
+        self._pool.shutdown(wait=wait, kill=kill, cancel_pending=cancel_pending)
 
     def statistics(self) -> dict[str, Any]:
         return {"backend": self.name, **self._pool.statistics()}

@@ -242,7 +242,11 @@ class ThreadBackend(Backend):
         )
 
     # -- lifecycle ------------------------------------------------------------
-    def shutdown(self, *, wait: bool = True, kill: bool = False) -> None:
+    cancels_pending = True
+
+    def shutdown(
+        self, *, wait: bool = True, kill: bool = False, cancel_pending: bool = False
+    ) -> None:
         with self._lock:
             if self._closed:
                 # Again (wait=True at exit after a wait=False): join what still runs.
@@ -259,7 +263,10 @@ class ThreadBackend(Backend):
                         except queue.Empty:
                             break
                         if entry is not None:
+                            entry[0].withdraw()  # a future's job: cancel the future
                             entry[0].cancelled = True
+                elif cancel_pending:
+                    self._withdraw_queued()
                 for _ in range(len(self._threads)):
                     self._queue.put(None)
                 threads = list(self._threads)
@@ -270,6 +277,23 @@ class ThreadBackend(Backend):
             for t in threads:
                 if t is not threading.current_thread():
                     t.join()
+
+    def _withdraw_queued(self) -> None:
+        """Drop the queued chunks no thread has taken whose jobs agree (under _lock).
+
+        A chunk a thread already took runs; so does one whose job declines
+        (a stream, or a retry of a task that already started).
+        """
+        kept = []
+        while True:
+            try:
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if entry is not None and not entry[0].withdraw():
+                kept.append(entry)
+        for entry in kept:
+            self._queue.put(entry)
 
     def statistics(self) -> dict[str, Any]:
         with self._lock:

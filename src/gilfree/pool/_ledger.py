@@ -114,18 +114,17 @@ class Ledger:
         self.settle(w, chunk)  # after the re-pickling: its segments were still needed
         self.pending.extendleft(reversed(again))
 
-    def unloadable(self, w: Worker, chunk: Chunk, exc: Exception) -> None:
+    def unloadable(self, w: Worker, chunk: Chunk, exc: BaseException) -> None:
         """What the worker sent about `chunk` could not be unpickled here."""
         for pos in range(chunk.done, len(chunk.items)):
-            chunk.job.fail(
-                chunk.start + pos,
-                SerializationError(
-                    f"the result of task {chunk.start + pos} could not be unpickled in the parent: "
-                    f"{type(exc).__name__}: {exc}",
-                    what="result",
-                    index=chunk.start + pos,
-                ),
+            err = SerializationError(
+                f"the result of task {chunk.start + pos} could not be unpickled in the parent: "
+                f"{type(exc).__name__}: {exc}",
+                what="result",
+                index=chunk.start + pos,
             )
+            err.__cause__ = exc
+            chunk.job.fail(chunk.start + pos, err)
         self.settle(w, chunk)
 
     def piece(self, chunk: Chunk, a: int, b: int, by_value: bool | None = None) -> Chunk:
@@ -188,6 +187,16 @@ class Ledger:
             chunk.release()
         w.inflight.clear()
         self.pending.extendleft(reversed(requeue))
+
+    def withdraw_pending(self) -> None:
+        """Drop the queued chunks whose jobs agree to it (shutdown with cancel_pending)."""
+        queued = list(self.pending)
+        self.pending.clear()
+        for chunk in queued:
+            if chunk.job.withdraw():
+                chunk.release()
+            else:
+                self.pending.append(chunk)
 
     def fail_all(self, exc: BaseException) -> None:
         """Every task not yet done fails with `exc` (the pool broke or was killed)."""

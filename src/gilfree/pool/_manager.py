@@ -73,6 +73,7 @@ class Manager:
         self._state = PoolState.RUNNING
         self._incoming: collections.deque[Chunk] = collections.deque()
         self._forgotten: list[int] = []  # function keys callers evicted
+        self._withdraw = False  # stop(cancel_pending=True) asked; done by the loop
         self.error: PoolBroken | None = None
         # The manager thread's own.
         self.size = workers
@@ -106,8 +107,12 @@ class Manager:
     def enqueue(self, chunks: list[Chunk]) -> None:
         with self._lock:
             if self._state is PoolState.RUNNING:
-                self._incoming.extend(chunks)
-                self._waker.wake()
+                # Nothing to queue (every item failed to pickle): no wake-up,
+                # which the manager would not clear, finding nothing to take,
+                # and which would then swallow every later one.
+                if chunks:
+                    self._incoming.extend(chunks)
+                    self._waker.wake()
                 return
         for chunk in chunks:
             chunk.release()
@@ -133,9 +138,15 @@ class Manager:
         with self._lock:
             self._forgotten.append(key)
 
-    def stop(self, kill: bool = False) -> None:
-        """CLOSING (finish queued work) or KILLING (stop now); returns at once."""
+    def stop(self, kill: bool = False, cancel_pending: bool = False) -> None:
+        """CLOSING (finish queued work) or KILLING (stop now); returns at once.
+
+        ``cancel_pending``: after its next dispatch round the manager drops the
+        queued chunks whose jobs agree (``withdraw``); chunks sent to a worker run.
+        """
         with self._lock:
+            if cancel_pending and self._state is PoolState.RUNNING:
+                self._withdraw = True
             if kill and self._state in (PoolState.RUNNING, PoolState.CLOSING):
                 self._state = PoolState.KILLING
             elif self._state is PoolState.RUNNING:
@@ -286,7 +297,9 @@ class Manager:
         ledger = self._ledger
         try:
             msg = pickle.loads(raw)
-        except Exception as exc:
+        except BaseException as exc:
+            # A result's __reduce__ runs here, in the manager thread; even a
+            # SystemExit from it fails only that chunk's tasks, not the pool.
             if w.inflight:
                 ledger.unloadable(w, w.inflight[0], exc)
                 self._offer(w)
@@ -399,6 +412,14 @@ class Manager:
         state = self._state
         if state is PoolState.RUNNING:
             return
+        if self._withdraw:
+            # Here, after a dispatch round, as concurrent.futures cancels after
+            # filling its call queue: idle workers got their first chunks.
+            # Chunks submitted just before stop() may still wait in _incoming.
+            self._withdraw = False
+            self._take_incoming()
+            self._dispatch()
+            self._ledger.withdraw_pending()
         if state is PoolState.KILLING:
             if self._ledger.busy:
                 self._ledger.fail_all(RuntimeError("the pool was shut down before this task ran"))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import multiprocessing
 import os
 import threading
 import weakref
@@ -92,6 +93,9 @@ class ProcessPool:
             "share_threshold": share_threshold,
             # BLAS/OpenMP threads per worker, so workers x threads <= CPUs.
             "blas_threads": max(1, _cpus() // workers),
+            # A worker the zygote (or spawn) starts is not our fork: without our
+            # authkey it could not talk to a multiprocessing Manager we pass it.
+            "authkey": bytes(multiprocessing.current_process().authkey).hex(),
         }
         try:
             self._manager = Manager(
@@ -132,14 +136,20 @@ class ProcessPool:
             return
         limits = functools.partial(Chunk, timeout=timeout, retries=retries)
         chunks: list[Chunk] = []
+        # An item's __reduce__ may raise anything, SystemExit included: that
+        # item's failure, not the caller's (Ctrl-C, though, is the caller's).
         try:
             blob, lease = self._arena.dumps(items)
             chunks.append(limits(job, start, items, blob, lease, fn))
-        except Exception:  # pickle them one by one: a bad item fails alone
+        except KeyboardInterrupt:
+            raise
+        except BaseException:  # pickle them one by one: a bad item fails alone
             for k, item in enumerate(items):
                 try:
                     blob, lease = self._arena.dumps([item])
-                except Exception as exc:
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:
                     job.fail(start + k, _serialize.argument_error(start + k, item, exc))
                     continue
                 chunks.append(limits(job, start + k, [item], blob, lease, fn))
@@ -168,9 +178,15 @@ class ProcessPool:
         self._job_fns[job] = (key, blob)
         return key, blob
 
-    def shutdown(self, *, wait: bool = True, kill: bool = False) -> None:
-        """Stop accepting work; ``kill`` stops running work at once (it fails)."""
-        self._manager.stop(kill)
+    def shutdown(
+        self, *, wait: bool = True, kill: bool = False, cancel_pending: bool = False
+    ) -> None:
+        """Stop accepting work; ``kill`` stops running work at once (it fails).
+
+        ``cancel_pending`` drops queued chunks whose jobs agree (``withdraw``),
+        decided in the manager thread once idle workers got their first chunks.
+        """
+        self._manager.stop(kill, cancel_pending)
         if wait or kill:
             # Bounded once queued work is done: workers that outstay
             # STOP_GRACE_S are killed, and reaping each is bounded.

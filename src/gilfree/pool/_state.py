@@ -46,6 +46,10 @@ class JobLike(Protocol):
 
     def mean_task_seconds(self) -> float | None: ...
 
+    def withdraw(self) -> bool:
+        """Shutdown cancels queued work: True if this job's queued chunk may be dropped."""
+        ...
+
 
 class Lease(Protocol):
     """Shared-memory segments a chunk's pickled items need (see ``gilfree._shm``)."""

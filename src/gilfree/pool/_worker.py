@@ -21,6 +21,7 @@ import ctypes
 import faulthandler
 import json
 import mmap
+import multiprocessing
 import os
 import pickle
 import signal
@@ -68,6 +69,8 @@ def main(
         except OSError:
             pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if config.get("authkey"):  # the caller's, for multiprocessing proxies in tasks
+        multiprocessing.current_process().authkey = bytes.fromhex(config["authkey"])
     faulthandler.enable(file=stack_fd, all_threads=False)
     faulthandler.register(signal.SIGUSR1, file=stack_fd, all_threads=False)
     if config.get("ppid"):
@@ -312,7 +315,7 @@ class Worker:
         msg = (_wire.RESULT, seq, offset, values, failures, elapsed, final)
         try:
             payload = self.dumps(msg)
-        except Exception:
+        except BaseException:  # a result's __reduce__ may even call sys.exit
             payload = self.dumps(self._isolate_unpicklable(msg))
         _wire.send_frame(self.result_fd, payload)
 
@@ -339,6 +342,16 @@ class Worker:
                         "",
                     )
                 )
+            except BaseException as exc:
+                # SystemExit (say) from the result's __reduce__: that task's
+                # failure, as if the task had raised it (what concurrent.futures
+                # reports); the worker must not die of it with the chunk unsettled.
+                clean.append(None)
+                exc.add_note(
+                    f"raised while pickling the result of task {offset + k} "
+                    f"(of type {type(value).__name__}) in the worker"
+                )
+                failures.append((offset + k, *_serialize.exception_payload(exc)))
         return (kind, seq, offset, clean, failures, elapsed, final)
 
     def retire_reason(self) -> str:

@@ -227,6 +227,13 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 # -- the zygote process ------------------------------------------------------------
 def serve() -> None:
+    try:
+        _serve()
+    except OSError:  # the parent is gone (a broken pipe on a reply): nothing to tell
+        pass
+
+
+def _serve() -> None:
     fd = int(sys.argv[1])
     sys.path[:] = eval(sys.argv[2])  # a repr of the parent's sys.path: plain strings
     from . import _worker  # the one import every worker needs, done once here
