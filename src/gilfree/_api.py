@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import functools
 import itertools
 import os
 import textwrap
@@ -10,7 +12,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
 from ._engine import Event, Run, Skipping, length_hint
@@ -166,7 +167,7 @@ def _imap_indexed(
 
 
 # -- one map call ------------------------------------------------------------
-@contextmanager
+@contextlib.contextmanager
 def _session(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options, *, ordered: bool):
     _check_callable(fn)
     total = length_hint(iterable)
@@ -492,7 +493,8 @@ class Executor(concurrent.futures.Executor):
             return
         outcome = plan.outcomes.get(0)
         if outcome is None or (not outcome[0] and chosen.retries > 0):
-            self._dispatch(chosen, call, item, future, started=True)
+            with contextlib.suppress(Exception):  # the future holds the error
+                self._dispatch(chosen, call, item, future, started=True)
         elif outcome[0]:
             future.set_result(outcome[1])
         else:
@@ -502,7 +504,8 @@ class Executor(concurrent.futures.Executor):
             waiting = self._planning.pop(key, [])
             self._planners.discard(threading.current_thread())
         for w_call, w_item, fut in waiting:
-            self._dispatch(chosen, w_call, w_item, fut)
+            with contextlib.suppress(Exception):  # each future holds its own error
+                self._dispatch(chosen, w_call, w_item, fut)
 
     def _dispatch(
         self,
@@ -522,7 +525,17 @@ class Executor(concurrent.futures.Executor):
         job = FutureJob(call, opts, future)
         with self._lock:
             self._pending.add(future)
-        backend.submit(job, 0, [item])
+        # Weak: a future the caller keeps must not keep its task's function,
+        # arguments or backend alive once it is done.
+        future.add_done_callback(
+            functools.partial(_withdraw_if_cancelled, weakref.ref(backend), weakref.ref(job))
+        )
+        try:
+            backend.submit(job, 0, [item])
+        except BaseException as exc:  # PoolBroken, or shut down meanwhile
+            if started or future.set_running_or_notify_cancel():
+                future.set_exception(exc)
+            raise
 
     def map(
         self,
@@ -640,6 +653,16 @@ class Executor(concurrent.futures.Executor):
     def statistics(self) -> list[dict[str, Any]]:
         with self._lock:
             return [b.statistics() for b in self._backends.values()]
+
+
+def _withdraw_if_cancelled(
+    backend: weakref.ref[Backend], job: weakref.ref[FutureJob], future: concurrent.futures.Future
+) -> None:
+    """A future cancelled while queued frees its shared memory at once."""
+    if future.cancelled():
+        b, j = backend(), job()
+        if b is not None and j is not None:
+            b.withdraw(j)
 
 
 def _release(backends: dict[Any, Backend], lock: threading.Lock) -> None:

@@ -170,6 +170,10 @@ class Backend(ABC):
     def check(self) -> None:  # noqa: B027 - optional hook, most backends cannot break
         """Raise if the backend can no longer deliver outcomes (its machinery died)."""
 
+    def withdraw(self, job: Job) -> None:  # noqa: B027 - optional hook
+        """``job`` was cancelled before it started: free what it holds now (its
+        shared memory) instead of when its queued work is reached and dropped."""
+
     def cancel(self, job: Job) -> None:
         """Drop queued work of ``job``; running work may finish, its outcomes are ignored."""
         job.cancelled = True

@@ -37,6 +37,9 @@ class ProcessBackend(Backend):
         opts = job.options
         self._pool.submit(job, start, items, timeout=opts.timeout, retries=opts.retries)
 
+    def withdraw(self, job: Job) -> None:
+        self._pool.withdraw(job)
+
     def check(self) -> None:
         """Raise ``PoolBroken`` if the pool cannot go on."""
         self._pool.check()

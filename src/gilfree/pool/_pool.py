@@ -110,6 +110,11 @@ class ProcessPool:
         )
         self._fn_keys: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         self._next_key = 0
+        # Each job's leases on shared memory, so that a job withdrawn before any
+        # worker took it frees its segments at once (see withdraw).
+        self._job_leases: weakref.WeakKeyDictionary[Any, list[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
         # Not at interpreter exit: workers notice the parent's death on their own.
         weakref.finalize(self, self._manager.stop).atexit = False
 
@@ -153,7 +158,22 @@ class ProcessPool:
                     job.fail(start + k, _serialize.argument_error(start + k, item, exc))
                     continue
                 chunks.append(limits(job, start + k, [item], blob, lease, fn))
+        if chunks:
+            leases = [c.lease for c in chunks if c.lease not in (None, _shm.NO_LEASE)]
+            if leases:
+                with self._fn_lock:
+                    self._job_leases.setdefault(job, []).extend(leases)
         self._manager.enqueue(chunks)
+
+    def withdraw(self, job: JobLike) -> None:
+        """``job`` was cancelled before any worker took it: free its shared
+        memory now rather than when the manager reaches its queued chunks
+        (which it then drops). Only for such a job: a running chunk's segments
+        are still being read."""
+        with self._fn_lock:
+            leases = self._job_leases.pop(job, [])
+        for lease in leases:
+            lease.release()
 
     def _function(self, job: JobLike) -> tuple[int, bytes] | SerializationError:
         """(key, pickled function) of ``job``, pickled once per job; workers cache by key."""
