@@ -168,8 +168,11 @@ except ImportError:  # pragma: no cover - other distributed versions
 class _ArgumentPickler(cloudpickle.Pickler):
     """Pickles a chunk's items, swapping large ndarrays for scattered references."""
 
-    def __init__(self, file: io.BytesIO, backend: DaskBackend, threshold: int) -> None:
+    def __init__(
+        self, file: io.BytesIO, backend: DaskBackend, threshold: int, job_id: int = 0
+    ) -> None:
         super().__init__(file, protocol=5)
+        self._job_id = job_id
         self.refs: list[Any] = []
         self._ref_index: dict[int, int] = {}
         self._backend = backend
@@ -186,14 +189,29 @@ class _ArgumentPickler(cloudpickle.Pickler):
         # travels by value instead, scattered once like any large array, and arrives as
         # the read-only array numpy.asarray(handle) gives here.
         shared = type(obj) is self._shared
+        if shared:
+            seg = getattr(obj, "_gilfree_segment", None)
+            if seg is not None and not seg.finalizer.alive:
+                raise ValueError(f"shared array {seg.name} was released; it cannot be sent")
         if shared or (isinstance(obj, self._ndarray) and obj.nbytes >= self._threshold):
-            future = self._backend._scattered_array(obj, shared)
+            future = self._backend._scattered_array(obj, shared, self._job_id)
             index = self._ref_index.get(id(future))
             if index is None:
                 index = self._ref_index[id(future)] = len(self.refs)
                 self.refs.append(future)
             return index
         return None
+
+
+def _digest(arr: Any) -> bytes:
+    """A 128-bit hash of an array's bytes, its shape and dtype (a full read)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((arr.shape, arr.dtype.str)).encode())
+    np = sys.modules["numpy"]
+    h.update(np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data)
+    return h.digest()
 
 
 class _Work:
@@ -323,7 +341,8 @@ class DaskBackend(Backend):
         self._isolating = False
         self._sends = 0  # tasks sent so far (see _Chunk)
         self._functions: OrderedDict[Any, tuple[Any, Any]] = OrderedDict()  # -> (fn, fut)
-        self._arrays: dict[int, tuple[weakref.ref, Any]] = {}  # id -> (ref, future)
+        # id -> (ref, future, digest of a writable array's bytes, job last checked)
+        self._arrays: dict[int, tuple[weakref.ref, Any, bytes | None, int]] = {}
         self._closed = False
         self._stats = {
             "tasks": 0,
@@ -433,7 +452,7 @@ class DaskBackend(Backend):
                 job.fail(start + k, err)
             return False
         try:
-            payload, refs = self._pack(items, job.options.share_threshold)
+            payload, refs = self._pack(items, job.options.share_threshold, job.id)
         except (OSError, TimeoutError) as exc:  # scattering a large array failed
             err = GilfreeError(
                 f"could not send large arrays of inputs {start}..{start + len(items) - 1} "
@@ -498,7 +517,7 @@ class DaskBackend(Backend):
 
         for k, item in enumerate(items):
             try:
-                self._pack([item], job.options.share_threshold)
+                self._pack([item], job.options.share_threshold, job.id)
             except Exception as exc:
                 if run:
                     launch_run(start + k - len(run))
@@ -515,10 +534,10 @@ class DaskBackend(Backend):
         if run:
             launch_run(start + len(items) - len(run))
 
-    def _pack(self, items: list[Any], threshold: int) -> tuple[bytes, list[Any]]:
+    def _pack(self, items: list[Any], threshold: int, job_id: int = 0) -> tuple[bytes, list[Any]]:
         buf = io.BytesIO()
         if "numpy" in sys.modules:  # no numpy loaded: no array to look for
-            pickler = _ArgumentPickler(buf, self, threshold)
+            pickler = _ArgumentPickler(buf, self, threshold, job_id)
             pickler.dump(items)
             return buf.getvalue(), pickler.refs
         cloudpickle.Pickler(buf, protocol=5).dump(items)
@@ -600,22 +619,38 @@ class DaskBackend(Backend):
                 self._functions.popitem(last=False)
         return future
 
-    def _scattered_array(self, obj: Any, shared: bool = False) -> Any:
-        """The scattered copy of an ndarray, or of a share() handle's data (``shared``)."""
+    def _scattered_array(self, obj: Any, shared: bool = False, job_id: int = 0) -> Any:
+        """The scattered copy of an ndarray, or of a share() handle's data (``shared``).
+
+        A copy is reused only while it is the same data: a read-only array (all
+        the way down, ``_shm._frozen``) as it is; a writable one after its bytes
+        hash as they did when scattered (blake2b, once per job: a map's chunks
+        share the check), since the caller may change it between two tasks
+        (issue 13; SPEC: "an array changed between two tasks is seen changed").
+        """
+        from .._shm import _frozen
+
         key = id(obj)
+        data = sys.modules["numpy"].asarray(obj) if shared else obj
+        frozen = _frozen(data)
         with self._lock:
             entry = self._arrays.get(key)
-            if entry is not None and entry[0]() is obj and entry[1].status == "finished":
-                return entry[1]
-        future = self._scatter(sys.modules["numpy"].asarray(obj) if shared else obj)
+        if entry is not None and entry[0]() is obj and entry[1].status == "finished":
+            _ref, future, digest, checked = entry
+            if frozen or checked == job_id or _digest(data) == digest:
+                with self._lock:
+                    self._arrays[key] = (entry[0], future, digest, job_id)
+                return future
+        future = self._scatter(data)
 
         def forget(ref: weakref.ref, key: int = key) -> None:
             with self._lock:
                 if key in self._arrays and self._arrays[key][0] is ref:
                     del self._arrays[key]
 
+        digest = None if frozen else _digest(data)
         with self._lock:
-            self._arrays[key] = (weakref.ref(obj, forget), future)
+            self._arrays[key] = (weakref.ref(obj, forget), future, digest, job_id)
             self._stats["scattered_arrays"] += 1
         return future
 
