@@ -52,3 +52,71 @@ def test_a_main_function_traceback_names_the_script(tmp_path):
     crash = out[out.index("CRASH") :]
     assert "WorkerDied" in crash or "segmentation" in crash.lower()
     assert str(script) in crash and "crash" in crash
+
+
+STACKS = textwrap.dedent(
+    """
+    import ctypes, os, time
+    import gilfree
+
+    def crash(x):
+        if x == 1:
+            ctypes.string_at(0)
+        return x
+
+    def hang(x):
+        if x == 1:
+            time.sleep(30)
+        return x
+
+    if __name__ == "__main__":
+        died = gilfree.map(crash, range(3), backend="process", errors="return")[1]
+        stopped = gilfree.map(hang, range(3), backend="process", timeout=1, errors="return")[1]
+        print(died.stack)
+        print("====")
+        print(stopped.stack)
+    """
+)
+
+
+def test_crash_and_timeout_stacks_show_the_tasks_frames_only(tmp_path):
+    script = tmp_path / "stacks.py"
+    script.write_text(STACKS)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=100
+    )
+    assert proc.returncode == 0, proc.stderr
+    died, stopped = proc.stdout.split("====")
+    assert "in crash" in died and "in hang" in stopped
+    for stack in (died, stopped):
+        # Nothing from the worker loop, nor the caller's frames inherited at fork time.
+        assert "_worker.py" not in stack and "popen_fork" not in stack
+        assert "in <module>" not in stack and "_api.py" not in stack
+
+
+def _os_exit_on_two(x):
+    import os
+
+    if x == 2:
+        os._exit(4)
+    return x
+
+
+def _always_raises(x):
+    raise ValueError(f"bad {x}")
+
+
+def test_messages_say_what_happened_under_the_error_policy_and_retries():
+    import gilfree
+
+    with pytest.raises(gilfree.WorkerDied) as info:
+        gilfree.map(_os_exit_on_two, range(5), backend="process", retries=2)
+    exc = info.value
+    assert "went on" not in str(exc)  # under errors="raise" the others were cancelled
+    notes = "\n".join(getattr(exc, "__notes__", []))
+    assert "3 attempts were made (retries=2)" in notes
+    assert "errors='raise' stopped the job" in notes
+    out = gilfree.map(_always_raises, [1, 2], backend="thread", retries=1, errors="return")
+    assert all(isinstance(o, ValueError) for o in out)
+    assert "2 attempts were made (retries=1)" in "\n".join(out[0].__notes__)
+    assert not any("errors='raise'" in n for n in out[0].__notes__)

@@ -88,7 +88,7 @@ def map(
             if ok:
                 slots[start] = payload
             elif opts.errors == "raise":
-                raise payload
+                raise _stopped_here(payload)
             else:
                 slots[start] = [payload]
     out: list[Any] = []
@@ -143,7 +143,7 @@ def _values(events: Iterator[Event], errors: str) -> Iterator[Any]:
     for ok, _start, payload in events:
         if not ok:
             if errors == "raise":
-                raise payload
+                raise _stopped_here(payload)
             yield payload
             continue
         # Hand each value over without keeping it here (nor in the event):
@@ -152,6 +152,17 @@ def _values(events: Iterator[Event], errors: str) -> Iterator[Any]:
         while payload:
             yield payload.pop()
     del payload
+
+
+def _stopped_here(exc: BaseException) -> BaseException:
+    """Say what errors="raise" did with the rest of the job (a message written
+    where the failure happened cannot know)."""
+    exc.add_note(
+        "gilfree: errors='raise' stopped the job at this failure; its unfinished "
+        "tasks were cancelled (errors='return' keeps going and returns each failure "
+        "in its slot)."
+    )
+    return exc
 
 
 def _imap_indexed(

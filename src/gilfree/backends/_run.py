@@ -74,10 +74,17 @@ def _retry(
 ) -> tuple[bool, Any]:
     """Run ``item`` again after it raised ``exc``, up to ``retries - attempt`` more times."""
     tries = attempt
+    history = [exc]
     while tries < retries:
         tries += 1
         try:
             return True, fn(item)
         except Exception as again:
             exc = again
+            history.append(again)
+    if len(history) > 1:
+        exc.add_note(
+            f"gilfree: {len(history)} attempts were made (retries={retries}): "
+            + "; ".join(f"{k}. {type(e).__name__}: {e}" for k, e in enumerate(history, 1))
+        )
     return False, exc

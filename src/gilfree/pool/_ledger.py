@@ -87,9 +87,16 @@ class Ledger:
         if chunk.attempt < chunk.retries and not isinstance(exc, SerializationError):
             retry = self.piece(chunk, pos, pos + 1)
             retry.attempt = chunk.attempt + 1
+            retry.history = (*chunk.history, _ended(exc))
             self.pending.appendleft(retry)
             self._stats["retries"] += 1
             return
+        if chunk.history:
+            attempts = [*chunk.history, _ended(exc)]
+            exc.add_note(
+                f"gilfree: {len(attempts)} attempts were made (retries={chunk.retries}): "
+                + "; ".join(f"{k}. {how}" for k, how in enumerate(attempts, 1))
+            )
         chunk.job.fail(chunk.start + pos, exc)
 
     def load_failed(self, w: Worker, chunk: Chunk, message: str) -> None:
@@ -149,6 +156,7 @@ class Ledger:
             by_value=by_value,
         )
         new.deaths = chunk.deaths
+        new.history = chunk.history
         return new
 
     # -- deaths ------------------------------------------------------------------------------
@@ -211,3 +219,11 @@ class Ledger:
                 chunk.worker.inflight.clear()
         self.sent.clear()
         self.pending.clear()
+
+
+def _ended(exc: BaseException) -> str:
+    """How one attempt ended, in a few words: the error's type and first line."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    if len(first) > 80:
+        first = first[:77] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -9,6 +9,7 @@ in ``tests/pool/test_recovery.py`` runs every case through it.
 from __future__ import annotations
 
 import enum
+import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -110,16 +111,36 @@ def describe_exit(exitcode: int | None) -> tuple[str, str | None]:
         return f"was killed by {sig.name} ({hint})", sig.name
     if exitcode == _wire.PARENT_GONE:
         return "exited after losing its pipe to the parent (status 70)", None
-    return f"exited with status {exitcode} (os._exit or sys.exit outside a task)", None
+    return f"exited with status {exitcode} (os._exit in the task, or sys.exit outside one)", None
+
+
+_WORKER_LOOP = os.path.join("gilfree", "pool", "_worker.py")
+
+
+def task_frames(stack: str) -> str:
+    """A worker's stack with the task's frames only.
+
+    faulthandler prints from the innermost frame out; below the worker loop
+    that called the task come frames inherited from the fork (the caller's
+    ``map`` and ``<module>`` lines), which would read as if the task had been
+    called from there. Everything from the first worker-loop frame on goes.
+    """
+    out = []
+    for line in stack.splitlines():
+        if line.lstrip().startswith("File ") and _WORKER_LOOP in line:
+            break
+        out.append(line)
+    return "\n".join(out).rstrip() + ("\n" if out else "")
 
 
 def death_error(
     pid: int, exitcode: int | None, index: int, item: str, stack: str, *, loading: bool = False
 ) -> WorkerDied:
+    stack = task_frames(stack)
     how, signame = describe_exit(exitcode)
     what = f"while loading or starting task {index}" if loading else f"while running task {index}"
     msg = f"worker process {pid} {how} {what} (input: {item})."
-    msg += " The worker was replaced and the other tasks went on."
+    msg += " The worker was replaced."
     if stack.strip():
         msg += f"\nIts Python stack when it crashed:\n{stack.rstrip()}"
     return WorkerDied(
@@ -128,6 +149,7 @@ def death_error(
 
 
 def timeout_error(index: int, item: str, timeout: float | None, stack: str) -> TaskTimeout:
+    stack = task_frames(stack)
     return TaskTimeout(
         f"task {index} (input: {item}) ran past its timeout of {timeout} s; its worker was "
         "stopped and replaced. Its Python stack when stopped:\n"

@@ -82,6 +82,7 @@ class Chunk:
         "deaths",
         "done",
         "fn",
+        "history",
         "items",
         "job",
         "lease",
@@ -117,6 +118,7 @@ class Chunk:
         self.retries = retries
         self.attempt = attempt
         self.by_value = by_value
+        self.history: tuple[str, ...] = ()  # how earlier attempts of a retried task ended
         self.done = 0  # leading items whose results arrived
         self.deaths = 0  # deaths it caused with none of its tasks running
         self.worker: Worker | None = None
