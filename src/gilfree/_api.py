@@ -179,7 +179,9 @@ def _imap_indexed(
 
 # -- one map call ------------------------------------------------------------
 @contextlib.contextmanager
-def _session(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options, *, ordered: bool):
+def _session(
+    fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options, *, ordered: bool
+) -> Iterator[Run]:
     _check_callable(fn)
     total = length_hint(iterable)
     if opts.backend != "auto":
@@ -379,12 +381,12 @@ class Executor(concurrent.futures.Executor):
         self._backends: dict[tuple[str, int | None], Backend] = {}
         self._plans: dict[Any, Options] = {}
         # key -> calls that arrived while that function's plan was being made
-        self._planning: dict[Any, list[tuple[Any, Any, concurrent.futures.Future]]] = {}
+        self._planning: dict[Any, list[tuple[Any, Any, concurrent.futures.Future[Any]]]] = {}
         self._planners: set[threading.Thread] = set()
         # Futures not finished yet, for shutdown(cancel_futures=True); weak, so
         # a finished task's future (and so its function, arguments and result)
         # is never kept here.
-        self._pending: weakref.WeakSet[concurrent.futures.Future] = weakref.WeakSet()
+        self._pending: weakref.WeakSet[concurrent.futures.Future[Any]] = weakref.WeakSet()
         self._shutdown = False
         if _exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
@@ -441,8 +443,8 @@ class Executor(concurrent.futures.Executor):
 
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> concurrent.futures.Future:
-        """Schedule ``fn(*args, **kwargs)``; return its ``concurrent.futures.Future`` at once.
+    ) -> concurrent.futures.Future[Any]:
+        """Schedule ``fn(*args, **kwargs)``; return its ``concurrent.futures.Future[Any]`` at once.
 
         The future holds the result, or the task's exception with the worker's
         traceback as ``__cause__`` (``WorkerDied``, ``TaskTimeout``,
@@ -451,7 +453,7 @@ class Executor(concurrent.futures.Executor):
         on a worker while a planning thread decides.
         """
         _check_callable(fn)
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future[Any]()
         call = _StarCall(fn)
         item = (args, kwargs)
         if self._options.backend != "auto":
@@ -485,7 +487,7 @@ class Executor(concurrent.futures.Executor):
         return future
 
     def _plan_then_run(
-        self, key: Any, call: Any, item: Any, future: concurrent.futures.Future
+        self, key: Any, call: Any, item: Any, future: concurrent.futures.Future[Any]
     ) -> None:
         """In a planning thread: probe ``call(item)``, settle ``future`` with
         its outcome, remember the plan, and run the calls that waited for it."""
@@ -523,7 +525,7 @@ class Executor(concurrent.futures.Executor):
         opts: Options,
         call: Any,
         item: Any,
-        future: concurrent.futures.Future,
+        future: concurrent.futures.Future[Any],
         started: bool = False,
     ) -> None:
         """Run ``call(item)`` on the backend ``opts`` names, settling ``future``."""
@@ -568,11 +570,9 @@ class Executor(concurrent.futures.Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         call = _StarArgs(fn)
         items: Iterable[Any] = zip(*iterables, strict=False)
-        total = (
-            min((length_hint(i) for i in iterables), default=None)
-            if all(length_hint(i) is not None for i in iterables)
-            else None
-        )
+        lengths = [length_hint(i) for i in iterables]
+        sizes = [n for n in lengths if n is not None]
+        total = min(sizes, default=None) if len(sizes) == len(lengths) else None
         it = iter(items)
         opts = self._options
         prefilled: list[Event] = []
@@ -621,7 +621,7 @@ class Executor(concurrent.futures.Executor):
         """
         self._close(wait=wait, cancel_futures=cancel_futures, kill=False)
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         if exc_type is not None and not issubclass(exc_type, Exception):
             # Ctrl-C or SystemExit: do not wait for running work.
             self._close(wait=False, cancel_futures=True, kill=True)
@@ -667,7 +667,9 @@ class Executor(concurrent.futures.Executor):
 
 
 def _withdraw_if_cancelled(
-    backend: weakref.ref[Backend], job: weakref.ref[FutureJob], future: concurrent.futures.Future
+    backend: weakref.ref[Backend],
+    job: weakref.ref[FutureJob],
+    future: concurrent.futures.Future[Any],
 ) -> None:
     """A future cancelled while queued frees its shared memory at once."""
     if future.cancelled():
