@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks mkdocs_hooks.py
+	$(VENV)/bin/ruff format --check src tests benchmarks mkdocs_hooks.py
 	$(VENV)/bin/mypy --strict $(MYPY_STRICT)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q

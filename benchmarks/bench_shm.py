@@ -106,9 +106,11 @@ def main():
             )
         if case == "reduce":
             j, p = rows["joblib"]["seconds"] / g, rows["ppe"]["seconds"] / g
-            print(f"\ngoal (issue 13): gilfree <= joblib: {'met' if j >= 1 else 'NOT met'} "
-                  f"({j:.2f}); >= 10x faster than ProcessPoolExecutor: "
-                  f"{'met' if p >= 10 else 'NOT met'} ({p:.1f}x)")
+            print(
+                f"\ngoal (issue 13): gilfree <= joblib: {'met' if j >= 1 else 'NOT met'} "
+                f"({j:.2f}); >= 10x faster than ProcessPoolExecutor: "
+                f"{'met' if p >= 10 else 'NOT met'} ({p:.1f}x)"
+            )
 
 
 if __name__ == "__main__":

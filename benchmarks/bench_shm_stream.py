@@ -80,7 +80,9 @@ def run(who, tasks, repeat):
     for _ in range(repeat):
         out = subprocess.run(
             [sys.executable, "-c", RUNNER, who, str(tasks)],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         if best is None or r["seconds"] < best["seconds"]:
@@ -96,10 +98,14 @@ def main():
     rows = {who: run(who, args.tasks, args.repeat) for who in ("gilfree", "ppe")}
     assert rows["gilfree"]["check"] == rows["ppe"]["check"], rows
     g = rows["gilfree"]["seconds"]
-    print(f"# {args.tasks} different 2 MiB arrays, one after another, on one executor"
-          f" -- {time.strftime('%Y-%m-%d %H:%M')}\n")
-    print("| runner | seconds | peer / gilfree | parent RSS MiB start / peak / end "
-          "| own /dev/shm MiB start / peak / end | all /dev/shm MiB start / end |")
+    print(
+        f"# {args.tasks} different 2 MiB arrays, one after another, on one executor"
+        f" -- {time.strftime('%Y-%m-%d %H:%M')}\n"
+    )
+    print(
+        "| runner | seconds | peer / gilfree | parent RSS MiB start / peak / end "
+        "| own /dev/shm MiB start / peak / end | all /dev/shm MiB start / end |"
+    )
     print("|---|---:|---:|---|---|---|")
     for who, label in [("gilfree", "**gilfree** Executor"), ("ppe", "ProcessPoolExecutor")]:
         r = rows[who]

@@ -671,8 +671,7 @@ SOURCES = [
         "own",
         {
             "test_threads_terminate": SKIP(
-                "counts and joins executor._threads: how many threads start on demand "
-                "is internal"
+                "counts and joins executor._threads: how many threads start on demand is internal"
             ),
             "test_context_manager_shutdown": ADAPTED(shutdown_context_manager_shutdown),
             "test_del_shutdown": ADAPTED(shutdown_del_shutdown),
@@ -815,8 +814,7 @@ SOURCES = [
             ),
             "test_max_tasks_early_shutdown": ADAPTED(process_max_tasks_early_shutdown),
             "test_python_finalization_error": SKIP(
-                "mocks threading._start_joinable_thread to break the stdlib's "
-                "queue feeder thread"
+                "mocks threading._start_joinable_thread to break the stdlib's queue feeder thread"
             ),
         },
     ),
@@ -828,9 +826,11 @@ SOURCES = [
         {
             "_check_crash": ADAPTED(deadlock_check_crash),
             "_fail_on_deadlock": ADAPTED(deadlock_fail_on_deadlock),
-            **{name: _VIA_CHECK_CRASH for name in DEADLOCK_EXPECTS if name not in (
-                "test_shutdown_deadlock", "test_crash_big_data"
-            )},
+            **{
+                name: _VIA_CHECK_CRASH
+                for name in DEADLOCK_EXPECTS
+                if name not in ("test_shutdown_deadlock", "test_crash_big_data")
+            },
             "test_shutdown_deadlock": ADAPTED(deadlock_shutdown_deadlock),
             "test_shutdown_deadlock_pickle": ADAPTED(deadlock_shutdown_deadlock_pickle),
             "test_crash_big_data": ADAPTED(deadlock_crash_big_data),
@@ -918,12 +918,20 @@ class _Result(unittest.TextTestResult):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=[*BACKENDS, "all"], default="all")
-    parser.add_argument("-k", dest="patterns", action="append", default=[],
-                        help="only tests whose id contains this (repeatable)")
+    parser.add_argument(
+        "-k",
+        dest="patterns",
+        action="append",
+        default=[],
+        help="only tests whose id contains this (repeatable)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--list", action="store_true", help="print the decisions and exit")
-    parser.add_argument("--stdlib", action="store_true",
-                        help="control run: the same tests on the stdlib's executors")
+    parser.add_argument(
+        "--stdlib",
+        action="store_true",
+        help="control run: the same tests on the stdlib's executors",
+    )
     args = parser.parse_args(argv)
     global STDLIB
     STDLIB = args.stdlib
@@ -942,8 +950,11 @@ def main(argv=None):
         loader.testNamePatterns = [f"*{p}*" for p in args.patterns]
     suite = unittest.TestSuite(loader.loadTestsFromTestCase(c) for c in classes)
     under_test = "the stdlib's executors (control run)" if STDLIB else f"gilfree {gilfree.__file__}"
-    print(f"{under_test} on Python {sys.version.split()[0]}: "
-          f"{suite.countTestCases()} tests, backends {', '.join(backends)}", flush=True)
+    print(
+        f"{under_test} on Python {sys.version.split()[0]}: "
+        f"{suite.countTestCases()} tests, backends {', '.join(backends)}",
+        flush=True,
+    )
     runner = unittest.TextTestRunner(
         stream=sys.stdout, verbosity=2 if args.verbose else 1, resultclass=_Result
     )
@@ -953,16 +964,21 @@ def main(argv=None):
     kind_of = {(b, t.rsplit(".", 1)[-1], t.split(".")[1]): k for b, t, k, _ in decisions}
     # One outcome per test: a test that failed and then failed its tearDown counts once.
     outcome = {t.id(): (t, "passed", "") for t in result.passed}
-    for bucket, label in ((result.skipped, "skipped"), (result.errors, "ERROR"),
-                          (result.failures, "FAILED")):
+    for bucket, label in (
+        (result.skipped, "skipped"),
+        (result.errors, "ERROR"),
+        (result.failures, "FAILED"),
+    ):
         for test, why in bucket:
             test = getattr(test, "test_case", test)  # a subTest counts for its test
             outcome[test.id()] = (test, label, why if label == "skipped" else "")
     for backend in backends:
         rows = [r for r in outcome.values() if getattr(r[0], "backend", None) == backend]
         n = {o: sum(1 for r in rows if r[1] == o) for o in ("passed", "FAILED", "ERROR", "skipped")}
-        print(f"{backend}: {len(rows)} tests: {n['passed']} passed, {n['FAILED']} failed, "
-              f"{n['ERROR']} errors, {n['skipped']} skipped")
+        print(
+            f"{backend}: {len(rows)} tests: {n['passed']} passed, {n['FAILED']} failed, "
+            f"{n['ERROR']} errors, {n['skipped']} skipped"
+        )
         for test, label, why in sorted(rows, key=lambda r: (r[1], r[0].id())):
             if label == "passed":
                 continue
@@ -971,8 +987,7 @@ def main(argv=None):
             print(f"  {label:7} {type(test).__name__}.{test._testMethodName}{extra}")
     uncategorized = sorted({t for _, t, k, _ in decisions if k == "uncategorized"})
     if uncategorized:
-        print("uncategorized (run as written; decide and list them):", *uncategorized,
-              sep="\n  ")
+        print("uncategorized (run as written; decide and list them):", *uncategorized, sep="\n  ")
     return 0 if result.wasSuccessful() else 1
 
 

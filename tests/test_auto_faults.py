@@ -42,8 +42,10 @@ CRASHY = textwrap.dedent(
 
 
 def run_script(body: str, segv=(0,), exit_=(7,), timeout=90) -> subprocess.CompletedProcess:
-    code = f"CRASH_SEGV = {set(segv)!r}\nCRASH_EXIT = {set(exit_)!r}\n" + CRASHY + textwrap.dedent(
-        body
+    code = (
+        f"CRASH_SEGV = {set(segv)!r}\nCRASH_EXIT = {set(exit_)!r}\n"
+        + CRASHY
+        + textwrap.dedent(body)
     )
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout

@@ -73,9 +73,7 @@ TASKS = textwrap.dedent(
     """
 )
 
-KEEP = b"".join(
-    json.dumps({"index": i, "result": i * i}).encode() + b"\n" for i in range(2000)
-)
+KEEP = b"".join(json.dumps({"index": i, "result": i * i}).encode() + b"\n" for i in range(2000))
 
 
 @pytest.fixture
@@ -140,8 +138,16 @@ def test_an_unreachable_scheduler_is_one_quick_line_naming_it(gilfree, work, bac
     address = "tcp://127.0.0.1:1"  # nothing listens on port 1
     start = time.monotonic()
     result = gilfree(
-        "run", "tasks:square", "in.jsonl", "-o", str(keep), "--backend", backend,
-        "--address", address, "--resume",
+        "run",
+        "tasks:square",
+        "in.jsonl",
+        "-o",
+        str(keep),
+        "--backend",
+        backend,
+        "--address",
+        address,
+        "--resume",
     )
     elapsed = time.monotonic() - start
     assert_usage_error(result, address)
@@ -213,8 +219,17 @@ def test_summary_line_then_retry_failed_replaces_the_error_records(work):
     assert last.startswith("gilfree: 20 succeeded, 20 failed (ValueError, all of them)"), last
     argv = _retry_argv(last)
     assert argv == [
-        "run", "tasks:flaky", "in.jsonl", "-o", str(out), "--backend", "process", "--workers",
-        "2", "--resume", "--retry-failed",
+        "run",
+        "tasks:flaky",
+        "in.jsonl",
+        "-o",
+        str(out),
+        "--backend",
+        "process",
+        "--workers",
+        "2",
+        "--resume",
+        "--retry-failed",
     ]
     before = by_index(out.read_text())
     assert sorted(before) == list(range(n))
@@ -369,7 +384,11 @@ def test_a_command_killed_while_probing_leaves_no_process(work):
     marker = work / "hung"
     gilfree = Gilfree(work, env={"HANG_AT": "0", "MARKER": str(marker)})
     proc = gilfree.start(
-        "run", "tasks:hang_at", "in.jsonl", "-o", str(work / "out.jsonl"),
+        "run",
+        "tasks:hang_at",
+        "in.jsonl",
+        "-o",
+        str(work / "out.jsonl"),
         stdout=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30

@@ -120,9 +120,7 @@ def cpython313_venv() -> Path:
 @pytest.mark.parametrize("backend", ["thread", "process"])
 def test_cpython_concurrent_futures_suite(cpython313_venv: Path, backend: str) -> None:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
     cmd = [str(cpython313_venv / "bin" / "python"), str(SUITE), "--backend", backend]
     # Its own session, so that on a timeout its workers go with it.
     proc = subprocess.Popen(
@@ -142,7 +140,7 @@ def test_cpython_concurrent_futures_suite(cpython313_venv: Path, backend: str) -
         out, _ = proc.communicate()
         pytest.fail(f"{' '.join(cmd)} ran past {RUN_TIMEOUT_S} s:\n{out[-6000:]}")
     if proc.returncode != 0:
-        summary = out[out.rfind("== summary"):] if "== summary" in out else ""
+        summary = out[out.rfind("== summary") :] if "== summary" in out else ""
         sys.stdout.write(out)  # shown by pytest with the failure: every traceback
         pytest.fail(
             f"CPython's test_concurrent_futures fails on gilfree.Executor(backend="

@@ -35,9 +35,7 @@ N_WORKERS = 2
 
 @pytest.fixture(scope="module")
 def cluster():
-    with LocalDaskCluster(
-        n_workers=N_WORKERS, nthreads=2, nanny=True, allowed_failures=1
-    ) as c:
+    with LocalDaskCluster(n_workers=N_WORKERS, nthreads=2, nanny=True, allowed_failures=1) as c:
         yield c
 
 
@@ -96,8 +94,7 @@ def square(x):
 def _outcomes(values):
     """Each index as ("ok", value) or ("error", exception type name)."""
     return [
-        ("error", type(v).__name__) if isinstance(v, BaseException) else ("ok", v)
-        for v in values
+        ("error", type(v).__name__) if isinstance(v, BaseException) else ("ok", v) for v in values
     ]
 
 

@@ -428,8 +428,10 @@ def _timed_against_unbounded(kind, timed_first):
             except gilfree.DeadlockError as exc:
                 results["forever"] = exc
 
-    threads = [threading.Thread(target=timed, name="timed"),
-               threading.Thread(target=forever, name="forever")]
+    threads = [
+        threading.Thread(target=timed, name="timed"),
+        threading.Thread(target=forever, name="forever"),
+    ]
     for t in threads:
         t.start()
     for t in threads:

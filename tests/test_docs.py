@@ -100,8 +100,17 @@ def test_docs_build_strict(tmp_path):
     import gilfree
     import gilfree.errors
 
-    spec = ["map", "imap", "Executor", "advise", "Plan", "share", "Lock", "RLock",
-            "deadlock_detection"]
+    spec = [
+        "map",
+        "imap",
+        "Executor",
+        "advise",
+        "Plan",
+        "share",
+        "Lock",
+        "RLock",
+        "deadlock_detection",
+    ]
     errors = set(gilfree.errors.__all__)
     for name in sorted(set(spec) | set(gilfree.__all__)):
         anchor = f"gilfree.errors.{name}" if name in errors else f"gilfree.{name}"

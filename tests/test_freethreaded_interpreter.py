@@ -36,7 +36,10 @@ def test_the_gil_is_read_at_call_time_not_at_build_time(setting: str, expected: 
     out = subprocess.run(
         [sys.executable, "-c", code],
         env={**os.environ, "PYTHON_GIL": setting},
-        capture_output=True, text=True, timeout=50, check=True,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=True,
     ).stdout.split()
     assert out == [str(expected), "True"]
 

@@ -97,9 +97,7 @@ def test_failures_and_retries_on_64_threads_land_in_their_own_slots() -> None:
         else:
             assert value == x, (WHERE, x, value)
     # A failing task runs twice (one retry), the others once: no retry lost or doubled.
-    assert attempts == collections.Counter(
-        {x: 2 if x % 7 == 0 else 1 for x in range(n)}
-    ), WHERE
+    assert attempts == collections.Counter({x: 2 if x % 7 == 0 else 1 for x in range(n)}), WHERE
 
 
 class _Progress:

@@ -35,89 +35,223 @@ def feat(**kw: object) -> Features:
 
 # (name, features, backend, workers check)
 CASES = [
-    ("pure Python CPU -> processes",
-     feat(task_seconds=0.01, cpu_fraction=0.99, pair_speedup=1.0, findings=LOOP),
-     "process", lambda w: w == 2),
-    ("pure Python CPU on 8 cores -> 8 processes",
-     feat(machine=EIGHT, task_seconds=0.05, cpu_fraction=1.0, pair_speedup=0.97, findings=LOOP),
-     "process", lambda w: w == 8),
-    ("sleep -> many threads",
-     feat(task_seconds=0.02, cpu_fraction=0.002, pair_speedup=1.98, findings=SLEEP),
-     "thread", lambda w: w >= 32),
-    ("sleep with 10 items -> 10 threads",
-     feat(task_seconds=0.02, cpu_fraction=0.002, pair_speedup=1.98, findings=SLEEP, total=10),
-     "thread", lambda w: w == 10),
-    ("tiny x*x -> serial",
-     feat(task_seconds=1e-7, cpu_fraction=1.0, pair_speedup=None, findings=()),
-     "serial", lambda w: w == 1),
-    ("tiny read slow over few calls (warm-up) -> serial",
-     feat(task_seconds=1.5e-6, cpu_fraction=1.0, pair_speedup=1.0, calls=8, total=2_000_000),
-     "serial", lambda w: w == 1),
-    ("tiny with measured pair -> serial",
-     feat(task_seconds=2e-6, cpu_fraction=1.0, pair_speedup=1.0, findings=()),
-     "serial", lambda w: w == 1),
-    ("hashlib on 8 MiB arguments -> threads, one per CPU",
-     feat(task_seconds=0.02, cpu_fraction=1.0, pair_speedup=1.93, findings=SHA,
-          arg_bytes=8.0 * MIB),
-     "thread", lambda w: w == 2),
-    ("numpy on 8 cores -> about one thread per core",
-     feat(machine=EIGHT, task_seconds=0.005, cpu_fraction=1.0, pair_speedup=1.9,
-          findings=NUMPY, arg_bytes=2.0 * MIB),
-     "thread", lambda w: 6 <= w <= 8),
-    ("large array argument through shared memory, GIL-bound -> processes",
-     feat(task_seconds=0.05, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP,
-          shm_bytes=16.0 * MIB),
-     "process", lambda w: w == 2),
-    ("CPU-bound but huge results: moving them costs more than the work -> not processes",
-     feat(task_seconds=0.001, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP,
-          result_bytes=32.0 * MIB),
-     "serial", lambda w: w == 1),
-    ("CPU-bound but only 3 short items -> serial",
-     feat(task_seconds=0.001, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP, total=3),
-     "serial", lambda w: w == 1),
-    ("bytecode says sleep, measurement says CPU -> processes",
-     feat(task_seconds=0.03, cpu_fraction=0.97, pair_speedup=1.02, findings=SLEEP + LOOP),
-     "process", lambda w: w == 2),
-    ("bytecode says hashlib, but 2 threads did not scale -> processes",
-     feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.02, findings=SHA + LOOP),
-     "process", lambda w: w == 2),
-    ("bytecode says pure loop, but threads scaled -> threads",
-     feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.95, findings=LOOP,
-          arg_bytes=4.0 * MIB),
-     "thread", lambda w: w == 2),
-    ("unpicklable CPU-bound function -> not processes",
-     feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP,
-          unpicklable="the function cannot be pickled (TypeError: no)"),
-     "serial", lambda w: w == 1),
-    ("user asked for 3 workers on I/O -> 3 threads",
-     feat(task_seconds=0.02, cpu_fraction=0.01, pair_speedup=1.99, findings=SLEEP, workers=3),
-     "thread", lambda w: w == 3),
-    ("every probe call failed -> serial",
-     feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.0, failures=6,
-          failure_type="KeyError"),
-     "serial", lambda w: w == 1),
-    ("no address: a big cluster size is ignored",
-     feat(task_seconds=0.5, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP,
-          dask_threads=64, dask_workers=16),
-     "process", lambda w: w == 2),
-    ("a big Dask cluster for slow CPU-bound calls -> dask",
-     feat(task_seconds=0.5, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP,
-          address="tcp://127.0.0.1:8786", dask_threads=64, dask_workers=16),
-     "dask", lambda w: w == 64),
-    ("a Dask cluster for tiny calls -> serial",
-     feat(task_seconds=1e-6, cpu_fraction=1.0, pair_speedup=None,
-          address="tcp://127.0.0.1:8786", dask_threads=64, dask_workers=16),
-     "serial", lambda w: w == 1),
-    ("unreachable Dask cluster -> local",
-     feat(task_seconds=0.5, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP,
-          address="tcp://127.0.0.1:1", dask_error="connecting failed (OSError: refused)"),
-     "process", lambda w: w == 2),
-    ("nothing measured, bytecode shows sleep -> threads",
-     feat(calls=0, findings=SLEEP), "thread", lambda w: w == 32),
-    ("nothing measured, bytecode shows pure loop -> processes",
-     feat(calls=0, findings=LOOP), "process", lambda w: w == 2),
-    ("nothing measured, nothing found -> serial",
-     feat(calls=0), "serial", lambda w: w == 1),
+    (
+        "pure Python CPU -> processes",
+        feat(task_seconds=0.01, cpu_fraction=0.99, pair_speedup=1.0, findings=LOOP),
+        "process",
+        lambda w: w == 2,
+    ),
+    (
+        "pure Python CPU on 8 cores -> 8 processes",
+        feat(machine=EIGHT, task_seconds=0.05, cpu_fraction=1.0, pair_speedup=0.97, findings=LOOP),
+        "process",
+        lambda w: w == 8,
+    ),
+    (
+        "sleep -> many threads",
+        feat(task_seconds=0.02, cpu_fraction=0.002, pair_speedup=1.98, findings=SLEEP),
+        "thread",
+        lambda w: w >= 32,
+    ),
+    (
+        "sleep with 10 items -> 10 threads",
+        feat(task_seconds=0.02, cpu_fraction=0.002, pair_speedup=1.98, findings=SLEEP, total=10),
+        "thread",
+        lambda w: w == 10,
+    ),
+    (
+        "tiny x*x -> serial",
+        feat(task_seconds=1e-7, cpu_fraction=1.0, pair_speedup=None, findings=()),
+        "serial",
+        lambda w: w == 1,
+    ),
+    (
+        "tiny read slow over few calls (warm-up) -> serial",
+        feat(task_seconds=1.5e-6, cpu_fraction=1.0, pair_speedup=1.0, calls=8, total=2_000_000),
+        "serial",
+        lambda w: w == 1,
+    ),
+    (
+        "tiny with measured pair -> serial",
+        feat(task_seconds=2e-6, cpu_fraction=1.0, pair_speedup=1.0, findings=()),
+        "serial",
+        lambda w: w == 1,
+    ),
+    (
+        "hashlib on 8 MiB arguments -> threads, one per CPU",
+        feat(
+            task_seconds=0.02,
+            cpu_fraction=1.0,
+            pair_speedup=1.93,
+            findings=SHA,
+            arg_bytes=8.0 * MIB,
+        ),
+        "thread",
+        lambda w: w == 2,
+    ),
+    (
+        "numpy on 8 cores -> about one thread per core",
+        feat(
+            machine=EIGHT,
+            task_seconds=0.005,
+            cpu_fraction=1.0,
+            pair_speedup=1.9,
+            findings=NUMPY,
+            arg_bytes=2.0 * MIB,
+        ),
+        "thread",
+        lambda w: 6 <= w <= 8,
+    ),
+    (
+        "large array argument through shared memory, GIL-bound -> processes",
+        feat(
+            task_seconds=0.05,
+            cpu_fraction=1.0,
+            pair_speedup=1.0,
+            findings=LOOP,
+            shm_bytes=16.0 * MIB,
+        ),
+        "process",
+        lambda w: w == 2,
+    ),
+    (
+        "CPU-bound but huge results: moving them costs more than the work -> not processes",
+        feat(
+            task_seconds=0.001,
+            cpu_fraction=1.0,
+            pair_speedup=1.0,
+            findings=LOOP,
+            result_bytes=32.0 * MIB,
+        ),
+        "serial",
+        lambda w: w == 1,
+    ),
+    (
+        "CPU-bound but only 3 short items -> serial",
+        feat(task_seconds=0.001, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP, total=3),
+        "serial",
+        lambda w: w == 1,
+    ),
+    (
+        "bytecode says sleep, measurement says CPU -> processes",
+        feat(task_seconds=0.03, cpu_fraction=0.97, pair_speedup=1.02, findings=SLEEP + LOOP),
+        "process",
+        lambda w: w == 2,
+    ),
+    (
+        "bytecode says hashlib, but 2 threads did not scale -> processes",
+        feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.02, findings=SHA + LOOP),
+        "process",
+        lambda w: w == 2,
+    ),
+    (
+        "bytecode says pure loop, but threads scaled -> threads",
+        feat(
+            task_seconds=0.01,
+            cpu_fraction=1.0,
+            pair_speedup=1.95,
+            findings=LOOP,
+            arg_bytes=4.0 * MIB,
+        ),
+        "thread",
+        lambda w: w == 2,
+    ),
+    (
+        "unpicklable CPU-bound function -> not processes",
+        feat(
+            task_seconds=0.01,
+            cpu_fraction=1.0,
+            pair_speedup=1.0,
+            findings=LOOP,
+            unpicklable="the function cannot be pickled (TypeError: no)",
+        ),
+        "serial",
+        lambda w: w == 1,
+    ),
+    (
+        "user asked for 3 workers on I/O -> 3 threads",
+        feat(task_seconds=0.02, cpu_fraction=0.01, pair_speedup=1.99, findings=SLEEP, workers=3),
+        "thread",
+        lambda w: w == 3,
+    ),
+    (
+        "every probe call failed -> serial",
+        feat(
+            task_seconds=0.01,
+            cpu_fraction=1.0,
+            pair_speedup=1.0,
+            failures=6,
+            failure_type="KeyError",
+        ),
+        "serial",
+        lambda w: w == 1,
+    ),
+    (
+        "no address: a big cluster size is ignored",
+        feat(
+            task_seconds=0.5,
+            cpu_fraction=1.0,
+            pair_speedup=1.0,
+            findings=LOOP,
+            dask_threads=64,
+            dask_workers=16,
+        ),
+        "process",
+        lambda w: w == 2,
+    ),
+    (
+        "a big Dask cluster for slow CPU-bound calls -> dask",
+        feat(
+            task_seconds=0.5,
+            cpu_fraction=1.0,
+            pair_speedup=1.0,
+            findings=LOOP,
+            address="tcp://127.0.0.1:8786",
+            dask_threads=64,
+            dask_workers=16,
+        ),
+        "dask",
+        lambda w: w == 64,
+    ),
+    (
+        "a Dask cluster for tiny calls -> serial",
+        feat(
+            task_seconds=1e-6,
+            cpu_fraction=1.0,
+            pair_speedup=None,
+            address="tcp://127.0.0.1:8786",
+            dask_threads=64,
+            dask_workers=16,
+        ),
+        "serial",
+        lambda w: w == 1,
+    ),
+    (
+        "unreachable Dask cluster -> local",
+        feat(
+            task_seconds=0.5,
+            cpu_fraction=1.0,
+            pair_speedup=1.0,
+            findings=LOOP,
+            address="tcp://127.0.0.1:1",
+            dask_error="connecting failed (OSError: refused)",
+        ),
+        "process",
+        lambda w: w == 2,
+    ),
+    (
+        "nothing measured, bytecode shows sleep -> threads",
+        feat(calls=0, findings=SLEEP),
+        "thread",
+        lambda w: w == 32,
+    ),
+    (
+        "nothing measured, bytecode shows pure loop -> processes",
+        feat(calls=0, findings=LOOP),
+        "process",
+        lambda w: w == 2,
+    ),
+    ("nothing measured, nothing found -> serial", feat(calls=0), "serial", lambda w: w == 1),
 ]
 
 
@@ -211,16 +345,18 @@ def test_plan_serialises_and_explains() -> None:
 
 
 def test_busy_machine_trusts_a_gil_releasing_call_over_a_low_reading() -> None:
-    quiet = feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.05, findings=SHA,
-                 arg_bytes=8.0 * MIB)
+    quiet = feat(
+        task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.05, findings=SHA, arg_bytes=8.0 * MIB
+    )
     busy = dataclasses.replace(quiet, busy_share=0.6)
     assert choose(quiet).backend == "serial"
     plan = choose(busy)
     assert plan.backend == "thread", plan.explain()
     assert "busy" in plan.reasons[1] and "60%" in plan.reasons[1]
     # Pure Python on a busy machine stays GIL-bound: no bytecode hint to trust.
-    pure = feat(task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.05, findings=LOOP,
-                busy_share=0.6)
+    pure = feat(
+        task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.05, findings=LOOP, busy_share=0.6
+    )
     assert choose(pure).backend == "process"
 
 
@@ -250,14 +386,21 @@ def _seconds(num: str, unit: str) -> float:
 # Made-up profiles across the range where the words change: round trips from
 # far below to far above the call time, start-up against small and large jobs.
 PROFILES = [
-    feat(machine=dataclasses.replace(TWO, roundtrip_s=rt, spawn_s=sp), task_seconds=t,
-         cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP, total=total)
+    feat(
+        machine=dataclasses.replace(TWO, roundtrip_s=rt, spawn_s=sp),
+        task_seconds=t,
+        cpu_fraction=1.0,
+        pair_speedup=1.0,
+        findings=LOOP,
+        total=total,
+    )
     for rt in (5e-6, 50e-6, 500e-6)
     for sp in (0.001, 0.05)
     for t in (2e-5, 1e-4, 1e-3, 0.03, 0.5)
     for total in (10, 1000, 100_000)
-] + [feat(task_seconds=0.01, cpu_fraction=0.99, pair_speedup=1.0, findings=LOOP, crashes=1,
-          total=5)]
+] + [
+    feat(task_seconds=0.01, cpu_fraction=0.99, pair_speedup=1.0, findings=LOOP, crashes=1, total=5)
+]
 
 
 @pytest.mark.parametrize("features", PROFILES)
@@ -281,9 +424,15 @@ def test_the_profiles_cover_the_comparison_words() -> None:
 
 @pytest.mark.parametrize(
     ("a", "b", "words"),
-    [(1, 100, "small next to"), (1, 10, "less than"), (1, 1, "about the same as"),
-     (1.4, 1, "about the same as"), (5, 1, "more than"), (100, 1, "large next to"),
-     (18.3e-6, 13.7e-6, "about the same as")],
+    [
+        (1, 100, "small next to"),
+        (1, 10, "less than"),
+        (1, 1, "about the same as"),
+        (1.4, 1, "about the same as"),
+        (5, 1, "more than"),
+        (100, 1, "large next to"),
+        (18.3e-6, 13.7e-6, "about the same as"),
+    ],
 )
 def test_compare_words(a: float, b: float, words: str) -> None:
     assert compare(a, b) == words
@@ -302,24 +451,76 @@ def test_a_crash_in_the_probe_keeps_a_fast_function_off_this_process() -> None:
 NOGIL = {"gil_enabled": False, "free_threaded_build": True}
 
 FREE_THREADED_CASES = [
-    ("pure Python CPU, 2 threads at 1.99x -> threads",
-     feat(task_seconds=0.02, cpu_fraction=1.0, pair_speedup=1.99, findings=LOOP, total=48,
-          **NOGIL), "thread", lambda w: w == 2),
-    ("pure Python CPU on 8 cores -> about one thread per core",
-     feat(machine=EIGHT, task_seconds=0.05, cpu_fraction=1.0, pair_speedup=1.97, findings=LOOP,
-          **NOGIL), "thread", lambda w: 8 <= w <= 16),
-    ("large object-graph arguments: threads share them, processes would pickle them",
-     feat(task_seconds=0.03, cpu_fraction=1.0, pair_speedup=1.9, findings=LOOP,
-          arg_bytes=4.0 * MIB, total=16, **NOGIL), "thread", lambda w: w >= 2),
-    ("busy machine read 1.3x, the bytecode shows pure-Python loops -> threads all the same",
-     feat(task_seconds=0.02, cpu_fraction=1.0, pair_speedup=1.3, findings=LOOP,
-          busy_share=0.5, total=48, **NOGIL), "thread", lambda w: w >= 2),
-    ("no scaling even without a GIL (a lock) -> processes",
-     feat(task_seconds=0.02, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP, total=48,
-          **NOGIL), "process", lambda w: w == 2),
-    ("free-threaded build with the GIL turned back on -> processes",
-     feat(task_seconds=0.02, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP, total=48,
-          free_threaded_build=True), "process", lambda w: w == 2),
+    (
+        "pure Python CPU, 2 threads at 1.99x -> threads",
+        feat(
+            task_seconds=0.02, cpu_fraction=1.0, pair_speedup=1.99, findings=LOOP, total=48, **NOGIL
+        ),
+        "thread",
+        lambda w: w == 2,
+    ),
+    (
+        "pure Python CPU on 8 cores -> about one thread per core",
+        feat(
+            machine=EIGHT,
+            task_seconds=0.05,
+            cpu_fraction=1.0,
+            pair_speedup=1.97,
+            findings=LOOP,
+            **NOGIL,
+        ),
+        "thread",
+        lambda w: 8 <= w <= 16,
+    ),
+    (
+        "large object-graph arguments: threads share them, processes would pickle them",
+        feat(
+            task_seconds=0.03,
+            cpu_fraction=1.0,
+            pair_speedup=1.9,
+            findings=LOOP,
+            arg_bytes=4.0 * MIB,
+            total=16,
+            **NOGIL,
+        ),
+        "thread",
+        lambda w: w >= 2,
+    ),
+    (
+        "busy machine read 1.3x, the bytecode shows pure-Python loops -> threads all the same",
+        feat(
+            task_seconds=0.02,
+            cpu_fraction=1.0,
+            pair_speedup=1.3,
+            findings=LOOP,
+            busy_share=0.5,
+            total=48,
+            **NOGIL,
+        ),
+        "thread",
+        lambda w: w >= 2,
+    ),
+    (
+        "no scaling even without a GIL (a lock) -> processes",
+        feat(
+            task_seconds=0.02, cpu_fraction=1.0, pair_speedup=1.0, findings=LOOP, total=48, **NOGIL
+        ),
+        "process",
+        lambda w: w == 2,
+    ),
+    (
+        "free-threaded build with the GIL turned back on -> processes",
+        feat(
+            task_seconds=0.02,
+            cpu_fraction=1.0,
+            pair_speedup=1.0,
+            findings=LOOP,
+            total=48,
+            free_threaded_build=True,
+        ),
+        "process",
+        lambda w: w == 2,
+    ),
 ]
 
 

@@ -362,8 +362,10 @@ class Executor(concurrent.futures.Executor):
     ) -> None:
         options = _given(locals(), "self", "backend", "workers", "max_workers")
         if max_workers is not None:
-            if isinstance(max_workers, int) and not isinstance(max_workers, bool) and (
-                max_workers <= 0
+            if (
+                isinstance(max_workers, int)
+                and not isinstance(max_workers, bool)
+                and (max_workers <= 0)
             ):
                 raise ConfigurationError(
                     f"max_workers={max_workers!r}: max_workers must be greater than 0"

@@ -178,7 +178,11 @@ def advise(
     samples = samples if isinstance(samples, Sequence) else list(samples)
     opts = Options(workers=workers, timeout=timeout)
     result, backend = plan(
-        fn, samples, opts, total=total if total is not None else None, address=address,
+        fn,
+        samples,
+        opts,
+        total=total if total is not None else None,
+        address=address,
         budget=budget,
     )
     if backend is not None:
@@ -192,8 +196,10 @@ def isolate(result: Plan, probed_in_process: bool) -> None:
     (What crashed a worker never runs here: the policy keeps such a job on
     processes, see ``planner._model``.)"""
     ran = len(result.outcomes)
-    where = {"serial": "run in this process, one after another", "thread": "run on threads "
-             "in this process"}.get(result.backend)
+    where = {
+        "serial": "run in this process, one after another",
+        "thread": "run on threads in this process",
+    }.get(result.backend)
     if where is None:
         return
     if not probed_in_process and result.profile.calls and ran:
@@ -206,8 +212,11 @@ def isolate(result: Plan, probed_in_process: bool) -> None:
         return
     result.reasons.append(
         f"The remaining calls {where}"
-        + (f"; the {ran} probe calls ran in a worker process first, and none crashed it"
-           if ran else "")
+        + (
+            f"; the {ran} probe calls ran in a worker process first, and none crashed it"
+            if ran
+            else ""
+        )
         + ". To keep every call in a worker process, pass backend='process'."
     )
 
@@ -219,8 +228,8 @@ def set_first_chunk(result: Plan, total: int | None) -> None:
 
     t = result.profile.task_seconds
     if result.backend == "serial" or t is None:
-        result.chunksize = 1 if t is None else _chunking.first_size(
-            chunk_target("serial"), 1, total, t
+        result.chunksize = (
+            1 if t is None else _chunking.first_size(chunk_target("serial"), 1, total, t)
         )
         return
     target = chunk_target(result.backend)
@@ -236,7 +245,10 @@ def set_first_chunk(result: Plan, total: int | None) -> None:
 
 # -- the probe on a backend ------------------------------------------------------------
 def run_probe(
-    backend: Backend, opts: Options, fn: Callable[[Any], Any], samples: Sequence[Any],
+    backend: Backend,
+    opts: Options,
+    fn: Callable[[Any], Any],
+    samples: Sequence[Any],
     budget: float,
 ) -> probing.ProbeResult:
     """The planner's probe (see ``planner._probe``) with every call on ``backend``."""
@@ -361,14 +373,18 @@ def cluster_size(address: str) -> tuple[int | None, int | None, str | None]:
         from .backends._dask import connect
     except ImportError:
         found: tuple[int | None, int | None, str | None] = (
-            None, None, "dask.distributed is not installed (pip install 'gilfree[dask]')"
+            None,
+            None,
+            "dask.distributed is not installed (pip install 'gilfree[dask]')",
         )
     else:
         try:
             with connect(address, timeout=5) as client:
                 per_worker = client.nthreads()
-            found = (sum(per_worker.values()), len(per_worker), None) if per_worker else (
-                None, None, "it has no workers"
+            found = (
+                (sum(per_worker.values()), len(per_worker), None)
+                if per_worker
+                else (None, None, "it has no workers")
             )
         except Exception as exc:  # connection refused, timeout, version mismatch
             found = (None, None, f"connecting failed ({type(exc).__name__}: {exc})")

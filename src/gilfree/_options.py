@@ -77,9 +77,7 @@ class Options:
         "'auto' considers Dask only when one is set.",
         ("dask",),
     )
-    ordered: bool = _opt(
-        True, "imap only: yield results in input order (False: as they complete)."
-    )
+    ordered: bool = _opt(True, "imap only: yield results in input order (False: as they complete).")
     start_method: str | None = _opt(
         None,
         "How process workers start: 'fork', 'zygote' (gilfree's fork server) or "
@@ -157,11 +155,20 @@ def _check_positive_int(name: str, value: object) -> None:
 
 
 _UNITS = {
-    "": 1, "b": 1,
-    "k": 1 << 10, "kib": 1 << 10, "kb": 10**3,
-    "m": 1 << 20, "mib": 1 << 20, "mb": 10**6,
-    "g": 1 << 30, "gib": 1 << 30, "gb": 10**9,
-    "t": 1 << 40, "tib": 1 << 40, "tb": 10**12,
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kib": 1 << 10,
+    "kb": 10**3,
+    "m": 1 << 20,
+    "mib": 1 << 20,
+    "mb": 10**6,
+    "g": 1 << 30,
+    "gib": 1 << 30,
+    "gb": 10**9,
+    "t": 1 << 40,
+    "tib": 1 << 40,
+    "tb": 10**12,
 }
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", re.IGNORECASE)
 

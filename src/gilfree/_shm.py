@@ -271,7 +271,11 @@ def _private(name: str, shape: tuple[int, ...], dtype: Any) -> Any:
 
 
 def _shared(
-    name: str, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], dtype: Any,
+    name: str,
+    offset: int,
+    shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    dtype: Any,
     writable: bool,
 ) -> Any:
     """A ``gilfree.share`` array in the worker: a plain ndarray over a shared mapping."""
@@ -370,8 +374,14 @@ def _build_shared_array_class() -> Any:
             ptr = self.__array_interface__["data"][0]
             return (
                 _shared,
-                (seg.name, ptr - seg.addr, self.shape, self.strides, self.dtype,
-                 bool(self.flags.writeable)),
+                (
+                    seg.name,
+                    ptr - seg.addr,
+                    self.shape,
+                    self.strides,
+                    self.dtype,
+                    bool(self.flags.writeable),
+                ),
             )
 
         @property

@@ -61,9 +61,7 @@ def advise(
     return 0
 
 
-def _crashed(
-    target: str, n: int, failure: str, workers: int | None
-) -> tuple[dict[str, Any], str]:
+def _crashed(target: str, n: int, failure: str, workers: int | None) -> tuple[dict[str, Any], str]:
     """The plan when probing did not come back: processes, which survive what happened."""
     from .._options import usable_cpus
 

@@ -186,6 +186,7 @@ def _plan(fn: Callable[[Any], Any], request: dict[str, Any]) -> Probed:
     from .._auto import cluster_size
     from ..planner import advise
     from ._jsonl import error_record, result_record
+
     samples = request["samples"]
     plan = advise(
         fn,

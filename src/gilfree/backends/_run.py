@@ -69,9 +69,7 @@ def _extend_keeps_partial() -> bool:
 _EXTEND_KEEPS_PARTIAL = _extend_keeps_partial()
 
 
-def _retry(
-    fn: Any, item: Any, exc: Exception, attempt: int, retries: int
-) -> tuple[bool, Any]:
+def _retry(fn: Any, item: Any, exc: Exception, attempt: int, retries: int) -> tuple[bool, Any]:
     """Run ``item`` again after it raised ``exc``, up to ``retries - attempt`` more times."""
     tries = attempt
     history = [exc]

@@ -223,9 +223,7 @@ def _describe(
     waits = [(me, request), *chain]
     who = {key: wait.who for key, wait in waits}
     if closer == me:
-        head = (
-            f"its request closes a wait-for cycle of {len(waits)} thread(s) and was refused"
-        )
+        head = f"its request closes a wait-for cycle of {len(waits)} thread(s) and was refused"
     else:
         size = len(waits) - [key for key, _ in waits].index(closer)
         head = (

@@ -161,14 +161,10 @@ def _measure(
     analysis = _bytecode.analyze(fn)
     machine = _machine.machine_costs()
     result = probe(fn, samples, budget)
-    failure_type = next(
-        (type(v).__name__ for ok, v in result.outcomes.values() if not ok), None
-    )
+    failure_type = next((type(v).__name__ for ok, v in result.outcomes.values() if not ok), None)
     notes = []
     if result.failures and result.failures < result.calls:
-        notes.append(
-            f"{result.failures} of {result.calls} probe calls failed ({failure_type})."
-        )
+        notes.append(f"{result.failures} of {result.calls} probe calls failed ({failure_type}).")
     features = Features(
         machine=machine,
         task_seconds=result.task_seconds,

@@ -112,10 +112,29 @@ RELEASING_CALLS: dict[str, str] = {
 IO_METHODS: dict[str, str] = {
     name: "probably does I/O"
     for name in (
-        "recv", "recv_into", "recvfrom", "sendall", "sendto", "accept", "connect",
-        "makefile", "urlopen", "getresponse", "readline", "readlines", "readinto",
-        "read_text", "read_bytes", "write_text", "write_bytes", "execute",
-        "executemany", "fetchone", "fetchall", "fetchmany", "communicate",
+        "recv",
+        "recv_into",
+        "recvfrom",
+        "sendall",
+        "sendto",
+        "accept",
+        "connect",
+        "makefile",
+        "urlopen",
+        "getresponse",
+        "readline",
+        "readlines",
+        "readinto",
+        "read_text",
+        "read_bytes",
+        "write_text",
+        "write_bytes",
+        "execute",
+        "executemany",
+        "fetchone",
+        "fetchall",
+        "fetchmany",
+        "communicate",
     )
 }
 RELEASING_METHODS: dict[str, str] = {
@@ -243,7 +262,11 @@ def analyze(fn: Any, *, max_depth: int = MAX_DEPTH) -> Analysis:
         else:
             analysis.findings.append(
                 Finding(
-                    "no_bytecode", qual, None, qual, "",
+                    "no_bytecode",
+                    qual,
+                    None,
+                    qual,
+                    "",
                     f"{qual} has no Python bytecode to read; only the measurement can tell.",
                 )
             )
@@ -305,7 +328,11 @@ class _Walker:
             what = _loop_name(code, instructions, start, end)
             found.append(
                 Finding(
-                    "python_loop", what, line, code.co_qualname, code.co_filename,
+                    "python_loop",
+                    what,
+                    line,
+                    code.co_qualname,
+                    code.co_filename,
                     f"{what} at line {line} in {code.co_qualname} makes no I/O or "
                     "GIL-releasing call: pure-Python work that holds the GIL.",
                 )
@@ -346,10 +373,17 @@ class _Walker:
             shown = dotted if plain else f"{dotted} ({qual})"
             return (
                 Finding(
-                    kind, shown, line, where, code.co_filename,
+                    kind,
+                    shown,
+                    line,
+                    where,
+                    code.co_filename,
                     f"{shown} at line {line} {why}"
-                    + (" (it can release the GIL on large inputs)." if kind == "releases_gil"
-                       else " (a thread blocked there lets the others run)."),
+                    + (
+                        " (it can release the GIL on large inputs)."
+                        if kind == "releases_gil"
+                        else " (a thread blocked there lets the others run)."
+                    ),
                 ),
                 kind,
             )
@@ -361,8 +395,13 @@ class _Walker:
             if why is not None:
                 return (
                     Finding(
-                        kind, dotted, line, where, code.co_filename,
-                        f".{method}() at line {line} {why}.", confident=False,
+                        kind,
+                        dotted,
+                        line,
+                        where,
+                        code.co_filename,
+                        f".{method}() at line {line} {why}.",
+                        confident=False,
                     ),
                     kind,
                 )
@@ -391,11 +430,17 @@ _FUSED: dict[str, tuple[str, str]] = {
     "STORE_FAST_STORE_FAST": ("STORE_FAST", "STORE_FAST"),
 }
 _IMPORTS = frozenset({"IMPORT_NAME", "IMPORT_FROM"})
-_BACKWARD_JUMPS = frozenset({
-    "JUMP_BACKWARD", "JUMP_BACKWARD_NO_INTERRUPT", "INSTRUMENTED_JUMP_BACKWARD",
-    "POP_JUMP_BACKWARD_IF_FALSE", "POP_JUMP_BACKWARD_IF_TRUE",  # 3.11 only
-    "POP_JUMP_BACKWARD_IF_NONE", "POP_JUMP_BACKWARD_IF_NOT_NONE",
-})
+_BACKWARD_JUMPS = frozenset(
+    {
+        "JUMP_BACKWARD",
+        "JUMP_BACKWARD_NO_INTERRUPT",
+        "INSTRUMENTED_JUMP_BACKWARD",
+        "POP_JUMP_BACKWARD_IF_FALSE",
+        "POP_JUMP_BACKWARD_IF_TRUE",  # 3.11 only
+        "POP_JUMP_BACKWARD_IF_NONE",
+        "POP_JUMP_BACKWARD_IF_NOT_NONE",
+    }
+)
 # What an inlined comprehension (3.12+, PEP 709) appends to.
 _APPENDS = {
     "LIST_APPEND": "list comprehension",
@@ -442,8 +487,18 @@ _OTHER_NAMES = """
 """
 _OTHER = frozenset(_OTHER_NAMES.split())
 KNOWN_OPCODES = frozenset().union(
-    _GLOBAL_HEADS, _CELL_HEADS, _LOCAL_HEADS, _ATTRS, _STORES, _FUSED, _IMPORTS,
-    _BACKWARD_JUMPS, _APPENDS, _CONSTS, _TRANSPARENT, _OTHER,
+    _GLOBAL_HEADS,
+    _CELL_HEADS,
+    _LOCAL_HEADS,
+    _ATTRS,
+    _STORES,
+    _FUSED,
+    _IMPORTS,
+    _BACKWARD_JUMPS,
+    _APPENDS,
+    _CONSTS,
+    _TRANSPARENT,
+    _OTHER,
 )
 
 

@@ -80,9 +80,8 @@ def predict_process(feat: Features, n: int, t: float, w: int) -> float:
     chunks = chunk_count(n, t, w)
     rt = m.roundtrip_s * POOL_ROUNDTRIP_FACTOR
     moved = feat.arg_bytes + feat.result_bytes
-    parent = (
-        chunks * rt / 2
-        + n * (PROCESS_ITEM_S + moved * m.byte_s * PICKLE_FACTOR + feat.shm_bytes * SHM_BYTE_S)
+    parent = chunks * rt / 2 + n * (
+        PROCESS_ITEM_S + moved * m.byte_s * PICKLE_FACTOR + feat.shm_bytes * SHM_BYTE_S
     )
     workers_side = n * t / speedup + (chunks * rt + n * moved * m.byte_s) / w
     # The last chunks run on fewer workers: about half a chunk of imbalance.

@@ -203,8 +203,7 @@ def _choose(feat: Features) -> Plan:
         predicted["thread"] = predict_thread(n, t, k_best, g, f, cpus)
     else:
         times = {
-            k: predict_thread(n, t, k, g, f, cpus)
-            for k in _thread_candidates(n, cpus, MAX_THREADS)
+            k: predict_thread(n, t, k, g, f, cpus) for k in _thread_candidates(n, cpus, MAX_THREADS)
         }
         best = min(times.values())
         k_best = min(k for k, v in times.items() if v <= best * (1 + WORKERS_MARGIN))
@@ -233,9 +232,7 @@ def _choose(feat: Features) -> Plan:
             )
 
     backend = _pick(predicted)
-    workers = {"serial": 1, "thread": k_best, "process": w, "dask": feat.dask_threads or 1}[
-        backend
-    ]
+    workers = {"serial": 1, "thread": k_best, "process": w, "dask": feat.dask_threads or 1}[backend]
     reasons.extend(_choice_sentences(feat, backend, workers, predicted, n, t, f, g, cpus))
     return plan(backend, workers, predicted)
 
@@ -426,9 +423,7 @@ def _choice_sentences(
     m = feat.machine
     out = []
     items = f"{n:,} items" + ("" if feat.total is not None else " (assumed; the total is unknown)")
-    shown = ", ".join(
-        f"{b} {format_seconds(predicted[b])}" for b in ORDER if b in predicted
-    )
+    shown = ", ".join(f"{b} {format_seconds(predicted[b])}" for b in ORDER if b in predicted)
     out.append(f"Predicted time for {items}: {shown}.")
     best = min(predicted, key=lambda b: predicted[b])
     if backend != best:
@@ -443,8 +438,11 @@ def _choice_sentences(
                 f"A call takes only {format_seconds(t)}; handing a batch of calls to a "
                 f"thread costs about {format_seconds(THREAD_CHUNK_S)} and to a process about "
                 f"{format_seconds(rt)} plus pickling"
-                + (", and the GIL lets only one thread run them anyway"
-                   if feat.gil_enabled else ", more than the calls themselves")
+                + (
+                    ", and the GIL lets only one thread run them anyway"
+                    if feat.gil_enabled
+                    else ", more than the calls themselves"
+                )
                 + ": a plain loop is fastest."
             )
         elif n * t < POOL_FIXED_S + m.spawn_s * cpus + m.ready_s:
@@ -466,8 +464,11 @@ def _choice_sentences(
             out.append(
                 f"{workers} threads: the calls spend {1 - f:.0%} of their time waiting, so "
                 "many threads overlap many waits"
-                + (f" (capped at {MAX_THREADS})." if workers == MAX_THREADS else
-                   f" (more than {workers} gain under {WORKERS_MARGIN:.0%} by the model).")
+                + (
+                    f" (capped at {MAX_THREADS})."
+                    if workers == MAX_THREADS
+                    else f" (more than {workers} gain under {WORKERS_MARGIN:.0%} by the model)."
+                )
             )
         else:
             out.append(
@@ -559,8 +560,7 @@ def _from_bytecode_only(
     if loops and not feat.unpicklable:
         w = min(n, feat.workers or cpus)
         reasons.append(
-            f"{head}: it shows pure-Python loops ({_first(loops)}), so {w} processes, "
-            "one per CPU."
+            f"{head}: it shows pure-Python loops ({_first(loops)}), so {w} processes, one per CPU."
         )
         return plan("process", w, {})
     reasons.append(f"{head}: it shows 0 loops, I/O or GIL-releasing calls, so a plain loop.")

@@ -311,8 +311,14 @@ def _pair_phase(
     barrier = threading.Barrier(2)
     members: list[tuple[int, int]] = []  # (ident, native_id) of each thread
     shared: dict[str, Any] = {
-        "next": base, "stop": False, "t0": 0.0, "broken": False, "takers": set(),
-        "a": None, "b": None, "ran_out": False,
+        "next": base,
+        "stop": False,
+        "t0": 0.0,
+        "broken": False,
+        "takers": set(),
+        "a": None,
+        "b": None,
+        "ran_out": False,
     }
     windows: list[_Window] = []
 
@@ -446,8 +452,10 @@ def runqueue_seconds(native_id: int | None = None) -> float:
     global _schedstat_ok
     if not _schedstat_ok:
         return 0.0
-    path = "/proc/thread-self/schedstat" if native_id is None else (
-        f"/proc/self/task/{native_id}/schedstat"
+    path = (
+        "/proc/thread-self/schedstat"
+        if native_id is None
+        else (f"/proc/self/task/{native_id}/schedstat")
     )
     try:
         with open(path, "rb") as fh:
@@ -561,9 +569,7 @@ class Timed:
             _timed_overhead = min(_time_one(_noop, 0)[1] for _ in range(20))
         value, wall, cpu, pcpu, rq = _time_one(self.fn, item)
         own = _timed_overhead
-        return Measured(
-            value, max(wall - own, wall * 0.05), max(cpu - own, cpu * 0.05), pcpu, rq
-        )
+        return Measured(value, max(wall - own, wall * 0.05), max(cpu - own, cpu * 0.05), pcpu, rq)
 
 
 def _time_one(fn: Callable[[Any], Any], item: Any) -> tuple[Any, float, float, float, float]:

@@ -112,9 +112,7 @@ class ProcessPool:
         self._next_key = 0
         # Each job's leases on shared memory, so that a job withdrawn before any
         # worker took it frees its segments at once (see withdraw).
-        self._job_leases: weakref.WeakKeyDictionary[Any, list[Any]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._job_leases: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
         # Not at interpreter exit: workers notice the parent's death on their own.
         weakref.finalize(self, self._manager.stop).atexit = False
 
