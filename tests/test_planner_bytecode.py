@@ -85,8 +85,7 @@ def talker(addr):
 
 
 def stored_then_used(addr):
-    conn = socket.create_connection(addr)
-    conn.sendall(b"x")  # noqa: E702 (STORE_LOAD)
+    conn = socket.create_connection(addr); conn.sendall(b"x")  # noqa: E702 (STORE_LOAD)
     return conn
 
 
@@ -158,9 +157,7 @@ def imports_inside(a):
 
 
 def import_then_call(a):
-    import zlib as z
-
-    return z.compress(a)  # noqa: E702, I001 (IMPORT_CALL)
+    import zlib as z; return z.compress(a)  # noqa: E702, I001 (IMPORT_CALL)
 
 
 def nested_function(xs):
@@ -176,59 +173,41 @@ TABLE: list[tuple[Callable, list[tuple[str, str, str, bool]]]] = [
     (sleeper, [("io", "time.sleep", "# SLEEP", True)]),
     (cpu_loop, [("python_loop", "loop", "# LOOP", True)]),
     (while_loop, [("python_loop", "loop", "# WHILE", True)]),
-    (
-        hasher,
-        [
-            ("releases_gil", "hashlib.sha256", "# HASHLIB", True),
-            ("releases_gil", "sha256", "# IMPORTED", True),
-            ("releases_gil", "zlib.compress", "# ZLIB", True),
-            # .hexdigest()/.digest() on the result: resolved chains end at the call
-        ],
-    ),
-    (
-        numpy_user,
-        [
-            ("releases_gil", "np.linalg.norm", "# NUMPY", True),
-            ("releases_gil", "np.sort", "# NUMPY", True),
-        ],
-    ),
-    (
-        talker,
-        [
-            ("io", "socket.create_connection", "# SOCKET", True),
-            ("io", "s.sendall", "# SENDALL", False),
-            ("io", "s.recv", "# RECV", False),
-        ],
-    ),
-    (
-        stored_then_used,
-        [
-            ("io", "socket.create_connection", "(STORE_LOAD)", True),
-            ("io", "conn.sendall", "(STORE_LOAD)", False),
-        ],
-    ),
+    (hasher, [
+        ("releases_gil", "hashlib.sha256", "# HASHLIB", True),
+        ("releases_gil", "sha256", "# IMPORTED", True),
+        ("releases_gil", "zlib.compress", "# ZLIB", True),
+        # .hexdigest()/.digest() on the result: resolved chains end at the call
+    ]),
+    (numpy_user, [
+        ("releases_gil", "np.linalg.norm", "# NUMPY", True),
+        ("releases_gil", "np.sort", "# NUMPY", True),
+    ]),
+    (talker, [
+        ("io", "socket.create_connection", "# SOCKET", True),
+        ("io", "s.sendall", "# SENDALL", False),
+        ("io", "s.recv", "# RECV", False),
+    ]),
+    (stored_then_used, [
+        ("io", "socket.create_connection", "(STORE_LOAD)", True),
+        ("io", "conn.sendall", "(STORE_LOAD)", False),
+    ]),
     (two_loads, [("io", "s.recv", "# LOAD_LOAD", False)]),
     (recv_in_finally, [("io", "s.recv", "# FINALLY_RECV", False)]),
     (unpacked, [("io", "s.sendall", "# UNPACKED", False)]),
     (shell, [("io", "subprocess.run", "# SUBPROCESS", True)]),
     (reader, [("io", "open", "# OPEN", True)]),
     (comprehension, [("python_loop", "list comprehension", "# COMP", True)]),
-    (
-        set_and_dict,
-        [
-            ("python_loop", "set comprehension", "# SETCOMP", True),
-            ("python_loop", "dict comprehension", "# DICTCOMP", True),
-        ],
-    ),
+    (set_and_dict, [
+        ("python_loop", "set comprehension", "# SETCOMP", True),
+        ("python_loop", "dict comprehension", "# DICTCOMP", True),
+    ]),
     (generator, [("python_loop", "generator expression", "# GENEXP", True)]),
     (loop_around_hash, [("releases_gil", "hashlib.md5", "# HASH_LOOP", True)]),
-    (
-        imports_inside,
-        [
-            ("releases_gil", "npx.sort", "# LOCAL_IMPORTS", True),
-            ("releases_gil", "sha1", "# LOCAL_IMPORTS", True),
-        ],
-    ),
+    (imports_inside, [
+        ("releases_gil", "npx.sort", "# LOCAL_IMPORTS", True),
+        ("releases_gil", "sha1", "# LOCAL_IMPORTS", True),
+    ]),
     (import_then_call, [("releases_gil", "z.compress", "(IMPORT_CALL)", True)]),
 ]
 
@@ -265,18 +244,10 @@ def test_a_new_opcode_is_reported() -> None:
 
 def test_each_opcode_has_one_role() -> None:
     roles = [
-        _bytecode._GLOBAL_HEADS,
-        _bytecode._CELL_HEADS,
-        _bytecode._LOCAL_HEADS,
-        _bytecode._ATTRS,
-        _bytecode._STORES,
-        set(_bytecode._FUSED),
-        _bytecode._IMPORTS,
-        _bytecode._BACKWARD_JUMPS,
-        set(_bytecode._APPENDS),
-        _bytecode._CONSTS,
-        _bytecode._TRANSPARENT,
-        _bytecode._OTHER,
+        _bytecode._GLOBAL_HEADS, _bytecode._CELL_HEADS, _bytecode._LOCAL_HEADS,
+        _bytecode._ATTRS, _bytecode._STORES, set(_bytecode._FUSED), _bytecode._IMPORTS,
+        _bytecode._BACKWARD_JUMPS, set(_bytecode._APPENDS), _bytecode._CONSTS,
+        _bytecode._TRANSPARENT, _bytecode._OTHER,
     ]
     assert sum(len(r) for r in roles) == len(_bytecode.KNOWN_OPCODES)
 
