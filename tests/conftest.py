@@ -38,6 +38,13 @@ def forget_session_pids() -> None:
     _SESSION_PIDS.clear()
 
 
+@pytest.fixture
+def session_pids():
+    """``register_session_pids`` for a test module: ``import conftest`` there could
+    find tests/pool/conftest.py instead of this one."""
+    return register_session_pids
+
+
 def _children() -> dict[int, str]:
     out = {}
     me = os.getpid()

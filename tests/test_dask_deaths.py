@@ -21,7 +21,6 @@ import pytest
 
 pytest.importorskip("distributed")
 
-import conftest  # the leak guard's set of processes that outlive a test on purpose
 import psutil
 from dask_cluster import LocalDaskCluster
 from distributed import Client, Event, Queue
@@ -40,7 +39,7 @@ def cluster():
 
 
 @pytest.fixture
-def address(cluster):
+def address(cluster, session_pids):
     """The cluster's address; afterwards, waits for the nannies to replace dead workers.
 
     The replacements are new processes under our nanny children: they are registered
@@ -49,9 +48,7 @@ def address(cluster):
     yield cluster.address
     cluster.wait_for_workers(N_WORKERS)
     for nanny in cluster.alive_workers():
-        conftest.register_session_pids(
-            proc.pid for proc in psutil.Process(nanny.pid).children(recursive=True)
-        )
+        session_pids(proc.pid for proc in psutil.Process(nanny.pid).children(recursive=True))
 
 
 @pytest.fixture
