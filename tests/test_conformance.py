@@ -299,3 +299,46 @@ def test_executor_map_timeout():
 def _two(backend):
     """Two workers, where the backend has workers (serial is one by definition)."""
     return 1 if backend == "serial" else 2
+
+
+def test_an_empty_input_gives_nothing(backend):
+    assert gilfree.map(square, [], backend=backend) == []
+    assert list(gilfree.imap(square, [], backend=backend)) == []
+    assert list(gilfree.imap(square, iter([]), backend=backend, ordered=False)) == []
+    with gilfree.Executor(backend=backend, workers=_two(backend)) as ex:
+        assert list(ex.map(square, [])) == []
+
+
+def _breaks_at(n):
+    for i in range(20):
+        if i == n:
+            raise ValueError(f"the input broke at {n}")
+        yield i
+
+
+@pytest.mark.parametrize("n", [0, 5, 100 % 20 + 13])
+def test_an_input_that_raises_yields_every_earlier_result_first(backend, n):
+    # As a plain loop: every item read before the input failed has its result.
+    got = []
+    with pytest.raises(ValueError, match=f"the input broke at {n}"):
+        for r in gilfree.imap(square, _breaks_at(n), backend=backend):
+            got.append(r)
+    assert got == [i * i for i in range(n)]
+
+
+def test_auto_keeps_the_results_before_a_failing_input():
+    got = []
+    with pytest.raises(ValueError, match="the input broke at 5"):
+        for r in gilfree.imap(square, _breaks_at(5)):
+            got.append(r)
+    assert got == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"timeout": float("inf")}, {"timeout": 1e10}, {"progress": "yes"}, {"ordered": "no"}],
+)
+def test_values_no_backend_could_use_are_refused(bad):
+    func = gilfree.imap if "ordered" in bad else gilfree.map
+    with pytest.raises(ConfigurationError, match=next(iter(bad))):
+        list(func(square, [1], **bad))

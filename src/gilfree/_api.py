@@ -151,7 +151,6 @@ def _values(events: Iterator[Event], errors: str) -> Iterator[Any]:
         payload.reverse()
         while payload:
             yield payload.pop()
-    del payload
 
 
 def _stopped_here(exc: BaseException) -> BaseException:
@@ -255,7 +254,7 @@ def _resolve_auto(
         rest: Iterable[Any] = iterable
     else:
         it = iter(iterable)
-        samples = list(itertools.islice(it, AUTO_SAMPLES))
+        samples, it = _leading(it)
         if not samples:
             return opts.with_(backend="serial"), it, [], [], None, None
         indices = list(range(len(samples)))
@@ -263,6 +262,22 @@ def _resolve_auto(
     plan, backend = _auto.plan(fn, samples, opts, total=total, address=dask_address(opts))
     prefilled, resubmit, ran = _probe_events(plan, indices, samples, opts.retries)
     return _apply_plan(opts, plan), Skipping(rest, ran), prefilled, resubmit, plan, backend
+
+
+def _leading(it: Iterator[Any]) -> tuple[list[Any], Iterator[Any]]:
+    """The first AUTO_SAMPLES items, and the input after them. An input that
+    raises meanwhile raises again after those items, where a plain loop would."""
+    samples: list[Any] = []
+    try:
+        samples.extend(itertools.islice(it, AUTO_SAMPLES))
+    except Exception as exc:
+        return samples, _raising(exc)
+    return samples, it
+
+
+def _raising(exc: Exception) -> Iterator[Any]:
+    raise exc
+    yield  # a generator
 
 
 def _seed_timing(job: Job, plan: Any) -> None:
@@ -587,7 +602,7 @@ class Executor(concurrent.futures.Executor):
             if known is not None:
                 opts = known
             else:
-                samples = list(itertools.islice(it, AUTO_SAMPLES))
+                samples, it = _leading(it)
                 opts, plan = self._make_plan(call, samples)
                 with self._lock:
                     self._plans.setdefault(key, opts)

@@ -77,6 +77,7 @@ class Run:
         self._head = 0  # next index to hand on (ordered mode)
         self._outstanding = len(prefilled or ())  # submitted, not yet handed on
         self._exhausted = False
+        self._input_error: Exception | None = None  # the input iterator raised it
         job.input_done = False
         self._ready: dict[int, Event] = {}
         self._prefilled = list(prefilled or ())
@@ -102,10 +103,17 @@ class Run:
             limit = window * size if cap is None else min(window * size, max(cap, size))
             if self._outstanding >= limit:
                 return
-            items = list(itertools.islice(self._it, size))
-            if not items:
+            items: list[Any] = []
+            try:
+                # extend keeps what the input gave before it raised (checked in
+                # backends._run): those items still run.
+                items.extend(itertools.islice(self._it, size))
+            except Exception as exc:
+                self._input_error = exc
+            if not items or self._input_error is not None:
                 self._exhausted = True
                 self.job.input_done = True
+            if not items:
                 return
             start = self._next_index
             self._next_index += len(items)
@@ -150,6 +158,10 @@ class Run:
         while True:
             self._top_up()
             if self._outstanding == 0 and self._exhausted:
+                if self._input_error is not None:
+                    # As a plain loop would: every item read before the input
+                    # failed has run and been handed on; then its error.
+                    raise self._input_error
                 self.finished = True
                 return
             yield from self._hand_on(self._receive())

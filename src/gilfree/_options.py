@@ -11,6 +11,8 @@ from typing import Any
 from .errors import ConfigurationError
 
 BACKENDS = ("auto", "serial", "thread", "process", "dask")
+#: The longest timeout: a year, far below what threading and select accept.
+MAX_TIMEOUT = 365 * 24 * 3600.0
 ERRORS = ("raise", "return")
 START_METHODS = (None, "fork", "zygote", "spawn")
 
@@ -126,6 +128,14 @@ class Options:
                 raise ConfigurationError(f"timeout={self.timeout!r} must be a number of seconds")
             if not self.timeout > 0:
                 raise ConfigurationError(f"timeout={self.timeout!r} must be greater than 0")
+            if not self.timeout <= MAX_TIMEOUT:  # inf and nan too: no timer takes them
+                raise ConfigurationError(
+                    f"timeout={self.timeout!r} must be at most {MAX_TIMEOUT:.0f} seconds "
+                    "(use None for no timeout)"
+                )
+        for name in ("progress", "ordered"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigurationError(f"{name}={getattr(self, name)!r} must be True or False")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise ConfigurationError(f"retries={self.retries!r} must be an integer >= 0")
         if self.errors not in ERRORS:
