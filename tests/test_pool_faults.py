@@ -349,3 +349,24 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path, mode, api):
     proc.kill()
     proc.communicate(timeout=10)
     assert _gone(pids, 5.0), "workers outlived their parent"
+
+
+def test_forked_workers_run_none_of_the_callers_exit_hooks(tmp_path):
+    # They are the caller's to run: a worker that ran them shut down copies of
+    # the caller's executors and held every shutdown up for its grace period.
+    marks = tmp_path / "exits"
+    script = tmp_path / "s.py"
+    script.write_text(
+        "import atexit, os, threading, gilfree\n"
+        f"mark = lambda: open({str(marks)!r}, 'a').write(f'{{os.getpid()}}\\n')\n"
+        # Both kinds of hook: concurrent.futures and gilfree use threading's.
+        "atexit.register(mark)\n"
+        "threading._register_atexit(mark)\n"
+        "with gilfree.Executor(backend='process', workers=2) as ex:\n"
+        "    assert [ex.submit(abs, -i).result() for i in range(4)] == [0, 1, 2, 3]\n"
+        "assert gilfree.map(abs, [-1, -2], backend='process') == [1, 2]\n"
+        "print(os.getpid())\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert marks.read_text().split() == [proc.stdout.strip()] * 2  # the caller's hooks, once

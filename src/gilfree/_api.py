@@ -713,16 +713,18 @@ _live: weakref.WeakSet[Executor] = weakref.WeakSet()
 _draining: weakref.WeakSet[Backend] = weakref.WeakSet()
 _exiting = False
 _hook_registered = False
+_hook_pid = 0
 
 
 def _register_exit_hook() -> None:
     """Once per process, before threads are stopped at interpreter exit: no new
     work, and work already submitted finishes (what concurrent.futures does).
     Threads abandoned after a timeout are not waited for."""
-    global _hook_registered
+    global _hook_registered, _hook_pid
     if _hook_registered:
         return
     _hook_registered = True
+    _hook_pid = os.getpid()
     register = getattr(threading, "_register_atexit", None)
     if register is not None:
         register(_at_exit)
@@ -734,6 +736,8 @@ def _register_exit_hook() -> None:
 
 def _at_exit() -> None:
     global _exiting
+    if os.getpid() != _hook_pid:
+        return  # a forked child (a worker): these executors are the parent's
     _exiting = True
     for ex in list(_live):
         try:

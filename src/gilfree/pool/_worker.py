@@ -85,6 +85,16 @@ def main(
         worker.blas_cap = config["blas_threads"]
     worker.results = _shm.ResultPickler(config["share_threshold"], config["parent"])
     worker.serve()
+    # Done: leave without the interpreter's exit steps. A forked worker holds
+    # copies of the caller's atexit and threading exit hooks (executors to shut
+    # down, files to flush), which are the caller's to run, not ours; running
+    # them held every shutdown up for its 2 s grace.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(0)
 
 
 #: Variables read by BLAS and OpenMP runtimes when they load.
