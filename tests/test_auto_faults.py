@@ -263,3 +263,29 @@ def test_ctrl_c_while_probing_is_clean(tmp_path):
         proc.wait()
     assert "interrupted" in out, err
     assert proc.returncode == 0, err
+
+
+class CountingFailure:
+    """Appends each call's input to a file (any process); item 0 always fails."""
+
+    def __init__(self, path, how):
+        self.path, self.how = path, how
+
+    def __call__(self, x):
+        with open(self.path, "a") as f:
+            f.write(f"{x}\n")
+        if x == 0:
+            if self.how == "exit":
+                os._exit(3)
+            raise ValueError("always")
+        return x
+
+
+@pytest.mark.parametrize("how", ["raise", "exit"])
+def test_retries_count_the_probe_as_the_first_attempt(tmp_path, how):
+    path = tmp_path / "calls"
+    out = gilfree.map(CountingFailure(str(path), how), range(12), retries=2, errors="return")
+    assert isinstance(out[0], WorkerDied if how == "exit" else ValueError)
+    assert out[1:] == list(range(1, 12))
+    calls = [int(v) for v in path.read_text().split()]
+    assert calls.count(0) == 3  # retries=2: three attempts in all, the probe's included

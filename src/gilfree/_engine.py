@@ -95,7 +95,8 @@ class Run:
         while self._resubmit:
             index, item = self._resubmit.pop(0)
             self._outstanding += 1
-            self.backend.submit(self.job, index, [item])
+            # The planner's probe was the first attempt of these items.
+            self.backend.submit(self.job, index, [item], 1)
         window = self.backend.window
         cap = self.backend.max_outstanding
         while not self._exhausted:

@@ -156,8 +156,12 @@ class Backend(ABC):
         return 2 * self.workers + 2
 
     @abstractmethod
-    def submit(self, job: Job, start: int, items: list[Any]) -> None:
-        """Start running ``items`` (inputs ``start``, ``start+1``, ...); never blocks long."""
+    def submit(self, job: Job, start: int, items: list[Any], attempt: int = 0) -> None:
+        """Start running ``items`` (inputs ``start``, ``start+1``, ...); never blocks long.
+
+        ``attempt`` is how many times these items already ran and failed
+        elsewhere (backend="auto"'s probe): that many fewer retries are left.
+        """
 
     #: Most items submitted and not yet handed on, whatever the chunk sizes
     #: (None: ``window`` chunks is the only bound).

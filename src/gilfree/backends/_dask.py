@@ -362,7 +362,7 @@ class DaskBackend(Backend):
         return 2 * self.workers + PIPELINE
 
     # -- submission ---------------------------------------------------------------------
-    def submit(self, job: Job, start: int, items: list[Any]) -> None:
+    def submit(self, job: Job, start: int, items: list[Any], attempt: int = 0) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new work after shutdown")
@@ -373,7 +373,7 @@ class DaskBackend(Backend):
             # the outcome: the future stays pending until then, and cancelling it (say,
             # Executor.shutdown(cancel_futures=True)) drops its Dask task.
             job.future.add_done_callback(lambda f, job=job: f.cancelled() and self.cancel(job))
-        retries = job.options.retries
+        retries = max(0, job.options.retries - attempt)
         strict = retries > 0 and len(items) == 1
         self._launch(_Work(job, start, items, retries=retries, strict=strict))
 

@@ -32,10 +32,11 @@ class ProcessBackend(Backend):
     def max_chunk(self, job: Job) -> int:
         return job.options.max_tasks_per_worker or 1 << 30
 
-    def submit(self, job: Job, start: int, items: list[Any]) -> None:
+    def submit(self, job: Job, start: int, items: list[Any], attempt: int = 0) -> None:
         # Each chunk carries its own limits: the pool knows nothing of Options.
         opts = job.options
-        self._pool.submit(job, start, items, timeout=opts.timeout, retries=opts.retries)
+        retries = max(0, opts.retries - attempt)
+        self._pool.submit(job, start, items, timeout=opts.timeout, retries=retries)
 
     def withdraw(self, job: Job) -> None:
         self._pool.withdraw(job)

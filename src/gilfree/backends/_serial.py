@@ -37,11 +37,11 @@ class SerialBackend(Backend):
     def max_chunk(self, job: Job) -> int:
         return self._delegate.max_chunk(job) if self._delegate is not None else 1 << 30
 
-    def submit(self, job: Job, start: int, items: list[Any]) -> None:
+    def submit(self, job: Job, start: int, items: list[Any], attempt: int = 0) -> None:
         if self._delegate is not None:
-            self._delegate.submit(job, start, items)
+            self._delegate.submit(job, start, items, attempt)
         elif job.begin():
-            run_items(job, start, items)
+            run_items(job, start, items, attempt)
 
     def cancel(self, job: Job) -> None:
         super().cancel(job)
