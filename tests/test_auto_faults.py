@@ -289,3 +289,33 @@ def test_retries_count_the_probe_as_the_first_attempt(tmp_path, how):
     assert out[1:] == list(range(1, 12))
     calls = [int(v) for v in path.read_text().split()]
     assert calls.count(0) == 3  # retries=2: three attempts in all, the probe's included
+
+
+def test_executor_submit_of_a_fast_function_keeps_later_crashes_in_workers():
+    # Only the first call is probed; a quick function is not moved into this
+    # process on the strength of it, so a crash in a later call is WorkerDied.
+    proc = run_script(
+        """
+        with gilfree.Executor() as ex:
+            fs = [ex.submit(crashy, x) for x in range(1, 12)]
+            print([type(f.exception()).__name__ if f.exception() else f.result() for f in fs])
+        """,
+        segv=(10,),
+        exit_=(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = ["WorkerDied" if x == 10 else 2 * x for x in range(1, 12)]
+    assert proc.stdout.strip() == str(expected)
+
+
+def test_an_executor_knows_what_a_map_of_the_same_function_saw():
+    proc = run_script(
+        """
+        print(show(gilfree.map(crashy, range(20), errors="return"))[0])
+        with gilfree.Executor(backend="auto") as ex:
+            f = ex.submit(crashy, 0)
+            print(type(f.exception(timeout=60)).__name__)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["WorkerDied", "WorkerDied"]

@@ -326,6 +326,10 @@ class _StarCall:
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
 
+    @property
+    def __gilfree_plans_as__(self) -> Callable[..., Any]:
+        return self.fn  # the planner's measurements of fn hold for this adapter
+
     def __call__(self, call: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
         args, kwargs = call
         return self.fn(*args, **kwargs)
@@ -338,6 +342,10 @@ class _StarArgs:
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
+
+    @property
+    def __gilfree_plans_as__(self) -> Callable[..., Any]:
+        return self.fn  # the planner's measurements of fn hold for this adapter
 
     def __call__(self, args: tuple[Any, ...]) -> Any:
         return self.fn(*args)
@@ -454,8 +462,16 @@ class Executor(concurrent.futures.Executor):
         )
         chosen = _apply_plan(self._options, plan)
         if chosen.backend == "serial":
-            # submit must not block: one thread is a plain loop off the caller's thread.
-            chosen = chosen.with_(backend="thread", workers=1)
+            # submit must not block, and one probed call says little about the
+            # next ones: calls too quick for threads to gain on stay in the
+            # worker processes, where a crash fails only its own future (a
+            # function that cannot be pickled gets one thread instead).
+            pool = self._probe_pool(fn)
+            chosen = (
+                chosen.with_(backend="process", workers=pool.workers)
+                if pool is not None
+                else chosen.with_(backend="thread", workers=1)
+            )
         return chosen, plan
 
     def submit(

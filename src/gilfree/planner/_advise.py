@@ -143,7 +143,12 @@ def sample_indices(n: int, k: int) -> list[int]:
 
 
 def _cache_key(fn: Any) -> Any:
-    """The object to cache measurements on; None when it cannot be weakly keyed."""
+    """The object to cache measurements on; None when it cannot be weakly keyed.
+
+    A wrapper that calls a user's function (an Executor's ``fn(*args)`` adapter)
+    names it as ``__gilfree_plans_as__``: what was measured of the function,
+    a crash included, holds however it is called."""
+    fn = getattr(fn, "__gilfree_plans_as__", fn)
     if isinstance(fn, types.MethodType):
         # A bound method is a new object at each attribute access.
         fn = fn.__func__
