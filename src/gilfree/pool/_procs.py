@@ -240,11 +240,13 @@ class WorkerProcess:
             except OSError:
                 pass
         self.wait(0)
-        if self._proc is not None:
-            try:
-                self._proc.close()
-            except ValueError:  # still running: only after a kill that has not landed
-                pass
+        # Not Process.close(): multiprocessing's exit hook may be polling its
+        # children in the main thread at this moment, and a closed one makes it
+        # print "process object is closed". Once reaped it only leaves
+        # multiprocessing's list; its sentinel fd goes with it (GC).
+        if self._proc is not None and self._proc.exitcode is not None:
+            children: set[Any] = multiprocessing.process._children  # type: ignore[attr-defined]
+            children.discard(self._proc)
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
