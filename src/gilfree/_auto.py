@@ -237,9 +237,8 @@ def set_first_chunk(result: Plan, total: int | None) -> None:
     result.chunksize = size
     result.reasons.append(
         f"Chunks start at {size:,} item{'s' if size != 1 else ''} "
-        f"(about {probing.format_seconds(target)} of work each at "
-        f"{probing.format_seconds(t)} per call) and adapt as the job runs, from the "
-        "time the workers measure."
+        f"({probing.format_seconds(size * t)} of work each at {probing.format_seconds(t)} "
+        "per call) and adapt as the job runs, from the time the workers measure."
     )
 
 

@@ -113,7 +113,7 @@ class Plan:
             )
         if self.notes:
             lines += ["", "Notes:"] + [f"  - {n}" for n in self.notes]
-        return "\n".join(lines)
+        return "\n".join(lines) + "\n"
 
     def _headline(self) -> str:
         if self.backend == "serial":
