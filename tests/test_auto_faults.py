@@ -319,3 +319,34 @@ def test_an_executor_knows_what_a_map_of_the_same_function_saw():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["WorkerDied", "WorkerDied"]
+
+
+def first_and_last(a):
+    time.sleep(0.2)  # still being planned when the caller changes the array
+    return float(a[0]), float(a[-1])
+
+
+def test_executor_auto_submit_sees_the_arguments_as_they_were_at_submit():
+    np = pytest.importorskip("numpy")
+    a = np.zeros(1 << 18)  # 2 MiB: goes to workers through shared memory
+    with gilfree.Executor() as ex:
+        first = ex.submit(first_and_last, a)  # probed in a planning thread
+        waiting = ex.submit(first_and_last, a)  # waits for the plan
+        a[0], a[-1] = 7.0, 9.0
+        assert first.result(timeout=60) == (0.0, 0.0)
+        assert waiting.result(timeout=60) == (0.0, 0.0)
+        assert ex.submit(first_and_last, a).result(timeout=60) == (7.0, 9.0)
+
+
+def hangs_on_zero(x):
+    if x == 0:
+        time.sleep(3600)
+    return x
+
+
+def test_advise_returns_even_when_a_sample_hangs():
+    started = time.monotonic()
+    plan = gilfree.advise(hangs_on_zero, list(range(8)), budget=0.2)
+    assert time.monotonic() - started < 60
+    ok, value = plan.outcomes[0]
+    assert not ok and isinstance(value, TaskTimeout)

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import itertools
 import os
+import pickle
 import textwrap
 import threading
 import time
@@ -14,6 +15,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal, TypeVar
 
+from . import _serialize
 from ._engine import Event, Run, Skipping, length_hint
 from ._options import Options, check_applicable, make_options, option_docs, usable_cpus
 from ._progress import Bar
@@ -477,7 +479,7 @@ class Executor(concurrent.futures.Executor):
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[Any]:
-        """Schedule ``fn(*args, **kwargs)``; return its ``concurrent.futures.Future[Any]`` at once.
+        """Schedule ``fn(*args, **kwargs)``; return its ``concurrent.futures.Future`` at once.
 
         The future holds the result, or the task's exception with the worker's
         traceback as ``__cause__`` (``WorkerDied``, ``TaskTimeout``,
@@ -494,6 +496,11 @@ class Executor(concurrent.futures.Executor):
             return future
         key = _plan_key(fn)
         with self._lock:
+            known = self._plans.get(key)
+        # A call that waits for its function's plan runs later: it gets its
+        # arguments as they are now (a call with a plan is sent at once).
+        deferred = (call, item if known is not None else _snapshot(item), future)
+        with self._lock:
             if _exiting:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             if self._shutdown:
@@ -501,13 +508,13 @@ class Executor(concurrent.futures.Executor):
             known = self._plans.get(key)
             waiting = self._planning.get(key)
             if known is None and waiting is not None:
-                waiting.append((call, item, future))
+                waiting.append(deferred)
                 return future
             if known is None:
                 self._planning[key] = []
                 planner = threading.Thread(
                     target=self._plan_then_run,
-                    args=(key, call, item, future),
+                    args=(key, *deferred),
                     name="gilfree-planner",
                     daemon=True,
                 )
@@ -697,6 +704,17 @@ class Executor(concurrent.futures.Executor):
     def statistics(self) -> list[dict[str, Any]]:
         with self._lock:
             return [b.statistics() for b in self._backends.values()]
+
+
+def _snapshot(item: Any) -> Any:
+    """A call's arguments as they are now, for a call that runs later (while its
+    function is being planned): pickled, as a worker would receive them, so a
+    change the caller makes after ``submit`` returns is not seen. What cannot
+    be pickled is passed as it is (it could only run here anyway)."""
+    try:
+        return pickle.loads(_serialize.dumps(item))
+    except Exception:
+        return item
 
 
 def _withdraw_if_cancelled(

@@ -37,13 +37,17 @@ from typing import Any
 from . import _serialize
 from ._options import Options, usable_cpus
 from .backends import Backend, StreamJob, create
-from .errors import SerializationError, WorkerDied
+from .errors import ConfigurationError, SerializationError, WorkerDied
 from .planner import Plan
 from .planner import _probe as probing
 from .planner._advise import advise as _plan
 
 #: Seconds the planner may spend probing before a map starts (its calls' results are kept).
 AUTO_BUDGET = 0.5
+#: gilfree.advise without timeout=: a sample may run this long, or this many
+#: budgets, before it is stopped (a plan must come back; a map has no such bound).
+ADVISE_TIMEOUT_S = 10.0
+ADVISE_TIMEOUT_BUDGETS = 10
 #: Seconds between health checks of the probing backend while waiting for outcomes.
 HEALTH_CHECK_S = 1.0
 #: The serial phase stops once this many calls failed and no fewer failed than
@@ -168,14 +172,18 @@ def advise(
     Nothing runs in the calling process: a sample that crashes its worker, or
     runs past ``timeout`` seconds, is reported in the plan (``plan.outcomes``
     holds its ``WorkerDied`` or ``TaskTimeout``) and the caller goes on.
+    Without ``timeout`` a sample may run ``max(10, 10 * budget)`` seconds, so
+    that advise always returns.
     ``total`` is the number of items of the whole job when known; ``address``
     a Dask scheduler to consider; ``workers`` a count to plan for.
     """
     if budget <= 0:
         raise ValueError(f"budget={budget!r} must be a positive number of seconds")
     if not callable(fn):
-        raise TypeError(f"fn={fn!r} is not callable")
+        raise ConfigurationError(f"fn={fn!r} is not callable")
     samples = samples if isinstance(samples, Sequence) else list(samples)
+    if timeout is None:
+        timeout = max(ADVISE_TIMEOUT_S, ADVISE_TIMEOUT_BUDGETS * budget)
     opts = Options(workers=workers, timeout=timeout)
     result, backend = plan(
         fn,
