@@ -15,7 +15,6 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal, TypeVar
 
-from . import _serialize
 from ._engine import Event, Run, Skipping, length_hint
 from ._options import Options, check_applicable, make_options, option_docs, usable_cpus
 from ._progress import Bar
@@ -711,6 +710,8 @@ def _snapshot(item: Any) -> Any:
     function is being planned): pickled, as a worker would receive them, so a
     change the caller makes after ``submit`` returns is not seen. What cannot
     be pickled is passed as it is (it could only run here anyway)."""
+    from . import _serialize  # cloudpickle: only once a call waits for a plan
+
     try:
         return pickle.loads(_serialize.dumps(item))
     except Exception:
