@@ -28,7 +28,7 @@ class Reversing(Backend):
         self.outstanding = 0
         self.peak = 0
 
-    def submit(self, job, start, items):
+    def submit(self, job, start, items, attempt=0):
         self.outstanding += len(items)
         self.peak = max(self.peak, self.outstanding)
         self.held.append((job, start, items))
@@ -119,3 +119,17 @@ def test_a_backend_that_breaks_is_reported_by_the_health_check():
     _, r = run(abs, range(4), ordered=True, backend=Broken())
     with pytest.raises(RuntimeError, match="machinery died"):
         list(r.events())
+
+
+def test_probed_outcomes_waiting_in_order_do_not_hold_the_window_shut():
+    # backend="auto" on an indexable input: the probe already ran items 0, 1 and
+    # 32..37. In input order 32..37 wait for 2..31, which must still be sent
+    # although those six fill a window of 2 * workers + 2 (it hung before).
+    probed = [0, 1, *range(32, 38)]
+    prefilled = [(True, i, [i * 10]) for i in probed]
+    backend = Reversing(workers=2)
+    job = StreamJob(lambda x: x * 10, make_options(chunksize=1))
+    items = _engine.Skipping(range(40), frozenset(probed))
+    r = Run(backend, job, items, ordered=True, total=40, prefilled=prefilled)
+    assert values(r.events()) == [x * 10 for x in range(40)]
+    assert r.finished

@@ -76,6 +76,11 @@ class Run:
         self._chunker = Chunker(backend, job, total)
         self._head = 0  # next index to hand on (ordered mode)
         self._outstanding = len(prefilled or ())  # submitted, not yet handed on
+        # Outcomes the planner's probe already has (one item each) count as
+        # outstanding until handed on, but not against the window: in input
+        # order they may wait for items before them that are not even
+        # submitted yet, and counting them would stop those ever being sent.
+        self._probed = {ev[1] for ev in prefilled or ()}
         self._exhausted = False
         self._input_error: Exception | None = None  # the input iterator raised it
         job.input_done = False
@@ -102,7 +107,7 @@ class Run:
         while not self._exhausted:
             size = self._chunker.next_size(self._next_index)
             limit = window * size if cap is None else min(window * size, max(cap, size))
-            if self._outstanding >= limit:
+            if self._outstanding - len(self._probed) >= limit:
                 return
             items: list[Any] = []
             try:
@@ -182,6 +187,8 @@ class Run:
     def _emit(self, ev: Event) -> Iterator[Event]:
         n = len(ev[2]) if ev[0] else 1
         self._outstanding -= n
+        if self._probed:
+            self._probed.discard(ev[1])
         self._head = ev[1] + n
         if self.progress is not None:
             self.progress.advance(n)
