@@ -291,6 +291,11 @@ def test_retries_count_the_probe_as_the_first_attempt(tmp_path, how):
     assert calls.count(0) == 3  # retries=2: three attempts in all, the probe's included
 
 
+@pytest.mark.skipif(
+    not getattr(sys, "_is_gil_enabled", lambda: True)(),
+    reason="without a GIL this function is planned onto threads, which run in this "
+    "process (README: what holds on each backend); the rule tested is serial's",
+)
 def test_executor_submit_of_a_fast_function_keeps_later_crashes_in_workers():
     # Only the first call is probed; a quick function is not moved into this
     # process on the strength of it, so a crash in a later call is WorkerDied.
