@@ -316,7 +316,7 @@ def _breaks_at(n):
         yield i
 
 
-@pytest.mark.parametrize("n", [0, 5, 100 % 20 + 13])
+@pytest.mark.parametrize("n", [0, 5, 13])
 def test_an_input_that_raises_yields_every_earlier_result_first(backend, n):
     # As a plain loop: every item read before the input failed has its result.
     got = []

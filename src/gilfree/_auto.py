@@ -189,7 +189,7 @@ def advise(
         fn,
         samples,
         opts,
-        total=total if total is not None else None,
+        total=total,
         address=address,
         budget=budget,
     )
