@@ -26,8 +26,9 @@ from hashlib import sha256
 import numpy as np
 import pytest
 
-from gilfree.planner import _bytecode
-from gilfree.planner._bytecode import analyze, unclassified_opcodes
+from gilfree.planner import _opcodes
+from gilfree.planner._bytecode import analyze
+from gilfree.planner._opcodes import unclassified_opcodes
 
 
 def _line(fn, marker: str) -> int:
@@ -221,7 +222,7 @@ def test_findings(fn, expected) -> None:
 def test_the_table_exercises_every_fused_instruction_of_this_python() -> None:
     """Super-instructions this interpreter emits are read by the table above,
     so a fused load or store cannot hide a call on any version."""
-    fused_here = {name for name in _bytecode._FUSED if name in dis.opmap}
+    fused_here = {name for name in _opcodes._FUSED if name in dis.opmap}
     used: set[str] = set()
     for fn, _ in TABLE:
         used |= {ins.opname for ins in dis.get_instructions(fn)}
@@ -234,7 +235,7 @@ def test_every_opcode_of_this_python_is_known() -> None:
     assert unknown == [], (
         f"Python {sys.version.split()[0]} has opcodes the bytecode reader does not classify: "
         f"{unknown}. Decide for each whether it loads a name, fuses instructions, jumps back "
-        "or can be ignored, and add it to the right set in gilfree/planner/_bytecode.py."
+        "or can be ignored, and add it to the right set in gilfree/planner/_opcodes.py."
     )
 
 
@@ -244,12 +245,12 @@ def test_a_new_opcode_is_reported() -> None:
 
 def test_each_opcode_has_one_role() -> None:
     roles = [
-        _bytecode._GLOBAL_HEADS, _bytecode._CELL_HEADS, _bytecode._LOCAL_HEADS,
-        _bytecode._ATTRS, _bytecode._STORES, set(_bytecode._FUSED), _bytecode._IMPORTS,
-        _bytecode._BACKWARD_JUMPS, set(_bytecode._APPENDS), _bytecode._CONSTS,
-        _bytecode._TRANSPARENT, _bytecode._OTHER,
+        _opcodes._GLOBAL_HEADS, _opcodes._CELL_HEADS, _opcodes._LOCAL_HEADS,
+        _opcodes._ATTRS, _opcodes._STORES, set(_opcodes._FUSED), _opcodes._IMPORTS,
+        _opcodes._BACKWARD_JUMPS, set(_opcodes._APPENDS), _opcodes._CONSTS,
+        _opcodes._TRANSPARENT, _opcodes._OTHER,
     ]
-    assert sum(len(r) for r in roles) == len(_bytecode.KNOWN_OPCODES)
+    assert sum(len(r) for r in roles) == len(_opcodes.KNOWN_OPCODES)
 
 
 def test_resolved_names_say_what_they_are() -> None:

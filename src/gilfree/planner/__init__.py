@@ -1,7 +1,8 @@
 """The planner: read a function's bytecode, probe it on real samples, and choose
 serial, threads, processes or Dask by predicting each one's time.
 
-* ``_bytecode`` -- what the code calls (I/O, GIL-releasing C, pure-Python loops);
+* ``_bytecode`` -- what the code calls (I/O, GIL-releasing C, pure-Python loops),
+  from the calls named in ``_calls`` and the instructions read by ``_opcodes``;
 * ``_probe`` -- what a few real calls measure (time, CPU share, 2-thread scaling, sizes);
 * ``_machine`` -- what processes cost on this machine (measured once, cached on disk);
 * ``_features`` -- what the policy looks at;
