@@ -3,7 +3,8 @@ serial, threads, processes or Dask by predicting each one's time.
 
 * ``_bytecode`` -- what the code calls (I/O, GIL-releasing C, pure-Python loops),
   from the calls named in ``_calls`` and the instructions read by ``_opcodes``;
-* ``_probe`` -- what a few real calls measure (time, CPU share, 2-thread scaling, sizes);
+* ``_probe`` -- what a few real calls measure (time, CPU share, 2-thread scaling, sizes),
+  in parts: ``_probe_result``, ``_probe_phases``, ``_probe_sizes``, ``_probe_worker``;
 * ``_machine`` -- what processes cost on this machine (measured once, cached on disk);
 * ``_features`` -- what the policy looks at;
 * ``_costs`` -- predicted time of a job on each backend;
