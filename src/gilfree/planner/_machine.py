@@ -3,9 +3,9 @@
 A process backend pays to start each worker and, for every chunk of work, a
 round trip over a pipe plus the time to move the pickled bytes. Those costs
 depend on the machine, not on the user's function, so they are measured once
-with plain :mod:`multiprocessing` (a forked ``Process`` ping-ponging small
-messages over a ``Pipe``; independent of gilfree's own pool) and kept in
-``machine.json`` under the cache directory:
+with plain :mod:`multiprocessing` (five forked processes started one after
+another, one of them ping-ponging small messages over a ``Pipe``; independent
+of gilfree's own pool) and kept in ``machine.json`` under the cache directory:
 
 * ``$GILFREE_CACHE_DIR`` when set, else
 * ``$XDG_CACHE_HOME/gilfree``, else ``~/.cache/gilfree``.
@@ -20,20 +20,34 @@ import json
 import multiprocessing
 import os
 import platform
+import statistics
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._options import usable_cpus
 
-# Bump when the measurement changes so old cache files are ignored.
-_FORMAT = 1
-# Ping-pongs for the round-trip time; 200 x ~20-50 us stays under 10 ms.
-_PINGS = 200
-# Payload for the bandwidth estimate, sent three times (about 12 MiB in all).
+if TYPE_CHECKING:
+    from multiprocessing.context import ForkContext, SpawnContext
+
+# Bump when the measurement changes so old cache files are ignored. Format 2
+# keeps the median of several timings (format 1 kept single timings, and one
+# unlucky start, 169 ms against 5-10 ms measured minutes later, stayed in the
+# file).
+_FORMAT = 2
+# Workers started, one after another, for the start costs (spawn_s, ready_s);
+# the median of five is right while at most two of them were delayed. Each
+# costs ~1-10 ms to start on a 2-core VM (more under load).
+_STARTS = 5
+# Ping-pongs for the round-trip time: _PING_ROUNDS rounds of _PINGS, the median
+# round's mean kept; 8 x 25 x ~15-50 us stays under 10 ms.
+_PING_ROUNDS = 8
+_PINGS = 25
+# Payload for the bandwidth estimate, sent three times (about 12 MiB in all);
+# the median send is kept.
 _PAYLOAD = 4 << 20
 _SENDS = 3
 # No step of the measurement may block longer than this.
@@ -144,51 +158,114 @@ def _echo(conn: Any) -> None:  # runs in the child
 
 
 def measure() -> MachineCosts:
-    """Start one worker process and time it; falls back to defaults on failure."""
+    """Start a few worker processes and time them; falls back to defaults on failure."""
     cpus = usable_cpus()
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_echo, args=(child,), daemon=True, name="gilfree-calibrate")
+    ctx: ForkContext | SpawnContext
+    if "fork" in multiprocessing.get_all_start_methods():
+        method, ctx = "fork", multiprocessing.get_context("fork")
+    else:
+        method, ctx = "spawn", multiprocessing.get_context("spawn")
+    echoes: list[_Echo] = []
     try:
-        t0 = time.perf_counter()
-        proc.start()
-        t1 = time.perf_counter()
-        child.close()
-        if not parent.poll(_STEP_TIMEOUT):
-            return DEFAULT_COSTS
-        parent.recv_bytes()
-        t2 = time.perf_counter()
-        for _ in range(_PINGS):
-            parent.send_bytes(b"p" * 16)
-            if not parent.poll(_STEP_TIMEOUT):
+        starts: list[tuple[float, float]] = []
+        for _ in range(_STARTS):
+            # One after another, each waited for: the parent starts a pool's
+            # workers in a row too, and ready_s is one worker's wait.
+            echo = _Echo(ctx)
+            echoes.append(echo)
+            took = echo.start()
+            if took is None:
                 return DEFAULT_COSTS
-            parent.recv_bytes()
-        t3 = time.perf_counter()
+            starts.append(took)
+        pinged = echoes[0]
+        rounds: list[float] = []
+        for _ in range(_PING_ROUNDS):
+            t0 = time.perf_counter()
+            for _ in range(_PINGS):
+                if not pinged.ask(b"p" * 16):
+                    return DEFAULT_COSTS
+            rounds.append((time.perf_counter() - t0) / _PINGS)
         payload = bytes(_PAYLOAD)
+        sends: list[float] = []
         for _ in range(_SENDS):
-            parent.send_bytes(payload)
-            if not parent.poll(_STEP_TIMEOUT):
+            t0 = time.perf_counter()
+            if not pinged.ask(payload):
                 return DEFAULT_COSTS
-            parent.recv_bytes()
-        t4 = time.perf_counter()
-        parent.send_bytes(b"q")
-        roundtrip = (t3 - t2) / _PINGS
-        byte_s = max(0.0, (t4 - t3) / _SENDS - roundtrip) / _PAYLOAD
-        return MachineCosts(
-            cpus=cpus,
-            spawn_s=t1 - t0,
-            ready_s=t2 - t1,
-            roundtrip_s=roundtrip,
-            byte_s=byte_s,
-            start_method=method,
-        )
+            sends.append(time.perf_counter() - t0)
+        return summarize(cpus, method, starts, rounds, sends)
     except (OSError, EOFError, ValueError):
         return DEFAULT_COSTS
     finally:
-        parent.close()
-        proc.join(_STEP_TIMEOUT)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(_STEP_TIMEOUT)
-        proc.close()
+        for echo in echoes:  # all told to quit first, so their exits overlap
+            echo.stop()
+        for echo in echoes:
+            echo.join()
+
+
+def summarize(
+    cpus: int,
+    method: str,
+    starts: list[tuple[float, float]],
+    rounds: list[float],
+    sends: list[float],
+) -> MachineCosts:
+    """The costs from the timings of ``measure``: ``(spawn, ready)`` of each
+    start, the mean round trip of each round of pings, the time of each large
+    send. The median of each, so that one timing a busy machine delayed (a
+    worker scheduled 150 ms late, a stalled ping) does not become the cost."""
+    roundtrip = statistics.median(rounds)
+    return MachineCosts(
+        cpus=cpus,
+        spawn_s=statistics.median(spawn for spawn, _ in starts),
+        ready_s=statistics.median(ready for _, ready in starts),
+        roundtrip_s=roundtrip,
+        byte_s=max(0.0, statistics.median(sends) - roundtrip) / _PAYLOAD,
+        start_method=method,
+    )
+
+
+class _Echo:
+    """One calibration worker: a process that answers each message on a pipe."""
+
+    def __init__(self, ctx: ForkContext | SpawnContext) -> None:
+        self.conn, self._child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=_echo, args=(self._child,), daemon=True, name="gilfree-calibrate"
+        )
+        self._started = False
+
+    def start(self) -> tuple[float, float] | None:
+        """``(spawn_s, ready_s)``, or None when it did not answer in time."""
+        t0 = time.perf_counter()
+        self.proc.start()
+        self._started = True
+        t1 = time.perf_counter()
+        self._child.close()
+        if not self.conn.poll(_STEP_TIMEOUT):
+            return None
+        self.conn.recv_bytes()
+        return t1 - t0, time.perf_counter() - t1
+
+    def ask(self, msg: bytes) -> bool:
+        """Send ``msg`` and wait for the answer; False when none came in time."""
+        self.conn.send_bytes(msg)
+        if not self.conn.poll(_STEP_TIMEOUT):
+            return False
+        self.conn.recv_bytes()
+        return True
+
+    def stop(self) -> None:
+        try:
+            self.conn.send_bytes(b"q")
+        except (OSError, ValueError):
+            pass  # already gone, or never started
+        self.conn.close()
+        self._child.close()
+
+    def join(self) -> None:
+        if self._started:
+            self.proc.join(_STEP_TIMEOUT)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join(_STEP_TIMEOUT)
+        self.proc.close()
