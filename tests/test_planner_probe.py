@@ -12,6 +12,7 @@ import pytest
 import gilfree
 from gilfree._options import usable_cpus
 from gilfree.planner import _machine, advise, clear_cache, sample_indices
+from gilfree.planner._features import gil_enabled
 from gilfree.planner._probe import probe
 
 
@@ -83,11 +84,14 @@ def test_probe_respects_the_budget_for_slow_calls():
         time.sleep(0.15)
         return x
 
+    _machine.machine_costs()  # measured apart: its process starts are not the probe's
     started = time.perf_counter()
     plan = advise(slow, list(range(20)), budget=0.5)
     elapsed = time.perf_counter() - started
-    assert elapsed < 1.5  # budget 0.5 s, at most one call past it, plus calibration
+    # The call count is what the budget decides; the clock only checks that
+    # nothing else ran long (0.15-0.19 s at load 10 on 2 CPUs).
     assert 1 <= len(plan.outcomes) <= 4
+    assert elapsed < 1.5  # budget 0.5 s, at most one call past it
     assert plan.outcomes[0] == (True, 0)
 
 
@@ -101,9 +105,27 @@ def test_cpu_bound_python_gets_processes():
     assert plan.backend == "process", plan.explain()
     assert plan.workers == usable_cpus()
     assert plan.profile.cpu_fraction > 0.5
-    assert plan.profile.thread_scaling is not None and plan.profile.thread_scaling < 1.4
+    # Pure Python holds the GIL: two threads read about 1.0x on a quiet machine.
+    # On a busy one the reading wanders (up to 1.6x at load 12 on 2 CPUs), and
+    # then the plan must say that it did not trust it.
+    scaling = plan.profile.thread_scaling
+    assert scaling is not None
+    if scaling >= 1.4:
+        assert any("the machine was busy" in r for r in plan.reasons), plan.explain()
     assert any(f.kind == "python_loop" for f in plan.findings)
     assert all(ok and v == cpu_bound(200_000) for ok, v in plan.outcomes.values())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not gil_enabled(), reason="without a GIL two threads run Python at once")
+def test_two_threads_of_pure_python_never_use_more_than_one_cpu():
+    """What the GIL guarantees, whatever the load: in the two-thread phase the
+    threads' CPU time adds up to no more than the time that passed (other
+    programs only lower it). 0.35-1.00 at load 11 on 2 CPUs."""
+    for _ in range(3):
+        result = probe(cpu_bound, [200_000] * 40, budget=1.0)
+        assert result.pair_calls >= 2 and result.pair_wall > 0, result.pair_skipped
+        assert result.pair_cpu <= 1.1 * result.pair_wall, result
 
 
 @pytest.mark.timeout(60)
