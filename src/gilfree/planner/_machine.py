@@ -20,7 +20,6 @@ import json
 import multiprocessing
 import os
 import platform
-import statistics
 import sys
 import threading
 import time
@@ -213,6 +212,8 @@ def summarize(
     start, the mean round trip of each round of pings, the time of each large
     send. The median of each, so that one timing a busy machine delayed (a
     worker scheduled 150 ms late, a stalled ping) does not become the cost."""
+    import statistics  # here: it loads fractions and decimal, ~2 ms, at most once a run
+
     roundtrip = statistics.median(rounds)
     return MachineCosts(
         cpus=cpus,
