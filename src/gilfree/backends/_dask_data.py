@@ -253,7 +253,7 @@ class ScatteredData:
         share the check), since the caller may change it between two tasks
         (issue 13; SPEC: "an array changed between two tasks is seen changed").
         """
-        from .._shm import _frozen
+        from .._shm._segments import _frozen
 
         key = id(obj)
         data = sys.modules["numpy"].asarray(obj) if shared else obj
