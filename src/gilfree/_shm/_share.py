@@ -59,7 +59,7 @@ def _build_shared_array_class() -> Any:
     global _SharedArray
     import numpy as np
 
-    class SharedArray(np.ndarray):  # type: ignore[type-arg]
+    class SharedArray(np.ndarray):
         """A NumPy array whose memory is a shared-memory segment (made by ``gilfree.share``).
 
         Use it as the array. Sent to a process worker it arrives as a plain
