@@ -21,6 +21,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks mkdocs_hooks.py
 	$(VENV)/bin/ruff format --check src tests benchmarks mkdocs_hooks.py
 	$(VENV)/bin/mypy --strict $(MYPY_STRICT)
+	$(VENV)/bin/mypy src/gilfree
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 

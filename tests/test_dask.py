@@ -475,9 +475,9 @@ def test_runner_needs_no_gilfree_on_the_worker():
     """The chunk runner is pickled by value: it loads where gilfree cannot be imported."""
     import cloudpickle
 
-    from gilfree.backends import _dask
+    from gilfree.backends import _dask_runner
 
-    blob = cloudpickle.dumps(_dask._run_chunk)
+    blob = cloudpickle.dumps(_dask_runner._run_chunk)
     payload = pickle.dumps([[1, 2], "abc"])
     script = (
         "import pickle, sys\n"

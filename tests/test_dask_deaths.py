@@ -88,6 +88,13 @@ def square(x):
     return x * x
 
 
+def exit_on_two_with_array(arg):
+    x, array = arg
+    if x == 2:
+        os._exit(1)
+    return x * 10 + int(array[0])
+
+
 def _outcomes(values):
     """Each index as ("ok", value) or ("error", exception type name)."""
     return [
@@ -139,6 +146,21 @@ def test_task_that_exits_its_worker_fails_alone(address, client, retries, chunks
     assert gilfree.map(square, range(20), backend="dask", address=address) == [
         x * x for x in range(20)
     ]
+
+
+def test_culprit_is_found_while_a_large_array_is_scattered(address):
+    """A suspect goes alone after the backend asks which scattered data the cluster
+    still holds, large arrays included (their cache entries once failed that check:
+    innocent suspects then failed as if their function could not be sent)."""
+    np = pytest.importorskip("numpy")
+    big = np.ones(1 << 18)  # 2 MiB, over share_threshold: scattered, not pickled
+    out = gilfree.map(
+        exit_on_two_with_array, [(x, big) for x in range(6)], backend="dask",
+        address=address, errors="return", chunksize=1,
+    )  # fmt: skip
+    assert _outcomes(out) == [
+        ("ok", 1), ("ok", 11), ("error", "WorkerDied"), ("ok", 31), ("ok", 41), ("ok", 51)
+    ]  # fmt: skip
 
 
 def test_errors_raise_gives_the_worker_death(address):

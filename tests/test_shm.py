@@ -211,7 +211,7 @@ def test_segments_of_a_killed_parent_are_swept_by_the_next_pool(monkeypatch):
     name = f"gilfree-{gone.pid}-a0"
     with open(f"/dev/shm/{name}", "wb") as f:
         f.write(b"left by a parent killed with SIGKILL")
-    monkeypatch.setattr(_shm, "_orphans_swept", False)
+    monkeypatch.setattr(_shm._segments, "_orphans_swept", False)
     try:
         assert gilfree.map(abs, [-1], backend="process") == [1]
         assert not os.path.exists(f"/dev/shm/{name}")

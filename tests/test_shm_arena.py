@@ -108,7 +108,7 @@ def test_nan_content_is_compared_as_bytes_so_it_is_reused(arena):
 
 
 def test_a_change_in_any_comparison_step_is_seen(arena, monkeypatch):
-    monkeypatch.setattr(_shm, "_COMPARE_STEP", 256 << 10)  # 8 steps over a 2 MiB array
+    monkeypatch.setattr(_shm._segments, "_COMPARE_STEP", 256 << 10)  # 8 steps over a 2 MiB array
     a = big(0.0)
     n = a.size
     arena.dumps([a])
@@ -124,7 +124,7 @@ def test_a_read_only_array_is_reused_without_comparing(arena, monkeypatch):
     a.flags.writeable = False
     _, first = arena.dumps([a])
     view = a[: a.size // 2]  # a read-only view of a read-only owner: also trusted
-    monkeypatch.setattr(_shm, "_same_bytes", lambda *args: pytest.fail("compared"))
+    monkeypatch.setattr(_shm._arena, "_same_bytes", lambda *args: pytest.fail("compared"))
     _, second = arena.dumps([a])
     assert first.names == second.names and arena.reused == 1
     arena.dumps([view])

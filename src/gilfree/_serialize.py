@@ -49,6 +49,7 @@ class _Pickler(cloudpickle.CloudPickler):
 
 
 def _code_reduce(code: types.CodeType) -> Any:
+    assert _CLOUDPICKLE_CODE_REDUCE is not None  # in dispatch_table only when present
     rebuild, args = _CLOUDPICKLE_CODE_REDUCE(code)
     return rebuild, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
 

@@ -3,6 +3,7 @@
 * ``_target``   -- ``MODULE:FUNC`` to a callable (dotted module or ``.py`` path)
 * ``_jsonl``    -- lazy JSON Lines input, crash-safe output and ``--resume``
 * ``_run``      -- ``gilfree run``
+* ``_files``    -- ``gilfree run``'s INPUT and OUT: counted, locked, never buried
 * ``_advise``   -- ``gilfree advise``
 
 Anything that should end the command with exit status 2 and one plain line

@@ -191,10 +191,7 @@ def plot(
         0.99, 0.01, "faster \u2192", transform=ax.transAxes, fontsize=8, color="#666", ha="right"
     )
     ax.set_yticks(range(len(shown)))
-    ax.set_yticklabels(
-        [f"{r.description}\n{r.tasks} tasks, serial {format_seconds(r.serial)}" for r in shown],
-        fontsize=8.5,
-    )
+    ax.set_yticklabels([_label(r) for r in shown], fontsize=8.5)
     ax.invert_yaxis()
     ax.set_ylim(len(shown) - 0.4, -0.6)
     ax.set_xlabel("speedup over serial (log scale)")
@@ -219,3 +216,10 @@ def plot(
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _label(result: WorkloadResult) -> str:
+    """A workload's label on the plot's axis: what it is, its size, its serial time."""
+    serial = result.serial
+    timed = "not run" if serial is None else format_seconds(serial)
+    return f"{result.description}\n{result.tasks} tasks, serial {timed}"

@@ -17,11 +17,14 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .workloads import SUITE, Workload
 
-BACKENDS = ("serial", "thread", "process", "auto")
+if TYPE_CHECKING:
+    from .._api import BackendName
+
+BACKENDS: tuple[BackendName, ...] = ("serial", "thread", "process", "auto")
 
 
 @dataclass
@@ -80,7 +83,7 @@ def speedup(serial: float | None, seconds: float | None) -> float | None:
 
 
 def time_gilfree(
-    fn: Callable[[Any], Any], items: list[Any], backend: str
+    fn: Callable[[Any], Any], items: list[Any], backend: BackendName
 ) -> tuple[float, Any, dict]:
     """Seconds for one Executor map over ``items``; its results and statistics."""
     import gilfree
@@ -99,7 +102,7 @@ def run_workload(
     *,
     quick: bool,
     repeat: int,
-    backends: Sequence[str] = BACKENDS,
+    backends: Sequence[BackendName] = BACKENDS,
     report: Callable[[str], None] = lambda line: None,
 ) -> WorkloadResult:
     missing = workload.missing()
@@ -139,7 +142,7 @@ def run_suite(
     *,
     quick: bool,
     repeat: int = 1,
-    backends: Sequence[str] = BACKENDS,
+    backends: Sequence[BackendName] = BACKENDS,
     workloads: Sequence[Workload] = SUITE,
     report: Callable[[str], None] = lambda line: None,
 ) -> list[WorkloadResult]:

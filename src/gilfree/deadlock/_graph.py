@@ -50,7 +50,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from _thread import _count as _started_threads  # type: ignore[attr-defined]
+import types
+from _thread import _count as _started_threads
 from _thread import allocate_lock
 from typing import Any
 
@@ -67,7 +68,7 @@ _PLUMBING = (
 
 def caller(depth: int = 2) -> tuple[str, int]:
     """``(file, line)`` of the first caller outside the lock plumbing."""
-    frame = sys._getframe(depth)
+    frame: types.FrameType | None = sys._getframe(depth)
     plumbing, threading_file = _PLUMBING
     while frame is not None:
         filename = frame.f_code.co_filename

@@ -58,13 +58,14 @@ class _GraphLock:
         # Without a name, remember where the lock was made and format it only
         # when someone asks: under deadlock_detection() every Condition, Event
         # and Future makes locks, so creation cost matters more than naming.
-        self._site = None if name is not None else caller(2)
+        self._site: tuple[str, int] | None = None if name is not None else caller(2)
 
     @property
     def name(self) -> str:
         if self._name is None:
             with _serial_mutex:
                 if self._name is None:
+                    assert self._site is not None  # taken when no name was given
                     filename, lineno = self._site
                     serial = next(_serial)
                     self._name = f"{self._kind}-{serial} (created at {filename}:{lineno})"
@@ -113,6 +114,10 @@ class _GraphLock:
         if got:
             self._taken(me)
         return got
+
+    def _release_as(self, me: Any) -> None:
+        """Release for owner key ``me`` (Lock and RLock differ)."""
+        raise NotImplementedError
 
     def _abandon(self, me: Any) -> bool:
         """Release whatever ``me`` holds (its process or thread is gone)."""

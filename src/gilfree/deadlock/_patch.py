@@ -171,8 +171,9 @@ def deadlock_detection() -> Iterator[None]:
     with _mutex:
         if _depth == 0:
             _originals = (threading.Lock, threading.RLock, threading.Thread.join)
-            threading.Lock = _PATCHED_LOCK  # type: ignore[misc]
-            threading.RLock = _ThreadingRLock  # type: ignore[misc]
+            threading.Lock = _PATCHED_LOCK
+            # typeshed declares threading.RLock as the stdlib's class; ours stands in for it.
+            threading.RLock = _ThreadingRLock  # type: ignore[assignment]
             threading.Thread.join = _join  # type: ignore[method-assign]
         _depth += 1
     try:
@@ -181,6 +182,6 @@ def deadlock_detection() -> Iterator[None]:
         with _mutex:
             _depth -= 1
             if _depth == 0 and _originals is not None:
-                threading.Lock, threading.RLock, join = _originals  # type: ignore[misc]
+                threading.Lock, threading.RLock, join = _originals
                 threading.Thread.join = join  # type: ignore[method-assign]
                 _originals = None
