@@ -249,7 +249,7 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             as_json=args.json,
         )
     if args.command == "bench":
-        from .bench.runner import main as bench_main
+        from .bench.command import main as bench_main
 
         return bench_main(
             quick=args.quick, plot=args.plot, as_json=args.json, repeat=args.repeat, only=args.only

@@ -3,6 +3,7 @@
 * ``workloads`` -- the task functions and the suite (importable by other scripts)
 * ``runner``    -- times each workload on serial, thread, process and auto
 * ``report``    -- the table, the JSON and the plot
+* ``command``   -- ``gilfree bench``: run the suite, then report it
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 import os
 import platform
-import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -195,28 +194,3 @@ def select(only: str | None) -> tuple[Workload, ...]:
             f"choose from {','.join(w.name for w in SUITE)}"
         )
     return tuple(w for w in SUITE if w.name in names)
-
-
-def main(
-    *, quick: bool, plot: str | None, as_json: bool, repeat: int | None, only: str | None = None
-) -> int:
-    """``gilfree bench``: run the suite, print a table (or JSON), draw the plot."""
-    from . import report
-
-    workloads = select(only)
-    if plot is not None:
-        report.check_plot_target(plot)
-    runs = repeat or (1 if quick else 3)
-    status = report.Status()
-    with status:
-        results = run_suite(quick=quick, repeat=runs, workloads=workloads, report=status.update)
-    machine = machine_info()
-    if as_json:
-        report.print_json(results, machine, quick=quick, repeat=runs)
-    else:
-        report.print_table(results, machine, quick=quick, repeat=runs)
-    if plot is not None:
-        report.plot(results, machine, plot, quick=quick)
-        print(f"gilfree: plot written to {plot}", file=sys.stderr)
-    failed = any(t.error for r in results for t in r.timings.values())
-    return 1 if failed else 0

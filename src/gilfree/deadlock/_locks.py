@@ -53,7 +53,7 @@ class _GraphLock:
     def __init__(self, name: str | None = None) -> None:
         self._inner = allocate_lock()
         self._owner: Any = None
-        self._shared: Any = None  # (server, lock id) once pickled, see _server
+        self._shared: Any = None  # (server, lock id) once pickled, see _server.hosting
         self._name = name
         # Without a name, remember where the lock was made and format it only
         # when someone asks: under deadlock_detection() every Condition, Event
@@ -136,7 +136,7 @@ class _GraphLock:
         self._owner = None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        from ._server import reduce_shared
+        from ._proxy import reduce_shared  # here: it loads multiprocessing.connection
 
         return reduce_shared(self)
 

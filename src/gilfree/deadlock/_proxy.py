@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import DeadlockError, GilfreeError
 from ._graph import call_site
+from ._server import HostedLock, current_server, hosting
 
 __all__ = ["RemoteLock", "RemoteRLock", "rebuild"]
 
@@ -111,9 +112,13 @@ class RemoteRLock(RemoteLock):
         return self._call("owned", self._id)
 
 
-def rebuild(address: str, authkey: bytes, lock_id: int, kind: str, name: str) -> Any:
-    from ._server import current_server
+def reduce_shared(lock: HostedLock) -> tuple[Any, ...]:
+    """``__reduce__`` of a gilfree lock: a proxy to the lock on its host's server."""
+    server, lock_id = hosting(lock)
+    return (rebuild, (server.address, server.authkey, lock_id, lock._kind, lock.name))
 
+
+def rebuild(address: str, authkey: bytes, lock_id: int, kind: str, name: str) -> Any:
     server = current_server()
     if server is not None and server.address == address:
         lock = server.lookup(lock_id)

@@ -38,16 +38,46 @@ import socket
 import tempfile
 import threading
 from _thread import allocate_lock
+from collections.abc import Callable
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Connection, Listener, wait
 from time import monotonic
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import DeadlockError
 from ._graph import GRAPH
-from ._locks import _GraphLock
 
-__all__ = ["LockServer", "current_server", "reduce_shared", "shutdown"]
+
+class HostedLock(Protocol):
+    """What the server needs of a gilfree lock it hosts (``_locks.HostedLock``;
+    named here so that this module does not import the locks that import it)."""
+
+    _kind: str
+    _owner: Any
+    _shared: Any
+
+    @property
+    def name(self) -> str: ...
+
+    def locked(self) -> bool: ...
+
+    def _acquire_as(
+        self,
+        me: Any,
+        blocking: bool = ...,
+        timeout: float = ...,
+        *,
+        where: str | None = ...,
+        who: str | None = ...,
+        wait: Callable[[Any, float], bool] | None = ...,
+    ) -> bool: ...
+
+    def _release_as(self, me: Any) -> None: ...
+
+    def _abandon(self, me: Any) -> bool: ...
+
+
+__all__ = ["HostedLock", "LockServer", "current_server", "hosting", "shutdown"]
 
 # A handler blocked on a lock wakes this often to notice that its requester's
 # connection closed or that the server is stopping, and gives up the wait.
@@ -72,7 +102,7 @@ class LockServer:
         # Written once by stop(); never drained, so every handler sees it.
         self._stop_r, self._stop_w = os.pipe()
         self._mutex = allocate_lock()
-        self._locks: dict[int, _GraphLock] = {}
+        self._locks: dict[int, HostedLock] = {}
         self._lock_ids = itertools.count(1)
         self._conn_ids = itertools.count(1)
         self._handlers: set[threading.Thread] = set()
@@ -84,7 +114,7 @@ class LockServer:
 
     # -- locks -----------------------------------------------------------------
 
-    def share(self, lock: _GraphLock) -> int:
+    def share(self, lock: HostedLock) -> int:
         with self._mutex:
             shared = lock._shared
             if shared is not None and shared[0] is self:
@@ -94,7 +124,7 @@ class LockServer:
             lock._shared = (self, lock_id)
             return lock_id
 
-    def lookup(self, lock_id: int) -> _GraphLock | None:
+    def lookup(self, lock_id: int) -> HostedLock | None:
         return self._locks.get(lock_id)
 
     # -- threads ---------------------------------------------------------------
@@ -274,15 +304,13 @@ def shutdown(timeout: float = 5.0) -> None:
         server.stop(timeout)
 
 
-def reduce_shared(lock: _GraphLock) -> tuple[Any, ...]:
-    """``__reduce__`` of a gilfree lock: a proxy to the lock on its host's server."""
-    from ._proxy import rebuild
-
+def hosting(lock: HostedLock) -> tuple[LockServer, int]:
+    """The server that hosts ``lock`` for other processes, and its id there
+    (``__reduce__`` of a gilfree lock, see ``_proxy.reduce_shared``)."""
     shared = lock._shared
     if shared is not None and shared[0].pid != os.getpid():
         # A fork child pickling a copy of a lock its parent shared: point at the parent's.
-        server, lock_id = shared
-    else:
-        server = _get_server()
-        lock_id = server.share(lock)
-    return (rebuild, (server.address, server.authkey, lock_id, lock._kind, lock.name))
+        server: LockServer = shared[0]
+        return server, int(shared[1])
+    server = _get_server()
+    return server, server.share(lock)
