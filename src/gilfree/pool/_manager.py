@@ -226,9 +226,9 @@ class Manager:
                 continue  # a stale entry
             if (
                 w.inflight
-                and ledger.predicted_s(w.inflight[-1]) > PREFETCH_MAX_S
                 and pending[0].job.input_done
                 and len(pending) < self.size
+                and ledger.predicted_s(w.inflight[-1]) > PREFETCH_MAX_S
             ):
                 continue  # the tail: re-added when its chunk completes
             budget = self._crew.budget(w)
