@@ -13,9 +13,10 @@ gilfree's process pool has two ways to start workers (``gilfree/pool/_procs.py``
 
 * the **fork path**: a plain single-threaded script forks its first workers
   itself. It is measured as a user meets it: each repetition runs in a fresh
-  interpreter (``--child``), gilfree with no ``start_method`` (it must pick
-  fork), against the peer in a fresh interpreter too. Only the call is timed,
-  not the interpreter's start-up or its imports.
+  interpreter, a script that imports only what it uses (gilfree with no
+  ``start_method``: it must pick fork), against the peer in a fresh
+  interpreter too. Only the call is timed, not the interpreter's start-up or
+  the script's imports; what a library imports during the call counts.
 * the **fork-server path**: a process that already has threads (this one:
   peers leave theirs) gets workers from gilfree's zygote, started once per
   process. It is measured in this long-lived process against the peer in
@@ -29,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import json
 import multiprocessing
-import multiprocessing.pool
 import os
 import platform
 import statistics
@@ -163,26 +162,83 @@ def params(case, arg):
     raise ValueError(case)
 
 
-def child(spec):
-    """One timed call in this fresh interpreter; prints its seconds as JSON."""
-    p = params(spec["case"], spec.get("arg"))
-    fn = FUNCTIONS[p["fn"]]
-    call = MAKERS[spec["runner"]](fn)(p)
-    if threading.active_count() != 1:
-        raise SystemExit("the fork path needs a single-threaded parent")
-    t0 = time.perf_counter()
-    call()
-    print(json.dumps(time.perf_counter() - t0))
+#: A fresh interpreter's script, as a user writes one: it imports only what it
+#: uses, so both sides pay for what they import lazily during the call.
+CHILD = """
+import time
+{imports}
+
+def square(x):
+    return x * x
+
+
+def nap(s):
+    time.sleep(s)
+    return s
+
+
+def spin(n):
+    total = 0
+    for i in range(n):
+        total += i * i % 7
+    return total
+
+
+items = {items}
+t0 = time.perf_counter()
+{call}
+print(time.perf_counter() - t0)
+"""
+
+CHILD_CALLS = {
+    "gilfree": (
+        "import threading\nimport gilfree",
+        "assert threading.active_count() == 1  # the fork path: a single-threaded parent\n"
+        "gilfree.map({fn}, items, backend='process'{kw})",
+    ),
+    "pool": (
+        "import multiprocessing",
+        "with multiprocessing.Pool({workers}) as pool:\n    pool.map({fn}, items{peer_kw})",
+    ),
+    "ppe": (
+        "import concurrent.futures as cf",
+        "with cf.ProcessPoolExecutor({workers}) as ex:\n"
+        "    list(ex.map({fn}, items, chunksize={chunksize}))",
+    ),
+}
+
+ITEMS = {
+    "tiny": "list(range(200_000))",
+    "cpu": "[{arg}] * 48",
+    "many": "[0.001] * 20_000",
+}
+
+
+def child_script(case, runner, arg):
+    p = params(case, arg)
+    kw = p.get("kw", {})
+    peer_kw = {**kw, **p.get("peer_kw", {})}
+    imports, call = CHILD_CALLS[runner]
+    call = call.format(
+        fn=p["fn"],
+        kw="".join(f", {k}={v!r}" for k, v in kw.items()),
+        workers=peer_kw.get("workers"),
+        peer_kw=", chunksize={}".format(peer_kw["chunksize"]) if "chunksize" in peer_kw else "",
+        chunksize=peer_kw.get("chunksize") or 1,
+    )
+    return CHILD.format(imports=imports, items=ITEMS[case].format(arg=arg), call=call)
 
 
 def run_fresh(case, runner, arg):
-    spec = json.dumps({"case": case, "runner": runner, "arg": arg})
     out = subprocess.run(
-        [sys.executable, __file__, "--child", spec], capture_output=True, text=True, check=False
+        [sys.executable, "-c", child_script(case, runner, arg)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if out.returncode != 0:
         raise RuntimeError(f"{runner} ({case}) failed in its child:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 _calls = {}  # (case, runner) -> the call, made once: its inputs are built once
@@ -428,11 +484,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--only", default="tiny,cpu,many,submit,first,thread", help="cases to run")
     ap.add_argument("--extra", action="store_true", help="context-only peers too (slow)")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
-        child(json.loads(args.child))
-        return
     r = max(args.repeat, 5)
     only = args.only.split(",")
     print(
