@@ -108,6 +108,7 @@ class ProcessPool:
         self._job_fns: weakref.WeakKeyDictionary[Any, tuple[int, bytes] | SerializationError] = (
             weakref.WeakKeyDictionary()
         )
+        self._last_fn: tuple[weakref.ref[Any], tuple[int, bytes]] | None = None
         self._fns: weakref.WeakKeyDictionary[Any, tuple[int, bytes]] = weakref.WeakKeyDictionary()
         self._fn_keys: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         self._next_key = 0
@@ -202,6 +203,9 @@ class ProcessPool:
         cannot be weakly referenced or hashed is pickled once per job.
         """
         fn = job.fn
+        last = self._last_fn  # one map's chunks, one function's submits: no lookup
+        if last is not None and last[0]() is fn:
+            return last[1]
         cached: tuple[int, bytes] | SerializationError | None
         try:
             cached = self._fns.get(fn)
@@ -210,6 +214,8 @@ class ProcessPool:
             cached = self._job_fns.get(job)
             by_fn = False
         if cached is not None:
+            if by_fn and not isinstance(cached, SerializationError):
+                self._last_fn = (weakref.ref(fn), cached)
             return cached
         try:
             blob = _serialize.dump_function(fn)
@@ -228,6 +234,7 @@ class ProcessPool:
                 self._fn_keys.move_to_end(blob)
         if by_fn:
             self._fns[fn] = (key, blob)
+            self._last_fn = (weakref.ref(fn), (key, blob))
         else:
             self._job_fns[job] = (key, blob)
         return key, blob
