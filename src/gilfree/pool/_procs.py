@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import mmap
 import multiprocessing
 import os
@@ -36,7 +37,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _worker
 
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     import subprocess
 
     from . import _zygote
+
+T = TypeVar("T")
 
 _SPAWN_MAIN = "from gilfree.pool._worker import spawned_main; spawned_main()"
 #: Seconds a worker's sentinel may fire before the process can be reaped.
@@ -338,3 +341,38 @@ class WakePipe:
         fds, self._w = (self.fd, self._w), -1
         for fd in fds:
             os.close(fd)
+
+
+class Poller(Generic[T]):
+    """An epoll set whose events come back as the data registered with each fd.
+
+    ``selectors`` does the same with ~1.7 us more per wake-up (a key object
+    per event), which with 8 workers is a wake-up per task.
+    """
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._data: dict[int, T] = {}
+
+    def register(self, fd: int, events: int, data: T) -> None:
+        self._epoll.register(fd, events)
+        self._data[fd] = data
+
+    def unregister(self, fd: int) -> None:
+        if self._data.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):  # closed already
+                pass
+
+    def poll(self, timeout: float | None) -> list[T]:
+        """The data of each ready fd, looked up now: handlers may unregister
+        an fd whose number a new worker's pipe then reuses."""
+        # Rounded up to whole milliseconds, as selectors does: a shorter wait
+        # would return at once, and the loop would spin until the deadline.
+        wait = -1.0 if timeout is None else math.ceil(timeout * 1e3) * 1e-3
+        data = self._data
+        return [data[fd] for fd, _ in self._epoll.poll(wait) if fd in data]
+
+    def close(self) -> None:
+        self._epoll.close()
