@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._options import Options, usable_cpus
+from .._options import Options, parse_size, usable_cpus
+from ..errors import ConfigurationError
 from ..pool import ProcessPool
 from ._base import Backend, Job
 
@@ -22,8 +23,8 @@ class ProcessBackend(Backend):
             self.workers,
             start_method=options.start_method,
             max_tasks_per_worker=options.max_tasks_per_worker,
-            max_worker_memory=options.max_worker_memory,
-            share_threshold=options.share_threshold,
+            max_worker_memory=parse_size("max_worker_memory", options.max_worker_memory),
+            share_threshold=_share_threshold(options),
             # Options gains these with issue 13; getattr until it has.
             initializer=getattr(options, "initializer", None),
             initargs=getattr(options, "initargs", ()),
@@ -54,3 +55,12 @@ class ProcessBackend(Backend):
 
     def statistics(self) -> dict[str, Any]:
         return {"backend": self.name, **self._pool.statistics()}
+
+
+def _share_threshold(options: Options) -> int:
+    """``share_threshold`` in bytes. ``Options`` parsed it already, but its field is
+    typed ``int | str`` (what callers may pass), and it let None through."""
+    threshold = parse_size("share_threshold", options.share_threshold)
+    if threshold is None:
+        raise ConfigurationError("share_threshold=None must be a positive number of bytes")
+    return threshold

@@ -15,6 +15,7 @@ from .. import _shm
 from ._procs import Slots, WorkerProcess, choose_start_method, frozen_heap
 from ._recovery import Cause
 from ._state import Worker, WorkerState
+from ._worker import prepare_fork
 
 #: Attempts to start a replacement worker before the pool gives up. A dead
 #: fork server is restarted by the second.
@@ -41,6 +42,8 @@ class Crew:
     def start_all(self, start_method: str | None) -> None:
         """The first workers: forked while the caller may still be the only thread."""
         method = choose_start_method(start_method)
+        if method == "fork":
+            prepare_fork()
         inherited = [self._alive_w]  # fds a forked child must close (see _procs)
         try:
             with frozen_heap(method):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import heapq
 import pickle
-import selectors
+import select
 import signal
 import threading
 import time
@@ -33,7 +33,7 @@ from ..errors import PoolBroken
 from . import _recovery, _wire
 from ._crew import Crew
 from ._ledger import Ledger
-from ._procs import WakePipe
+from ._procs import Poller, WakePipe
 from ._state import Chunk, PoolState, Worker, WorkerState, seqs
 
 #: Chunks a worker may hold at once: the one it runs and one waiting in its
@@ -90,8 +90,8 @@ class Manager:
         self._crew = Crew(workers, config, start_method)
         self._crew.start_all(start_method)
         self._waker = WakePipe()
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._waker.fd, selectors.EVENT_READ, ("wake", None))
+        self._selector: Poller[tuple[str, Worker | None]] = Poller()
+        self._selector.register(self._waker.fd, select.EPOLLIN, ("wake", None))
         for w in self._crew:
             self._enlist(w)
         # The thread holds the manager, never the ProcessPool: a pool no one
@@ -174,18 +174,17 @@ class Manager:
 
     def _loop(self) -> None:
         while not (self._state is not PoolState.RUNNING and self._crew.live == 0):
-            for key, _mask in self._selector.select(self._next_timeout()):
-                kind, w = key.data
-                if w is not None and w.state is WorkerState.DEAD:
+            for kind, w in self._selector.poll(self._next_timeout()):
+                if w is None:
+                    self._waker.drain()
+                elif w.state is WorkerState.DEAD:
                     continue  # a stale event from this batch; its fds may be reused
-                if kind == "result":
+                elif kind == "result":
                     self._on_readable(w)
                 elif kind == "exit":
                     self._on_exit(w)
-                elif kind == "write":
-                    self._on_writable(w)
                 else:
-                    self._waker.drain()
+                    self._on_writable(w)
             self._take_incoming()
             self._fire_timers()
             self._dispatch()
@@ -226,9 +225,9 @@ class Manager:
                 continue  # a stale entry
             if (
                 w.inflight
-                and ledger.predicted_s(w.inflight[-1]) > PREFETCH_MAX_S
                 and pending[0].job.input_done
                 and len(pending) < self.size
+                and ledger.predicted_s(w.inflight[-1]) > PREFETCH_MAX_S
             ):
                 continue  # the tail: re-added when its chunk completes
             budget = self._crew.budget(w)
@@ -273,7 +272,7 @@ class Manager:
         if want == w.writing or w.state is WorkerState.DEAD:
             return
         if want:
-            self._selector.register(w.proc.task_fd, selectors.EVENT_WRITE, ("write", w))
+            self._selector.register(w.proc.task_fd, select.EPOLLOUT, ("write", w))
         else:
             self._unwatch(w.proc.task_fd)
         w.writing = want
@@ -371,17 +370,14 @@ class Manager:
 
     def _enlist(self, w: Worker) -> None:
         """Watch a new worker, send it the initializer, and offer it work."""
-        self._selector.register(w.proc.result_fd, selectors.EVENT_READ, ("result", w))
-        self._selector.register(w.proc.sentinel, selectors.EVENT_READ, ("exit", w))
+        self._selector.register(w.proc.result_fd, select.EPOLLIN, ("result", w))
+        self._selector.register(w.proc.sentinel, select.EPOLLIN, ("exit", w))
         if self._init_blob is not None:
             self._send(w, (_wire.INIT, self._init_blob))
         self._free.extend([w] * PREFETCH)
 
     def _unwatch(self, fd: int) -> None:
-        try:
-            self._selector.unregister(fd)
-        except (KeyError, ValueError):
-            pass
+        self._selector.unregister(fd)
 
     def _fire_timers(self) -> None:
         timers = self._timers

@@ -108,6 +108,8 @@ class ProcessPool:
         self._job_fns: weakref.WeakKeyDictionary[Any, tuple[int, bytes] | SerializationError] = (
             weakref.WeakKeyDictionary()
         )
+        self._last_fn: tuple[weakref.ref[Any], tuple[int, bytes]] | None = None
+        self._fns: weakref.WeakKeyDictionary[Any, tuple[int, bytes]] = weakref.WeakKeyDictionary()
         self._fn_keys: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         self._next_key = 0
         # Each job's leases on shared memory, so that a job withdrawn before any
@@ -137,30 +139,47 @@ class ProcessPool:
             for k in range(len(items)):
                 job.fail(start + k, fn)
             return
-        limits = functools.partial(Chunk, timeout=timeout, retries=retries)
-        chunks: list[Chunk] = []
         # An item's __reduce__ may raise anything, SystemExit included: that
         # item's failure, not the caller's (Ctrl-C, though, is the caller's).
         try:
             blob, lease = self._arena.dumps(items)
-            chunks.append(limits(job, start, items, blob, lease, fn))
         except KeyboardInterrupt:
             raise
         except BaseException:  # pickle them one by one: a bad item fails alone
-            for k, item in enumerate(items):
-                try:
-                    blob, lease = self._arena.dumps([item])
-                except KeyboardInterrupt:
-                    raise
-                except BaseException as exc:
-                    job.fail(start + k, _serialize.argument_error(start + k, item, exc))
-                    continue
-                chunks.append(limits(job, start + k, [item], blob, lease, fn))
-        if chunks:
-            leases = [c.lease for c in chunks if c.lease not in (None, _shm.NO_LEASE)]
-            if leases:
-                with self._fn_lock:
-                    self._job_leases.setdefault(job, []).extend(leases)
+            self._enqueue_one_by_one(job, start, items, fn, timeout, retries)
+            return
+        if lease is not _shm.NO_LEASE:
+            with self._fn_lock:
+                self._job_leases.setdefault(job, []).append(lease)
+        chunk = Chunk(job, start, items, blob, lease, fn, timeout=timeout, retries=retries)
+        self._manager.enqueue([chunk])
+
+    def _enqueue_one_by_one(
+        self,
+        job: JobLike,
+        start: int,
+        items: list[Any],
+        fn: tuple[int, bytes],
+        timeout: float | None,
+        retries: int,
+    ) -> None:
+        """``items`` did not pickle together: each that does runs, each that does not fails."""
+        chunks: list[Chunk] = []
+        for k, item in enumerate(items):
+            try:
+                blob, lease = self._arena.dumps([item])
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
+                job.fail(start + k, _serialize.argument_error(start + k, item, exc))
+                continue
+            chunks.append(
+                Chunk(job, start + k, [item], blob, lease, fn, timeout=timeout, retries=retries)
+            )
+        leases = [c.lease for c in chunks if c.lease is not _shm.NO_LEASE]
+        if leases:
+            with self._fn_lock:
+                self._job_leases.setdefault(job, []).extend(leases)
         self._manager.enqueue(chunks)
 
     def withdraw(self, job: JobLike) -> None:
@@ -174,14 +193,34 @@ class ProcessPool:
             lease.release()
 
     def _function(self, job: JobLike) -> tuple[int, bytes] | SerializationError:
-        """(key, pickled function) of ``job``, pickled once per job; workers cache by key."""
-        cached = self._job_fns.get(job)
+        """(key, pickled function) of ``job``; workers cache functions by key.
+
+        A function is pickled once while it lives (weakly cached), not once
+        per job: ``Executor.submit`` makes a job per call, and pickling a
+        ``__main__`` function by value took three quarters of each submit.
+        So, as with ``concurrent.futures``, a task sees the function's
+        globals as they were when the pool first sent it. A function that
+        cannot be weakly referenced or hashed is pickled once per job.
+        """
+        fn = job.fn
+        last = self._last_fn  # one map's chunks, one function's submits: no lookup
+        if last is not None and last[0]() is fn:
+            return last[1]
+        cached: tuple[int, bytes] | SerializationError | None
+        try:
+            cached = self._fns.get(fn)
+            by_fn = True
+        except TypeError:  # not weakly referenceable, or unhashable
+            cached = self._job_fns.get(job)
+            by_fn = False
         if cached is not None:
+            if by_fn and not isinstance(cached, SerializationError):
+                self._last_fn = (weakref.ref(fn), cached)
             return cached
         try:
-            blob = _serialize.dump_function(job.fn)
+            blob = _serialize.dump_function(fn)
         except SerializationError as exc:
-            self._job_fns[job] = exc
+            self._job_fns[job] = exc  # per job: each submit gets its own error
             return exc
         with self._fn_lock:
             key = self._fn_keys.get(blob)
@@ -193,7 +232,11 @@ class ProcessPool:
                     self._manager.forget(old_key)
             else:
                 self._fn_keys.move_to_end(blob)
-        self._job_fns[job] = (key, blob)
+        if by_fn:
+            self._fns[fn] = (key, blob)
+            self._last_fn = (weakref.ref(fn), (key, blob))
+        else:
+            self._job_fns[job] = (key, blob)
         return key, blob
 
     def shutdown(

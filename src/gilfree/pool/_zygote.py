@@ -238,6 +238,8 @@ def _serve() -> None:
     sys.path[:] = eval(sys.argv[2])  # a repr of the parent's sys.path: plain strings
     from . import _worker  # the one import every worker needs, done once here
 
+    _worker.prepare_fork()
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
     wake_r, wake_w = os.pipe()
