@@ -35,7 +35,9 @@ import collections
 import functools
 import multiprocessing
 import os
+import pickle
 import threading
+import types
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -195,24 +197,26 @@ class ProcessPool:
     def _function(self, job: JobLike) -> tuple[int, bytes] | SerializationError:
         """(key, pickled function) of ``job``; workers cache functions by key.
 
-        A function is pickled once while it lives (weakly cached), not once
-        per job: ``Executor.submit`` makes a job per call, and pickling a
-        ``__main__`` function by value took three quarters of each submit.
-        So, as with ``concurrent.futures``, a task sees the function's
-        globals as they were when the pool first sent it. A function that
-        cannot be weakly referenced or hashed is pickled once per job.
+        A function pickled by name (a module-level function of an importable
+        module) is pickled once while it lives (weakly cached): its pickle
+        holds no state that could change. Anything pickled by value -- a
+        ``__main__`` function or a closure (their globals and cells), a
+        callable object (its attributes) -- is pickled again for each job, so
+        that every job sees it as it is when submitted, as with
+        ``concurrent.futures``, whose every submit pickles its function.
         """
         fn = job.fn
         last = self._last_fn  # one map's chunks, one function's submits: no lookup
         if last is not None and last[0]() is fn:
             return last[1]
         cached: tuple[int, bytes] | SerializationError | None
+        by_fn = type(fn) in _NAMED_TYPES
         try:
-            cached = self._fns.get(fn)
-            by_fn = True
-        except TypeError:  # not weakly referenceable, or unhashable
+            cached = self._fns.get(fn) if by_fn else None
+        except TypeError:  # unhashable
+            by_fn, cached = False, None
+        if cached is None and not by_fn:
             cached = self._job_fns.get(job)
-            by_fn = False
         if cached is not None:
             if by_fn and not isinstance(cached, SerializationError):
                 self._last_fn = (weakref.ref(fn), cached)
@@ -222,6 +226,7 @@ class ProcessPool:
         except SerializationError as exc:
             self._job_fns[job] = exc  # per job: each submit gets its own error
             return exc
+        by_fn = by_fn and _pickled_by_name(fn, blob)
         with self._fn_lock:
             key = self._fn_keys.get(blob)
             if key is None:
@@ -272,3 +277,16 @@ class ProcessPool:
             "pids": self._manager.pids(),
             **self._manager.stats,
         }
+
+
+#: Functions whose pickle can be a bare reference to their name.
+_NAMED_TYPES = (types.FunctionType, types.BuiltinFunctionType)
+
+
+def _pickled_by_name(fn: Any, blob: bytes) -> bool:
+    """Whether ``blob`` (cloudpickle's pickle of ``fn``) only names ``fn``:
+    then it is what the standard pickler writes, a reference to module and name."""
+    try:
+        return pickle.dumps(fn, protocol=_serialize.PROTOCOL) == blob
+    except Exception:  # a lambda, a function of __main__'s locals: pickled by value
+        return False
