@@ -16,8 +16,10 @@ from ._session import (
     BackendName,
     ErrorPolicy,
     StartMethod,
+    _direct,
     _given,
     _options_doc,
+    _resolve,
     _session,
     _stopped_here,
     _values,
@@ -51,8 +53,15 @@ def map(
     with ``errors="return"`` a failed item's slot holds its exception.
     """
     opts = make_options(**_given(locals(), "fn", "iterable"))
+    resolved = _resolve(fn, iterable, opts)
+    direct = _direct(fn, resolved)
+    if direct is not None:
+        try:
+            return direct.results(raise_errors=opts.errors == "raise")
+        except Exception as exc:  # only a task's own failure (after its retries)
+            raise _stopped_here(exc)
     slots: dict[int, list[Any]] = {}
-    with _session(fn, iterable, opts, ordered=False) as run:
+    with _session(fn, iterable, opts, ordered=False, resolved=resolved) as run:
         for ok, start, payload in run.events():
             if ok:
                 slots[start] = payload

@@ -12,9 +12,9 @@ import itertools
 import os
 import textwrap
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
-from ._engine import Event, Run, Skipping, length_hint
+from ._engine import Direct, Event, Run, Skipping, direct_ok, length_hint
 from ._options import Options, check_applicable, option_docs
 from ._progress import Bar
 from .backends import Backend, Job, StreamJob, create
@@ -81,10 +81,19 @@ def _stopped_here(exc: BaseException) -> BaseException:
 
 
 # -- one map call ------------------------------------------------------------
-@contextlib.contextmanager
-def _session(
-    fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options, *, ordered: bool
-) -> Iterator[Run]:
+class Resolved(NamedTuple):
+    """A map call with its backend decided (``backend="auto"``: probed and planned)."""
+
+    opts: Options
+    iterable: Iterable[Any]  # the input still to run
+    total: int | None
+    prefilled: list[Event]  # the probe's outcomes
+    resubmit: list[tuple[int, Any]]  # probed items to run again (retries)
+    plan: Any
+    backend: Backend | None  # the pool that ran the probe, when the job goes on there
+
+
+def _resolve(fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options) -> Resolved:
     _check_callable(fn)
     total = length_hint(iterable)
     if opts.backend != "auto":
@@ -92,6 +101,38 @@ def _session(
     opts, iterable, prefilled, resubmit, plan, backend = _resolve_auto(fn, iterable, opts, total)
     if plan is not None:
         check_applicable(opts, opts.backend, chosen_by_auto=True)
+    return Resolved(opts, iterable, total, prefilled, resubmit, plan, backend)
+
+
+def _direct(fn: Callable[[Any], Any], resolved: Resolved) -> Direct | None:
+    """The engine-less serial loop for ``map``, where it gives the same outcomes:
+    serial, no timeout (which needs a helper thread), no progress bar, no probed
+    item to run again, and an input whose iteration runs no user code."""
+    opts = resolved.opts
+    if (
+        opts.backend != "serial"
+        or opts.timeout is not None
+        or opts.progress
+        or resolved.resubmit
+        or resolved.backend is not None
+        or not direct_ok(resolved.iterable)
+    ):
+        return None
+    return Direct(fn, resolved.iterable, retries=opts.retries, prefilled=resolved.prefilled)
+
+
+@contextlib.contextmanager
+def _session(
+    fn: Callable[[Any], Any],
+    iterable: Iterable[Any],
+    opts: Options,
+    *,
+    ordered: bool,
+    resolved: Resolved | None = None,
+) -> Iterator[Run]:
+    if resolved is None:
+        resolved = _resolve(fn, iterable, opts)
+    opts, iterable, total, prefilled, resubmit, plan, backend = resolved
     job = StreamJob(fn, opts)
     bar = None
     finished = False
