@@ -355,3 +355,139 @@ def test_advise_returns_even_when_a_sample_hangs():
     assert time.monotonic() - started < 60
     ok, value = plan.outcomes[0]
     assert not ok and isinstance(value, TaskTimeout)
+
+
+# -- a function that looks tiny is probed in a bare forked child (gilfree._probe_fork) --
+TINY = textwrap.dedent(
+    """
+    import os, sys, threading, time
+    import gilfree
+    from gilfree import _auto
+
+    def sq(x):
+        return x * x
+
+    def nested(x):  # looks tiny: the loop is in helper, which the probe reaches on item 3
+        return helper(x)
+
+    def helper(x):
+        return sum(range(10**10)) if x == 3 else x
+
+    def lock_at_1(x):
+        return threading.Lock() if x == 1 else x
+
+    assert _auto.looks_tiny(sq) and _auto.looks_tiny(nested) and _auto.looks_tiny(lock_at_1)
+    """
+)
+
+
+def run_tiny(body: str, timeout=90) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", TINY + textwrap.dedent(body)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_a_tiny_function_is_probed_without_a_process_pool():
+    proc = run_tiny(
+        """
+        data = list(range(5000))
+        print(gilfree.map(sq, data) == [x * x for x in data])
+        print("gilfree.pool" in sys.modules, threading.active_count())
+        gilfree.planner.clear_cache()  # probe again, for the plan's outcomes and reasons
+        plan = gilfree.advise(sq, data[:64], total=200_000)
+        print(plan.backend, plan.outcomes and all(ok for ok, _ in plan.outcomes.values()))
+        print(any("ran in a worker process first" in r for r in plan.reasons))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:4] == ["True", "False 1", "serial True", "True"], proc.stdout
+
+
+def test_a_tiny_function_crashing_in_its_forked_probe_is_worker_died_for_that_item():
+    proc = run_script(
+        """
+        from gilfree import _auto
+        assert _auto.looks_tiny(crashy)
+        out = gilfree.map(crashy, list(range(100)), errors="return")
+        print(show(out) == ["WorkerDied" if x in (0, 7) else 2 * x for x in range(100)])
+        print(out[0].signal_name, "probe process" in str(out[0]), "in crashy" in out[0].stack)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "SIGSEGV", "True", "True"], proc.stdout
+
+
+def test_a_tiny_looking_call_that_hangs_in_the_forked_probe_times_out():
+    proc = run_tiny(
+        """
+        t0 = time.monotonic()
+        out = gilfree.map(nested, range(20), errors="return", timeout=1)
+        print(time.monotonic() - t0 < 15)
+        print(type(out[3]).__name__, "in helper" in out[3].stack)
+        print(out[:3] + out[4:] == [x for x in range(20) if x != 3])
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "TaskTimeout", "True", "True"], proc.stdout
+
+
+def test_an_unpicklable_result_in_the_forked_probe_names_the_result_not_a_wrapper():
+    proc = run_tiny(
+        """
+        out = gilfree.map(lock_at_1, range(20), errors="return")
+        print(type(out[1]).__name__, out[1].what, "Measured" in str(out[1]))
+        print(out[:1] + out[2:] == [x for x in range(20) if x != 1])
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["SerializationError", "result", "False", "True"], proc.stdout
+
+
+def test_ctrl_c_while_the_forked_probe_runs_kills_the_probe_child(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text(
+        TINY.replace("10**10", "10**12")
+        + textwrap.dedent(
+            """
+            import psutil
+            print("ready", flush=True)
+            try:
+                gilfree.map(nested, range(3, 13))
+            except KeyboardInterrupt:
+                print("interrupted", len(psutil.Process().children()), flush=True)
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.5)  # item 3 is running in the probe's child
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "interrupted 0" in out, err
+    assert proc.returncode == 0, err
+
+
+def test_a_caller_with_threads_does_not_fork_its_probe():
+    # A fork copies one thread; a lock another thread holds would stay locked.
+    proc = run_tiny(
+        """
+        stop = threading.Event()
+        other = threading.Thread(target=stop.wait)
+        other.start()
+        print(gilfree.map(sq, list(range(500))) == [x * x for x in range(500)])
+        stop.set()
+        other.join()
+        print("gilfree.pool" in sys.modules)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True"], proc.stdout

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _serialize
+from . import _probe_fork, _serialize
 from ._options import Options, usable_cpus
 from .backends import Backend, StreamJob, create
 from .errors import ConfigurationError, SerializationError, WorkerDied
@@ -63,6 +63,7 @@ class ProbeRunner:
         self.total = total
         self.backend = backend
         self.owned = backend is None
+        self.forked = False  # some probe calls ran in a bare forked child
 
     def backend_for(self, fn: Callable[[Any], Any]) -> Backend:
         if self.backend is None:
@@ -73,12 +74,75 @@ class ProbeRunner:
     def __call__(
         self, fn: Callable[[Any], Any], samples: Sequence[Any], budget: float
     ) -> probing.ProbeResult:
+        if (
+            self.backend is None
+            and _probe_fork.available(self.opts.start_method)
+            and looks_tiny(fn)
+        ):
+            return self._fork_first(fn, samples, budget)
         return run_probe(self.backend_for(fn), self.opts, fn, samples, budget)
+
+    def _fork_first(
+        self, fn: Callable[[Any], Any], samples: Sequence[Any], budget: float
+    ) -> probing.ProbeResult:
+        """The serial phase in a bare forked child (no pool); the two-thread
+        phase on the pool only when the calls turn out too long to skip it."""
+        self.forked = True
+        result, settled = _probe_fork.probe(fn, samples, budget, self.opts.timeout)
+        t = result.task_seconds
+        rest = len(samples) - settled
+        if result.crashes or t is None or t < probing.PAIR_MIN_CALL_S or rest < 3:
+            short = probing.format_seconds(probing.PAIR_MIN_CALL_S)
+            result.pair_skipped = (
+                "there were no samples left for the two-thread measurement"
+                if result.crashes or t is None or rest < 3
+                else f"its calls are shorter than {short}, too short for threads to "
+                "gain anything on them"
+            )
+            probing.measure_sizes(fn, samples, result)
+            return result
+        # Slower than it looked: measure two threads on a pool worker, as usual.
+        more = run_probe(self.backend_for(fn), self.opts, fn, samples[settled:], budget)
+        return _merged(result, more, settled)
 
     def close(self, *, kill: bool = False) -> None:
         if self.owned and self.backend is not None:
             self.backend.shutdown(wait=not kill, kill=kill)
             self.backend = None
+
+
+def _merged(
+    first: probing.ProbeResult, more: probing.ProbeResult, offset: int
+) -> probing.ProbeResult:
+    """``first`` (samples ``0..offset-1``) and ``more`` (the samples after) as one probe."""
+    for k, outcome in more.outcomes.items():
+        first.outcomes[offset + k] = outcome
+    for name in (
+        "serial_calls",
+        "serial_wall",
+        "serial_cpu",
+        "serial_process_cpu",
+        "serial_runqueue",
+        "failures",
+        "crashes",
+        "seconds",
+    ):
+        setattr(first, name, getattr(first, name) + getattr(more, name))
+    for name in (
+        "pair_calls",
+        "pair_wall",
+        "pair_cpu",
+        "pair_windows",
+        "overlap",
+        "pair_skipped",
+        "arg_bytes",
+        "shm_bytes",
+        "result_bytes",
+        "fn_bytes",
+        "unpicklable",
+    ):
+        setattr(first, name, getattr(more, name))
+    return first
 
 
 def probe_backend(
@@ -143,7 +207,10 @@ def plan(
     except BaseException:
         runner.close(kill=True)
         raise
-    isolate(result, runner.backend is not None and runner.backend.name == "process")
+    isolate(
+        result,
+        runner.forked or (runner.backend is not None and runner.backend.name == "process"),
+    )
     set_first_chunk(result, total)
     keep = runner.backend
     if (
