@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -491,3 +492,37 @@ def test_a_caller_with_threads_does_not_fork_its_probe():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "True"], proc.stdout
+
+
+def lock_at_1_with_a_loop(x):
+    for _ in range(2):  # a loop: not "tiny", so the probe runs on a pool worker
+        pass
+    return threading.Lock() if x == 1 else x
+
+
+def test_an_unpicklable_result_in_the_pool_probe_names_the_result_not_a_wrapper():
+    from gilfree import _auto
+
+    assert not _auto.looks_tiny(lock_at_1_with_a_loop)
+    out = gilfree.map(lock_at_1_with_a_loop, range(20), errors="return")
+    assert isinstance(out[1], gilfree.SerializationError), out[1]
+    assert "result of type lock" in str(out[1]) and "Measured" not in str(out[1])
+    assert out[:1] + out[2:] == [x for x in range(20) if x != 1]
+
+
+def test_executor_worker_died_names_the_input_as_given():
+    proc = run_script(
+        """
+        def two(x, y=0):
+            return crashy(x) + y
+
+        for backend in ("auto", "process"):
+            with gilfree.Executor(backend, errors="return") as ex:
+                print(str(list(ex.map(crashy, range(3)))[0]).split("(input: ")[1].split(")")[0])
+                print(str(ex.submit(crashy, 0).exception()).split("(input: ")[1].split(")")[0])
+                print(str(ex.submit(two, 0, y=2).exception()).split("(input: ")[1].split(")")[0])
+        """,
+        exit_=(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:6] == ["0", "0", "0, y=2"] * 2, proc.stdout

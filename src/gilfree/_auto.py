@@ -28,6 +28,7 @@ then says processes are out).
 from __future__ import annotations
 
 import math
+import pickle
 import queue
 import threading
 import time
@@ -341,7 +342,7 @@ def run_probe(
         backend.submit(pair_job, 0, [list(samples[split:])])
     else:
         result.pair_skipped = "there were no samples left for the two-thread measurement"
-    serial_job = StreamJob(probing.Timed(fn), task_opts)
+    serial_job = StreamJob(_Timed(fn), task_opts)
     try:
         _serial_phase(backend, serial_job, samples, split, result, probing.SERIAL_SHARE * budget)
         if pair_job is not None:
@@ -355,6 +356,41 @@ def run_probe(
     result.failures = sum(1 for ok, _ in result.outcomes.values() if not ok)
     result.seconds = time.perf_counter() - started
     return result
+
+
+class _Timed(probing.Timed):
+    """``Timed``, whose call fails as the task's own would when its result cannot
+    be pickled: the worker would otherwise name the wrapper (``Measured``)."""
+
+    __slots__ = ()
+
+    def __call__(self, item: Any) -> probing.Measured:
+        measured = super().__call__(item)
+        value = measured.value
+        try:
+            _pickles(value)
+        except Exception as exc:
+            raise SerializationError(
+                f"result of type {type(value).__name__} ({_serialize.describe(value)}) "
+                f"cannot be pickled back to the parent: {type(exc).__name__}: {exc}",
+                what="result",
+            ) from None
+        return measured
+
+
+def _pickles(value: Any) -> None:
+    """Raise what pickling ``value`` for the trip home raises (its large buffers
+    are not copied: they travel out of band and cannot fail)."""
+    try:
+        pickle.dumps(value, 5, buffer_callback=_out_of_band)
+    except Exception:
+        import cloudpickle
+
+        cloudpickle.dumps(value, 5, buffer_callback=_out_of_band)
+
+
+def _out_of_band(buffer: pickle.PickleBuffer) -> bool:
+    return False
 
 
 def _serial_phase(

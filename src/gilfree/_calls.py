@@ -29,6 +29,17 @@ class _StarCall:
         return self.fn(*args, **kwargs)
 
 
+class _Arguments(tuple[tuple[Any, ...], dict[str, Any]]):
+    """One ``submit``'s ``(args, kwargs)``, read in messages as the arguments of
+    the call: ``(input: 0)`` or ``(input: 1, 2, key=3)``, not ``((0,), {})``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        args, kwargs = self
+        return ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
+
+
 class _StarArgs:
     """fn(*item), for Executor.map over several iterables."""
 

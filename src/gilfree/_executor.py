@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 from . import _lifetime
-from ._calls import _plan_key, _snapshot, _StarArgs, _StarCall
+from ._calls import _Arguments, _plan_key, _snapshot, _StarArgs, _StarCall
 from ._engine import Event, Run, Skipping, length_hint
 from ._lifetime import _draining, _live, _register_exit_hook, _release
 from ._options import Options, check_applicable, make_options, usable_cpus
@@ -177,7 +177,7 @@ class Executor(concurrent.futures.Executor):
         _check_callable(fn)
         future: concurrent.futures.Future[Any] = concurrent.futures.Future[Any]()
         call = _StarCall(fn)
-        item = (args, kwargs)
+        item = _Arguments((args, kwargs))
         if self._options.backend != "auto":
             self._dispatch(self._options, call, item, future)
             return future
@@ -295,8 +295,12 @@ class Executor(concurrent.futures.Executor):
         _check_callable(fn)
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        call = _StarArgs(fn)
-        items: Iterable[Any] = zip(*iterables, strict=False)
+        # One iterable: fn(item) as it is, so that an item reads as itself in
+        # messages (a WorkerDied said "input: (0,)" for item 0).
+        call: Callable[..., Any] = fn if len(iterables) == 1 else _StarArgs(fn)
+        items: Iterable[Any] = (
+            iterables[0] if len(iterables) == 1 else zip(*iterables, strict=False)
+        )
         lengths = [length_hint(i) for i in iterables]
         sizes = [n for n in lengths if n is not None]
         total = min(sizes, default=None) if len(sizes) == len(lengths) else None
