@@ -377,6 +377,12 @@ TINY = textwrap.dedent(
     def lock_at_1(x):
         return threading.Lock() if x == 1 else x
 
+    def slowish(x):  # looks tiny, but each call takes ~1 ms
+        return work(x)
+
+    def work(x):
+        return sum(range(30_000)) + x
+
     assert _auto.looks_tiny(sq) and _auto.looks_tiny(nested) and _auto.looks_tiny(lock_at_1)
     """
 )
@@ -526,3 +532,17 @@ def test_executor_worker_died_names_the_input_as_given():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:6] == ["0", "0", "0, y=2"] * 2, proc.stdout
+
+
+def test_a_tiny_looking_function_that_is_slow_is_measured_on_two_threads_too():
+    proc = run_tiny(
+        """
+        plan = gilfree.advise(slowish, list(range(24)))
+        base = sum(range(30_000))
+        print(all(ok and v == base + k for k, (ok, v) in plan.outcomes.items()))
+        print(len(plan.outcomes) > 20, "gilfree.pool" in sys.modules)
+        print("Thread scaling was not measured" not in plan.explain())
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True", "True", "True"], proc.stdout

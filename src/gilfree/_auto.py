@@ -92,7 +92,8 @@ class ProbeRunner:
         result, settled = _probe_fork.probe(fn, samples, budget, self.opts.timeout)
         t = result.task_seconds
         rest = len(samples) - settled
-        if result.crashes or t is None or t < probing.PAIR_MIN_CALL_S or rest < 3:
+        stopped = result.pair_skipped is not None  # between calls: probe the rest on the pool
+        if not stopped and (result.crashes or t is None or t < probing.PAIR_MIN_CALL_S or rest < 3):
             short = probing.format_seconds(probing.PAIR_MIN_CALL_S)
             result.pair_skipped = (
                 "there were no samples left for the two-thread measurement"
@@ -118,6 +119,8 @@ def _merged(
     """``first`` (samples ``0..offset-1``) and ``more`` (the samples after) as one probe."""
     for k, outcome in more.outcomes.items():
         first.outcomes[offset + k] = outcome
+    if not first.serial_calls:
+        first.first_wall = more.first_wall
     for name in (
         "serial_calls",
         "serial_wall",

@@ -44,6 +44,8 @@ from .planner import _probe as probing
 
 #: Seconds to wait for a timed-out call's stack (faulthandler) before the kill.
 STACK_WAIT_S = 0.5
+#: Seconds the child may spend between calls when ``timeout=`` is given (see ``_limit``).
+BETWEEN_CALLS_S = 10.0
 #: Pids of children that finished and are not reaped yet.
 _unreaped: list[int] = []
 
@@ -73,9 +75,10 @@ def probe(
     """Run the serial phase of the planner's probe on ``samples`` in a child.
 
     Returns the measurements and how many samples it settled (a prefix: the
-    serial phase stops when it has measured enough, or after a call that
-    failed the child). ``PAIR_RESERVE`` samples are left for a two-thread
-    phase; the caller decides whether one is worth running.
+    serial phase stops when it has measured enough, when its calls turn out
+    to take ``PAIR_MIN_CALL_S`` or more, or after a call that killed the child
+    or ran past ``timeout``). ``PAIR_RESERVE`` samples or more are left for a
+    two-thread phase; the caller decides whether one is worth running.
     """
     reap()
     n = len(samples)
@@ -136,6 +139,14 @@ def _kill(pid: int) -> None:
         pass
 
 
+def _limit(k: int, timeout: float | None) -> float:
+    """Seconds the child may spend at mark ``k``: a call gets ``timeout``; the
+    child's own work between calls (starting, pickling a batch) at least
+    ``BETWEEN_CALLS_S``, so a short timeout on a busy machine blames no call."""
+    assert timeout is not None
+    return timeout if k >= 0 else max(timeout, BETWEEN_CALLS_S)
+
+
 def _read_mark(view: memoryview) -> tuple[int, int]:
     """(call index, its start in monotonic ns); the child writes the time, then
     the index, so a torn read only ever shows a later start (a later deadline)."""
@@ -161,19 +172,21 @@ def _collect(
     while True:
         wait = None
         if timeout is not None:
-            _k, t = _read_mark(view)
-            wait = max(0.0, t / 1e9 + timeout - time.monotonic())
+            k, t = _read_mark(view)
+            wait = max(0.0, t / 1e9 + _limit(k, timeout) - time.monotonic())
         ready, _, _ = select.select([r], [], [], wait)
         if not ready:
             k, t = _read_mark(view)
-            if time.monotonic() - t / 1e9 < timeout:  # type: ignore[operator]
+            if time.monotonic() - t / 1e9 < _limit(k, timeout):
                 continue  # another call started since: its own deadline
             stack = _stack_of(pid, stack_r)
             _kill(pid)
             if k >= 0:
                 result.outcomes[k] = (False, _timeout_error(k, samples[k], timeout, stack))
                 return k + 1
-            result.crashes += 1  # stuck between calls (a result's pickling)
+            # Stuck between calls (a result's __reduce__, say): no call to
+            # blame; the samples not settled are probed again on the pool.
+            result.pair_skipped = "the probe's child stopped between calls"
             return settled
         chunk = os.read(r, 1 << 16)
         if chunk:
@@ -337,6 +350,8 @@ def _child(  # pragma: no cover - runs in the forked child
         result.serial_wall += wall
         if probing.serial_done(result, cap):
             break
+        if first > 0 and wall >= (last - first) * probing.PAIR_MIN_CALL_S:
+            break  # not tiny after all: the rest is probed on the pool, two threads too
         if first > 0:  # 1, 1, 2, 4, ...: the first call alone may be a warm-up
             batch *= 2
         first = last
