@@ -38,7 +38,7 @@ from typing import Any
 from . import _probe_fork, _serialize
 from ._options import Options, usable_cpus
 from .backends import Backend, StreamJob, create
-from .errors import ConfigurationError, SerializationError, WorkerDied
+from .errors import ConfigurationError, SerializationError, TaskTimeout, WorkerDied
 from .planner import Plan
 from .planner import _probe as probing
 from .planner._advise import advise as _plan
@@ -92,18 +92,25 @@ class ProbeRunner:
         result, settled = _probe_fork.probe(fn, samples, budget, self.opts.timeout)
         t = result.task_seconds
         rest = len(samples) - settled
-        stopped = result.pair_skipped is not None  # between calls: probe the rest on the pool
-        if not stopped and (result.crashes or t is None or t < probing.PAIR_MIN_CALL_S or rest < 3):
+        # A fault stopped the child (a crash, a call past timeout=, or a stop
+        # between calls), or the calls take long enough for two threads to be
+        # worth timing: the rest of the samples are probed on the pool.
+        last = result.outcomes.get(settled - 1, (True, None))
+        faulted = result.pair_skipped is not None or (
+            not last[0] and isinstance(last[1], WorkerDied | TaskTimeout)
+        )
+        if rest == 0 or not (faulted or t is None or t >= probing.PAIR_MIN_CALL_S):
             short = probing.format_seconds(probing.PAIR_MIN_CALL_S)
             result.pair_skipped = (
-                "there were no samples left for the two-thread measurement"
-                if result.crashes or t is None or rest < 3
-                else f"its calls are shorter than {short}, too short for threads to "
-                "gain anything on them"
+                f"its calls are shorter than {short}, too short for threads to gain "
+                "anything on them"
+                if t is not None and t < probing.PAIR_MIN_CALL_S
+                else "there were no samples left for the two-thread measurement"
             )
             probing.measure_sizes(fn, samples, result)
             return result
-        # Slower than it looked: measure two threads on a pool worker, as usual.
+        result.pair_skipped = None
+        # On a pool worker, as usual: serial calls and two threads at once.
         more = run_probe(self.backend_for(fn), self.opts, fn, samples[settled:], budget)
         return _merged(result, more, settled)
 

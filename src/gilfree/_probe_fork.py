@@ -76,13 +76,15 @@ def probe(
 
     Returns the measurements and how many samples it settled (a prefix: the
     serial phase stops when it has measured enough, when its calls turn out
-    to take ``PAIR_MIN_CALL_S`` or more, or after a call that killed the child
-    or ran past ``timeout``). ``PAIR_RESERVE`` samples or more are left for a
-    two-thread phase; the caller decides whether one is worth running.
+    to take ``PAIR_MIN_CALL_S`` or more -- the rest is left for a two-thread
+    phase on the pool -- or after a call that killed the child or ran past
+    ``timeout``).
     """
     reap()
-    n = len(samples)
-    limit = n - probing.PAIR_RESERVE if n >= probing.PAIR_RESERVE + 2 else n
+    # Every sample, unless the calls turn out too long for that (see _child): a
+    # tiny function gets no two-thread phase, so nothing is kept back for one,
+    # and each sample probed is one that cannot crash the caller later.
+    limit = len(samples)
     cap = probing.SERIAL_SHARE * budget
     mark = mmap.mmap(-1, 16)
     view = memoryview(mark).cast("q")
