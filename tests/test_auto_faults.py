@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -355,3 +356,193 @@ def test_advise_returns_even_when_a_sample_hangs():
     assert time.monotonic() - started < 60
     ok, value = plan.outcomes[0]
     assert not ok and isinstance(value, TaskTimeout)
+
+
+# -- a function that looks tiny is probed in a bare forked child (gilfree._probe_fork) --
+TINY = textwrap.dedent(
+    """
+    import os, sys, threading, time
+    import gilfree
+    from gilfree import _auto
+
+    def sq(x):
+        return x * x
+
+    def nested(x):  # looks tiny: the loop is in helper, which the probe reaches on item 3
+        return helper(x)
+
+    def helper(x):
+        return sum(range(10**10)) if x == 3 else x
+
+    def lock_at_1(x):
+        return threading.Lock() if x == 1 else x
+
+    def slowish(x):  # looks tiny, but each call takes ~1 ms
+        return work(x)
+
+    def work(x):
+        return sum(range(30_000)) + x
+
+    assert _auto.looks_tiny(sq) and _auto.looks_tiny(nested) and _auto.looks_tiny(lock_at_1)
+    """
+)
+
+
+def run_tiny(body: str, timeout=90) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", TINY + textwrap.dedent(body)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_a_tiny_function_is_probed_without_a_process_pool():
+    proc = run_tiny(
+        """
+        data = list(range(5000))
+        print(gilfree.map(sq, data) == [x * x for x in data])
+        print("gilfree.pool" in sys.modules, threading.active_count())
+        gilfree.planner.clear_cache()  # probe again, for the plan's outcomes and reasons
+        plan = gilfree.advise(sq, data[:64], total=200_000)
+        print(plan.backend, plan.outcomes and all(ok for ok, _ in plan.outcomes.values()))
+        print(any("ran in a worker process first" in r for r in plan.reasons))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:4] == ["True", "False 1", "serial True", "True"], proc.stdout
+
+
+def test_a_tiny_function_crashing_in_its_forked_probe_is_worker_died_for_that_item():
+    proc = run_script(
+        """
+        from gilfree import _auto
+        assert _auto.looks_tiny(crashy)
+        out = gilfree.map(crashy, list(range(100)), errors="return")
+        print(show(out) == ["WorkerDied" if x in (0, 7) else 2 * x for x in range(100)])
+        print(out[0].signal_name, "probe process" in str(out[0]), "in crashy" in out[0].stack)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "SIGSEGV", "True", "True"], proc.stdout
+
+
+def test_a_tiny_looking_call_that_hangs_in_the_forked_probe_times_out():
+    proc = run_tiny(
+        """
+        t0 = time.monotonic()
+        out = gilfree.map(nested, range(20), errors="return", timeout=1)
+        print(time.monotonic() - t0 < 15)
+        print(type(out[3]).__name__, "in helper" in out[3].stack)
+        print(out[:3] + out[4:] == [x for x in range(20) if x != 3])
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "TaskTimeout", "True", "True"], proc.stdout
+
+
+def test_an_unpicklable_result_in_the_forked_probe_names_the_result_not_a_wrapper():
+    proc = run_tiny(
+        """
+        out = gilfree.map(lock_at_1, range(20), errors="return")
+        print(type(out[1]).__name__, out[1].what, "Measured" in str(out[1]))
+        print(out[:1] + out[2:] == [x for x in range(20) if x != 1])
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["SerializationError", "result", "False", "True"], proc.stdout
+
+
+def test_ctrl_c_while_the_forked_probe_runs_kills_the_probe_child(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text(
+        TINY.replace("10**10", "10**12")
+        + textwrap.dedent(
+            """
+            import psutil
+            print("ready", flush=True)
+            try:
+                gilfree.map(nested, range(3, 13))
+            except KeyboardInterrupt:
+                print("interrupted", len(psutil.Process().children()), flush=True)
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.5)  # item 3 is running in the probe's child
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "interrupted 0" in out, err
+    assert proc.returncode == 0, err
+
+
+def test_a_caller_with_threads_does_not_fork_its_probe():
+    # A fork copies one thread; a lock another thread holds would stay locked.
+    proc = run_tiny(
+        """
+        stop = threading.Event()
+        other = threading.Thread(target=stop.wait)
+        other.start()
+        print(gilfree.map(sq, list(range(500))) == [x * x for x in range(500)])
+        stop.set()
+        other.join()
+        print("gilfree.pool" in sys.modules)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True"], proc.stdout
+
+
+def lock_at_1_with_a_loop(x):
+    for _ in range(2):  # a loop: not "tiny", so the probe runs on a pool worker
+        pass
+    return threading.Lock() if x == 1 else x
+
+
+def test_an_unpicklable_result_in_the_pool_probe_names_the_result_not_a_wrapper():
+    from gilfree import _auto
+
+    assert not _auto.looks_tiny(lock_at_1_with_a_loop)
+    out = gilfree.map(lock_at_1_with_a_loop, range(20), errors="return")
+    assert isinstance(out[1], gilfree.SerializationError), out[1]
+    assert "result of type lock" in str(out[1]) and "Measured" not in str(out[1])
+    assert out[:1] + out[2:] == [x for x in range(20) if x != 1]
+
+
+def test_executor_worker_died_names_the_input_as_given():
+    proc = run_script(
+        """
+        def two(x, y=0):
+            return crashy(x) + y
+
+        for backend in ("auto", "process"):
+            with gilfree.Executor(backend, errors="return") as ex:
+                print(str(list(ex.map(crashy, range(3)))[0]).split("(input: ")[1].split(")")[0])
+                print(str(ex.submit(crashy, 0).exception()).split("(input: ")[1].split(")")[0])
+                print(str(ex.submit(two, 0, y=2).exception()).split("(input: ")[1].split(")")[0])
+        """,
+        exit_=(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:6] == ["0", "0", "0, y=2"] * 2, proc.stdout
+
+
+def test_a_tiny_looking_function_that_is_slow_is_measured_on_two_threads_too():
+    proc = run_tiny(
+        """
+        plan = gilfree.advise(slowish, list(range(24)))
+        base = sum(range(30_000))
+        print(all(ok and v == base + k for k, (ok, v) in plan.outcomes.items()))
+        print(len(plan.outcomes) > 20, "gilfree.pool" in sys.modules)
+        print("Thread scaling was not measured" not in plan.explain())
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True", "True", "True"], proc.stdout

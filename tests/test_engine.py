@@ -133,3 +133,100 @@ def test_probed_outcomes_waiting_in_order_do_not_hold_the_window_shut():
     r = Run(backend, job, items, ordered=True, total=40, prefilled=prefilled)
     assert values(r.events()) == [x * 10 for x in range(40)]
     assert r.finished
+
+
+# -- Direct: map on the serial backend without the engine ---------------------------
+def flaky(x):
+    if x % 10 == 3:
+        raise ValueError(x)
+    if x == 15:
+        raise StopIteration  # map() would end here silently
+    return x * 2
+
+
+def via_run(fn, items, prefilled, errors):
+    """What map got from the engine: events, unordered, into slots."""
+    backend = Reversing()
+    job = StreamJob(fn, make_options(backend="serial", chunksize=4))
+    r = Run(
+        backend,
+        job,
+        _engine.Skipping(items, frozenset(ev[1] for ev in prefilled)),
+        ordered=False,
+        total=len(items),
+        prefilled=list(prefilled),
+    )
+    slots = {}
+    for ok, start, payload in r.events():
+        if not ok and errors == "raise":
+            raise payload
+        slots[start] = payload if ok else [payload]
+    return [v for start in sorted(slots) for v in slots[start]]
+
+
+def shape(values):
+    return [(type(v).__name__, str(v)) if isinstance(v, BaseException) else v for v in values]
+
+
+@pytest.mark.parametrize("items", [list(range(40)), tuple(range(40)), range(40)])
+@pytest.mark.parametrize("probed", [(), (0,), (3, 21, 39), (0, 1, 2)])
+def test_direct_gives_the_engines_outcomes(items, probed):
+    prefilled = [(True, i, [f"probe {i}"]) for i in probed]
+    skip = _engine.Skipping(items, frozenset(probed))
+    direct = _engine.Direct(flaky, skip, retries=0, prefilled=prefilled)
+    got = direct.results(raise_errors=False)
+    assert direct.finished
+    assert shape(got) == shape(via_run(flaky, items, prefilled, "return"))
+    assert len(got) == 40
+    assert isinstance(got[15], StopIteration) and "on item 15" in got[15].__notes__[0]
+    assert isinstance(got[13], ValueError) or 13 in probed
+
+
+def test_direct_raises_a_failed_probe_call_first_then_the_first_failure_in_order():
+    boom = KeyError("probe")
+    direct = _engine.Direct(
+        flaky,
+        _engine.Skipping(list(range(40)), frozenset({30})),
+        retries=0,
+        prefilled=[(False, 30, boom)],
+    )
+    with pytest.raises(KeyError) as info:
+        direct.results(raise_errors=True)
+    assert info.value is boom
+    calls = []
+
+    def noted(x):
+        calls.append(x)
+        return flaky(x)
+
+    direct = _engine.Direct(noted, list(range(40)), retries=0)
+    with pytest.raises(ValueError, match=r"^3$"):
+        direct.results(raise_errors=True)
+    assert calls == [0, 1, 2, 3]  # nothing after the failure ran
+
+
+def test_direct_retries_a_failed_item_then_goes_on_from_the_next():
+    seen = {}
+
+    def twice(x):
+        seen[x] = seen.get(x, 0) + 1
+        if x == 5 and seen[x] < 3:
+            raise OSError("transient")
+        return x
+
+    out = _engine.Direct(twice, list(range(10)), retries=2).results(raise_errors=True)
+    assert out == list(range(10))
+    assert seen == {**{x: 1 for x in range(10)}, 5: 3}
+
+
+def test_direct_runs_only_inputs_whose_iteration_runs_no_user_code():
+    assert _engine.direct_ok([1]) and _engine.direct_ok(range(3)) and _engine.direct_ok((1,))
+    assert _engine.direct_ok(_engine.Skipping([1, 2], frozenset({0})))
+    assert not _engine.direct_ok(iter([1]))
+    assert not _engine.direct_ok(x for x in [1])
+
+    class MyList(list):
+        def __iter__(self):
+            raise RuntimeError("user code")
+
+    assert not _engine.direct_ok(MyList([1]))

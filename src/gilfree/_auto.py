@@ -23,21 +23,27 @@ more than the round trips it adds.
 A function that cannot be pickled cannot reach a process; it is probed on the
 thread backend instead, where ``timeout=`` still bounds each call (the plan
 then says processes are out).
+
+A function whose bytecode looks tiny (``looks_tiny``), in a single-threaded
+caller, is probed in one bare forked child instead (``_probe_fork``): for a
+job of ~10 ms, making and joining a pool cost more than the job. A call there
+that crashes or overruns is settled as on the pool, and the rest of the
+samples then go to the pool; so do they when the calls turn out to be long.
+
+The probe on a backend is ``_probe_pool.run_probe``.
 """
 
 from __future__ import annotations
 
-import math
-import queue
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _serialize
+from . import _probe_fork, _serialize
 from ._options import Options, usable_cpus
-from .backends import Backend, StreamJob, create
-from .errors import ConfigurationError, SerializationError, WorkerDied
+from ._probe_pool import run_probe
+from .backends import Backend, create
+from .errors import ConfigurationError, SerializationError, TaskTimeout, WorkerDied
 from .planner import Plan
 from .planner import _probe as probing
 from .planner._advise import advise as _plan
@@ -48,11 +54,6 @@ AUTO_BUDGET = 0.5
 #: budgets, before it is stopped (a plan must come back; a map has no such bound).
 ADVISE_TIMEOUT_S = 10.0
 ADVISE_TIMEOUT_BUDGETS = 10
-#: Seconds between health checks of the probing backend while waiting for outcomes.
-HEALTH_CHECK_S = 1.0
-#: The serial phase stops once this many calls failed and no fewer failed than
-#: succeeded: each crash costs a worker, and failures say nothing about time.
-MAX_PROBE_FAILURES = 2
 
 
 class ProbeRunner:
@@ -63,6 +64,7 @@ class ProbeRunner:
         self.total = total
         self.backend = backend
         self.owned = backend is None
+        self.forked = False  # some probe calls ran in a bare forked child
 
     def backend_for(self, fn: Callable[[Any], Any]) -> Backend:
         if self.backend is None:
@@ -73,12 +75,85 @@ class ProbeRunner:
     def __call__(
         self, fn: Callable[[Any], Any], samples: Sequence[Any], budget: float
     ) -> probing.ProbeResult:
+        if (
+            self.backend is None
+            and _probe_fork.available(self.opts.start_method)
+            and looks_tiny(fn)
+        ):
+            return self._fork_first(fn, samples, budget)
         return run_probe(self.backend_for(fn), self.opts, fn, samples, budget)
+
+    def _fork_first(
+        self, fn: Callable[[Any], Any], samples: Sequence[Any], budget: float
+    ) -> probing.ProbeResult:
+        """The serial phase in a bare forked child (no pool); the two-thread
+        phase on the pool only when the calls turn out too long to skip it."""
+        self.forked = True
+        result, settled = _probe_fork.probe(fn, samples, budget, self.opts.timeout)
+        t = result.task_seconds
+        rest = len(samples) - settled
+        # A fault stopped the child (a crash, a call past timeout=, or a stop
+        # between calls), or the calls take long enough for two threads to be
+        # worth timing: the rest of the samples are probed on the pool.
+        last = result.outcomes.get(settled - 1, (True, None))
+        faulted = result.pair_skipped is not None or (
+            not last[0] and isinstance(last[1], WorkerDied | TaskTimeout)
+        )
+        if rest == 0 or not (faulted or t is None or t >= probing.PAIR_MIN_CALL_S):
+            short = probing.format_seconds(probing.PAIR_MIN_CALL_S)
+            result.pair_skipped = (
+                f"its calls are shorter than {short}, too short for threads to gain "
+                "anything on them"
+                if t is not None and t < probing.PAIR_MIN_CALL_S
+                else "there were no samples left for the two-thread measurement"
+            )
+            probing.measure_sizes(fn, samples, result)
+            return result
+        result.pair_skipped = None
+        # On a pool worker, as usual: serial calls and two threads at once.
+        more = run_probe(self.backend_for(fn), self.opts, fn, samples[settled:], budget)
+        return _merged(result, more, settled)
 
     def close(self, *, kill: bool = False) -> None:
         if self.owned and self.backend is not None:
             self.backend.shutdown(wait=not kill, kill=kill)
             self.backend = None
+
+
+def _merged(
+    first: probing.ProbeResult, more: probing.ProbeResult, offset: int
+) -> probing.ProbeResult:
+    """``first`` (samples ``0..offset-1``) and ``more`` (the samples after) as one probe."""
+    for k, outcome in more.outcomes.items():
+        first.outcomes[offset + k] = outcome
+    if not first.serial_calls:
+        first.first_wall = more.first_wall
+    for name in (
+        "serial_calls",
+        "serial_wall",
+        "serial_cpu",
+        "serial_process_cpu",
+        "serial_runqueue",
+        "failures",
+        "crashes",
+        "seconds",
+    ):
+        setattr(first, name, getattr(first, name) + getattr(more, name))
+    for name in (
+        "pair_calls",
+        "pair_wall",
+        "pair_cpu",
+        "pair_windows",
+        "overlap",
+        "pair_skipped",
+        "arg_bytes",
+        "shm_bytes",
+        "result_bytes",
+        "fn_bytes",
+        "unpicklable",
+    ):
+        setattr(first, name, getattr(more, name))
+    return first
 
 
 def probe_backend(
@@ -143,7 +218,10 @@ def plan(
     except BaseException:
         runner.close(kill=True)
         raise
-    isolate(result, runner.backend is not None and runner.backend.name == "process")
+    isolate(
+        result,
+        runner.forked or (runner.backend is not None and runner.backend.name == "process"),
+    )
     set_first_chunk(result, total)
     keep = runner.backend
     if (
@@ -248,122 +326,6 @@ def set_first_chunk(result: Plan, total: int | None) -> None:
         f"({probing.format_seconds(size * t)} of work each at {probing.format_seconds(t)} "
         "per call) and adapt as the job runs, from the time the workers measure."
     )
-
-
-# -- the probe on a backend ------------------------------------------------------------
-def run_probe(
-    backend: Backend,
-    opts: Options,
-    fn: Callable[[Any], Any],
-    samples: Sequence[Any],
-    budget: float,
-) -> probing.ProbeResult:
-    """The planner's probe (see ``planner._probe``) with every call on ``backend``."""
-    result = probing.ProbeResult()
-    started = time.perf_counter()
-    n = len(samples)
-    split = n - n // 2 if n >= probing.PAIR_RESERVE + 2 else n
-    task_opts = opts.with_(retries=0, chunksize=None, progress=False)
-    pair_job = None
-    if split < n:
-        pair_cap = probing.PAIR_SHARE * budget
-        pair_job = StreamJob(
-            probing.PairProbe(fn, pair_cap),
-            task_opts.with_(timeout=None if opts.timeout is None else opts.timeout + pair_cap),
-        )
-        backend.submit(pair_job, 0, [list(samples[split:])])
-    else:
-        result.pair_skipped = "there were no samples left for the two-thread measurement"
-    serial_job = StreamJob(probing.Timed(fn), task_opts)
-    try:
-        _serial_phase(backend, serial_job, samples, split, result, probing.SERIAL_SHARE * budget)
-        if pair_job is not None:
-            _merge_pair(result, _wait_for(backend, pair_job, 1), split)
-    except BaseException:
-        serial_job.cancelled = True
-        if pair_job is not None:
-            pair_job.cancelled = True
-        raise
-    probing.measure_sizes(fn, samples, result)
-    result.failures = sum(1 for ok, _ in result.outcomes.values() if not ok)
-    result.seconds = time.perf_counter() - started
-    return result
-
-
-def _serial_phase(
-    backend: Backend,
-    job: StreamJob,
-    samples: Sequence[Any],
-    limit: int,
-    result: probing.ProbeResult,
-    cap: float,
-) -> None:
-    first, batch, failed = 0, 1, 0
-    while first < limit:
-        last = min(limit, first + batch)
-        backend.submit(job, first, list(samples[first:last]))
-        for ok, start, payload in _wait_for(backend, job, last - first):
-            if ok:
-                for k, measured in enumerate(payload):
-                    probing.add_measured(result, start + k, measured)
-            else:
-                result.outcomes[start] = (False, payload)
-                failed += 1
-                result.crashes += isinstance(payload, WorkerDied)
-        if probing.serial_done(result, cap):
-            return
-        if failed >= MAX_PROBE_FAILURES and failed >= result.serial_calls:
-            return
-        if first > 0:
-            # 1, 1, then enough for the rest of the phase in one round trip
-            # (at least double): the first call alone may be a warm-up, and
-            # every round trip here is time the job waits.
-            t = result.task_seconds
-            batch *= 2
-            if t:
-                batch = max(batch, math.ceil((probing.STABLE_SERIAL_S - result.serial_wall) / t))
-        first = last
-
-
-def _wait_for(backend: Backend, job: StreamJob, count: int) -> list[tuple[bool, int, Any]]:
-    """The next events of ``job`` until ``count`` items have an outcome."""
-    events = []
-    while count > 0:
-        try:
-            ev = job.outcomes.get(timeout=HEALTH_CHECK_S)
-        except queue.Empty:
-            backend.check()
-            continue
-        events.append(ev)
-        count -= len(ev[2]) if ev[0] else 1
-    return events
-
-
-def _merge_pair(
-    result: probing.ProbeResult, events: list[tuple[bool, int, Any]], offset: int
-) -> None:
-    ok, _index, payload = events[0]
-    if not ok:
-        # Several items ran in that one task: none can be blamed, so all of
-        # them run again as ordinary tasks, where a culprit fails alone.
-        result.pair_skipped = (
-            f"the two-thread measurement stopped ({type(payload).__name__}); its samples "
-            "run again as ordinary tasks"
-        )
-        result.crashes += isinstance(payload, WorkerDied)
-        return
-    pair: probing.ProbeResult = payload[0]
-    for k, (done, value) in pair.outcomes.items():
-        if not done:
-            exc, tb = value
-            value = _serialize.with_remote_traceback(exc, tb)
-        result.outcomes[offset + k] = (done, value)
-    result.pair_calls = pair.pair_calls
-    result.pair_wall = pair.pair_wall
-    result.pair_cpu = pair.pair_cpu
-    result.pair_windows = pair.pair_windows
-    result.overlap = pair.overlap
-    result.pair_skipped = pair.pair_skipped
 
 
 # -- the Dask cluster the planner may consider -----------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ._base import Job
@@ -26,7 +27,7 @@ def run_items(job: Job, start: int, items: list[Any], attempt: int = 0) -> None:
         values: list[Any] = []
         rest = items if pos == 0 else itertools.islice(items, pos, None)
         try:
-            if _EXTEND_KEEPS_PARTIAL:
+            if EXTEND_KEEPS_PARTIAL:
                 values.extend(map(fn, rest))  # the C loop: faster than a comprehension
             else:  # pragma: no cover - an interpreter whose extend drops them
                 append = values.append
@@ -45,8 +46,61 @@ def run_items(job: Job, start: int, items: list[Any], attempt: int = 0) -> None:
             continue
         if values:
             job.deliver(start + pos, values)
+        bad = pos + len(values)
+        if bad < n:
+            # map() ends early when fn raises StopIteration: fail that item alone.
+            job.fail(start + bad, _stopped_iteration(start + bad))
+            pos = bad + 1
+            continue
         break
     job.record(n, time.perf_counter() - t0)
+
+
+def run_span(
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    it: Iterator[Any],
+    out: list[Any],
+    stop: int,
+    *,
+    retries: int,
+    raise_errors: bool,
+) -> None:
+    """Append ``fn(item)`` for ``items[len(out):stop]`` to ``out``, reading them
+    from ``it`` (an iterator of ``items`` standing at ``len(out)``).
+
+    One ``out.extend(map(fn, ...))`` runs the whole span in C: no chunks, no
+    queue. After a call raises, its item is retried (as ``run_items`` does);
+    an exception that stays is raised (``raise_errors``) or appended in the
+    item's place, and the same ``map`` iterator goes on from the next item.
+    Only where ``list.extend`` keeps what it got before its iterator raised
+    (``EXTEND_KEEPS_PARTIAL``): then the failed item is at ``len(out)``.
+    """
+    calls = map(fn, itertools.islice(it, stop - len(out)))
+    while True:
+        try:
+            out.extend(calls)
+        except Exception as exc:
+            ok, value = _retry(fn, items[len(out)], exc, 0, retries)
+        else:
+            if len(out) >= stop:
+                return
+            # map() ends early when fn raises StopIteration: fail that item alone.
+            ok, value = False, _stopped_iteration(len(out))
+        if not ok and raise_errors:
+            raise value
+        out.append(value)
+
+
+def _stopped_iteration(index: int) -> StopIteration:
+    """The failure of an item whose call raised StopIteration inside ``map()``,
+    which swallows it and ends early (a process worker reports the original)."""
+    exc = StopIteration()
+    exc.add_note(
+        f"gilfree: the function raised StopIteration on item {index}; it ended the "
+        "in-process loop there, so its value and traceback are not available"
+    )
+    return exc
 
 
 def _extend_keeps_partial() -> bool:
@@ -66,7 +120,7 @@ def _extend_keeps_partial() -> bool:
     return got == [0, 1]
 
 
-_EXTEND_KEEPS_PARTIAL = _extend_keeps_partial()
+EXTEND_KEEPS_PARTIAL = _extend_keeps_partial()
 
 
 def _retry(fn: Any, item: Any, exc: Exception, attempt: int, retries: int) -> tuple[bool, Any]:

@@ -1,0 +1,426 @@
+"""The probe of a function that looks tiny, in a bare forked child.
+
+For ``x * x`` over 200,000 items the job itself is ~8 ms; making a one-worker
+process pool to probe it cost more than that (start-up, a manager thread, the
+pool's imports, joining it). Here the caller forks once, the child runs the
+planner's serial phase on the samples and sends its outcomes and timings back
+through a pipe, and exits::
+
+    caller ── fork ──► child: for each batch (1, 1, 2, 4, ... calls):
+      │                   mark (call index, start time) in a shared page
+      │                   call, time, pickle the batch's outcomes ──► pipe
+      └── select(pipe, until the marked call's timeout) ◄──────────────┘
+
+The guarantees are the pool's: the calls never run in the caller; a call that
+kills the child is ``WorkerDied`` for that item (the shared page names it) and
+the probe stops there; a call past ``timeout=`` is ``TaskTimeout`` (its stack
+is dumped by faulthandler, then the child is killed); Ctrl-C kills the child.
+The child inherits the function and the samples, so nothing is pickled on the
+way in, and it leaves by ``os._exit`` (no exit hooks of the caller run twice).
+It is reaped later, off the job's critical path (``reap``).
+
+Only a single-threaded caller forks (a fork copies no other thread, and a lock
+another thread held would stay locked in the child): otherwise, and where
+``os.fork`` does not exist, ``available()`` says no and the pool probes.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import mmap
+import os
+import pickle
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _serialize
+from .errors import SerializationError, TaskTimeout, WorkerDied
+from .planner import _probe as probing
+
+#: Seconds to wait for a timed-out call's stack (faulthandler) before the kill.
+STACK_WAIT_S = 0.5
+#: Seconds the child may spend between calls when ``timeout=`` is given (see ``_limit``).
+BETWEEN_CALLS_S = 10.0
+#: Pids of children that finished and are not reaped yet.
+_unreaped: list[int] = []
+
+
+def available(start_method: str | None) -> bool:
+    """Whether this process may probe in a bare forked child now."""
+    return hasattr(os, "fork") and start_method in (None, "fork") and threading.active_count() == 1
+
+
+def reap() -> None:
+    """Collect the exit status of finished probe children (never blocks)."""
+    for pid in list(_unreaped):
+        try:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # someone else collected it
+            done = pid
+        if done:
+            _unreaped.remove(pid)
+
+
+def probe(
+    fn: Callable[[Any], Any],
+    samples: Sequence[Any],
+    budget: float,
+    timeout: float | None,
+) -> tuple[probing.ProbeResult, int]:
+    """Run the serial phase of the planner's probe on ``samples`` in a child.
+
+    Returns the measurements and how many samples it settled (a prefix: the
+    serial phase stops when it has measured enough, when its calls turn out
+    to take ``PAIR_MIN_CALL_S`` or more -- the rest is left for a two-thread
+    phase on the pool -- or after a call that killed the child or ran past
+    ``timeout``).
+    """
+    reap()
+    # Every sample, unless the calls turn out too long for that (see _child): a
+    # tiny function gets no two-thread phase, so nothing is kept back for one,
+    # and each sample probed is one that cannot crash the caller later.
+    limit = len(samples)
+    cap = probing.SERIAL_SHARE * budget
+    mark = mmap.mmap(-1, 16)
+    view = memoryview(mark).cast("q")
+    view[0] = -1
+    view[1] = time.monotonic_ns()
+    r, w = os.pipe()
+    stack_r, stack_w = os.pipe()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()  # or the child would write the caller's buffer again
+        except Exception:  # a closed or odd stream
+            pass
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, which leaves by _exit
+        os.close(r)
+        os.close(stack_r)
+        code = 0
+        try:
+            _child(fn, samples, limit, cap, view, w, stack_w)
+        except BaseException:
+            code = 70
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except BaseException:
+                    pass
+            os._exit(code)
+    os.close(w)
+    os.close(stack_w)
+    started = time.perf_counter()
+    result = probing.ProbeResult()
+    settled = 0
+    try:
+        settled = _collect(pid, r, stack_r, view, samples, timeout, result)
+    except BaseException:
+        _kill(pid)
+        raise
+    finally:
+        os.close(r)
+        os.close(stack_r)
+        view.release()
+        mark.close()
+    result.failures = sum(1 for ok, _ in result.outcomes.values() if not ok)
+    result.seconds = time.perf_counter() - started
+    return result, settled
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _limit(k: int, timeout: float | None) -> float:
+    """Seconds the child may spend at mark ``k``: a call gets ``timeout``; the
+    child's own work between calls (starting, pickling a batch) at least
+    ``BETWEEN_CALLS_S``, so a short timeout on a busy machine blames no call."""
+    assert timeout is not None
+    return timeout if k >= 0 else max(timeout, BETWEEN_CALLS_S)
+
+
+def _read_mark(view: memoryview) -> tuple[int, int]:
+    """(call index, its start in monotonic ns); the child writes the time, then
+    the index, so a torn read only ever shows a later start (a later deadline)."""
+    while True:
+        k = view[0]
+        t = view[1]
+        if view[0] == k:
+            return k, t
+
+
+def _collect(
+    pid: int,
+    r: int,
+    stack_r: int,
+    view: memoryview,
+    samples: Sequence[Any],
+    timeout: float | None,
+    result: probing.ProbeResult,
+) -> int:
+    """Read the child's batches into ``result`` until it ends, dies or overruns."""
+    buf = bytearray()
+    settled = 0
+    while True:
+        wait = None
+        if timeout is not None:
+            k, t = _read_mark(view)
+            wait = max(0.0, t / 1e9 + _limit(k, timeout) - time.monotonic())
+        ready, _, _ = select.select([r], [], [], wait)
+        if not ready:
+            k, t = _read_mark(view)
+            if time.monotonic() - t / 1e9 < _limit(k, timeout):
+                continue  # another call started since: its own deadline
+            stack = _stack_of(pid, stack_r)
+            _kill(pid)
+            if k >= 0:
+                result.outcomes[k] = (False, _timeout_error(k, samples[k], timeout, stack))
+                return k + 1
+            # Stuck between calls (a result's __reduce__, say): no call to
+            # blame; the samples not settled are probed again on the pool.
+            result.pair_skipped = "the probe's child stopped between calls"
+            return settled
+        chunk = os.read(r, 1 << 16)
+        if chunk:
+            buf += chunk
+            while len(buf) >= 8:
+                size = int.from_bytes(buf[:8], "little")
+                if len(buf) < 8 + size:
+                    break
+                msg = pickle.loads(bytes(buf[8 : 8 + size]))
+                del buf[: 8 + size]
+                if msg is None:  # the end: the child exits by itself
+                    _unreaped.append(pid)
+                    return settled
+                settled = _add_batch(result, msg)
+            continue
+        # EOF without the end: the child died.
+        k, _t = _read_mark(view)
+        _pid, status = os.waitpid(pid, 0)
+        stack = _drain(stack_r)
+        if k < 0:
+            result.crashes += 1
+            return settled
+        result.outcomes[k] = (False, _death_error(pid, status, k, samples[k], stack))
+        result.crashes += 1
+        return k + 1
+
+
+def _add_batch(result: probing.ProbeResult, msg: tuple[Any, ...]) -> int:
+    first, outcomes, wall, cpu, pcpu, rq = msg
+    for k, (ok, value) in enumerate(outcomes):
+        if not ok:
+            exc, tb = value
+            value = _serialize.with_remote_traceback(exc, tb)
+        result.outcomes[first + k] = (ok, value)
+    if first == 0:
+        result.first_wall = wall  # the first batch is one call
+    result.serial_calls += len(outcomes)
+    result.serial_wall += wall
+    result.serial_cpu += cpu
+    result.serial_process_cpu += pcpu
+    result.serial_runqueue += rq
+    return int(first) + len(outcomes)
+
+
+def _stack_of(pid: int, stack_r: int) -> str:
+    """The stack of the child's running call: faulthandler writes it on SIGUSR1."""
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        return ""
+    out = b""
+    deadline = time.monotonic() + STACK_WAIT_S
+    while not out.endswith(b"\n\n") or not out:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([stack_r], [], [], left)[0]:
+            break
+        chunk = os.read(stack_r, 1 << 16)
+        if not chunk:
+            break
+        out += chunk
+    return _task_frames(out.decode(errors="replace"))
+
+
+def _drain(fd: int) -> str:
+    out = b""
+    while select.select([fd], [], [], 0)[0]:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        out += chunk
+    return _task_frames(out.decode(errors="replace"))
+
+
+def _task_frames(stack: str) -> str:
+    """The task's frames: faulthandler prints innermost first, and below the
+    child's loop come the caller's own frames (inherited by the fork)."""
+    out = []
+    for line in stack.splitlines():
+        if line.lstrip().startswith("File ") and __file__ in line:
+            break
+        out.append(line)
+    return "\n".join(out).rstrip() + ("\n" if out else "")
+
+
+def _death_error(pid: int, status: int, index: int, item: Any, stack: str) -> WorkerDied:
+    from .pool._recovery import describe_exit  # only after a crash
+
+    exitcode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    how, signame = describe_exit(exitcode)
+    text = _serialize.describe(item)
+    msg = (
+        f"the planner's probe process {pid} {how} while running task {index} "
+        f"(input: {text}). The caller was not affected."
+    )
+    if stack.strip():
+        msg += f"\nIts Python stack when it crashed:\n{stack.rstrip()}"
+    return WorkerDied(
+        msg, index=index, item=text, exitcode=exitcode, signal_name=signame, stack=stack
+    )
+
+
+def _timeout_error(index: int, item: Any, timeout: float | None, stack: str) -> TaskTimeout:
+    return TaskTimeout(
+        f"task {index} (input: {_serialize.describe(item)}) ran past its timeout of "
+        f"{timeout} s; the planner's probe process running it was stopped. Its Python "
+        f"stack when stopped:\n{stack.rstrip() or '(not available)'}",
+        index=index,
+        timeout=timeout,
+        stack=stack,
+    )
+
+
+# -- in the child ------------------------------------------------------------------
+def _child(  # pragma: no cover - runs in the forked child
+    fn: Callable[[Any], Any],
+    samples: Sequence[Any],
+    limit: int,
+    cap: float,
+    view: memoryview,
+    w: int,
+    stack_w: int,
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+    faulthandler.enable(file=stack_w, all_threads=False)
+    faulthandler.register(signal.SIGUSR1, file=stack_w, all_threads=False)
+    # Copy-on-write: the first write to each page the fork shares (a sample's
+    # reference count, the allocator's free lists) costs a page fault of ~1 us,
+    # which would read as the function's time. Touch them before timing.
+    touched = list(samples[:limit])
+    touched.append(fn)
+    per_batch, per_call = _loop_overhead(view)
+    clock = time.monotonic_ns
+    result = probing.ProbeResult()
+    first, batch = 0, 1
+    while first < limit:
+        last = min(limit, first + batch)
+        outcomes: list[tuple[bool, Any]] = []
+        append = outcomes.append
+        q0 = probing.runqueue_seconds()
+        p0 = time.process_time()
+        c0 = time.thread_time()
+        w0 = time.perf_counter()
+        for i in range(first, last):
+            view[1] = clock()
+            view[0] = i
+            try:
+                append((True, fn(samples[i])))
+            except BaseException as exc:  # SystemExit in a task is that task's failure
+                append((False, exc))
+        w1 = time.perf_counter()
+        c1 = time.thread_time()
+        p1 = time.process_time()
+        q1 = probing.runqueue_seconds()
+        view[1] = clock()
+        view[0] = -1
+        own = per_batch + (last - first) * per_call
+        wall = max(w1 - w0 - own, (w1 - w0) * 0.05)
+        cpu = max(c1 - c0 - own, (c1 - c0) * 0.05)
+        _send_batch(w, first, outcomes, (wall, cpu, p1 - p0, q1 - q0))
+        result.serial_calls += last - first
+        result.serial_wall += wall
+        if probing.serial_done(result, cap):
+            break
+        if first > 0 and wall >= (last - first) * probing.PAIR_MIN_CALL_S:
+            break  # not tiny after all: the rest is probed on the pool, two threads too
+        if first > 0:  # 1, 1, 2, 4, ...: the first call alone may be a warm-up
+            batch *= 2
+        first = last
+    _write(w, pickle.dumps(None))
+
+
+def _loop_overhead(view: memoryview) -> tuple[float, float]:  # pragma: no cover
+    """``(per batch, per call)`` seconds the loop above adds around the calls
+    (its shape on a no-op, best of several), as ``planner._probe.call_overhead``."""
+
+    def time_batch(k: int) -> float:
+        clock = time.monotonic_ns
+        outcomes: list[tuple[bool, Any]] = []
+        append = outcomes.append
+        fn = _noop
+        t0 = time.perf_counter()
+        for i in range(k):
+            view[1] = clock()
+            view[0] = -1
+            try:
+                append((True, fn(i)))
+            except BaseException as exc:
+                append((False, exc))
+        return time.perf_counter() - t0
+
+    one = min(time_batch(1) for _ in range(20))
+    many = min(time_batch(256) for _ in range(3))
+    per_call = max(0.0, (many - one) / 255)
+    return max(0.0, one - per_call), per_call
+
+
+def _noop(x: Any) -> Any:
+    return x
+
+
+def _send_batch(  # pragma: no cover - in the child
+    w: int, first: int, outcomes: list[tuple[bool, Any]], timing: tuple[float, ...]
+) -> None:
+    """A batch's outcomes down the pipe: exceptions with their traceback; a
+    result that cannot be pickled becomes that task's SerializationError."""
+    sent = [(ok, v if ok else _serialize.exception_payload(v)) for ok, v in outcomes]
+    try:
+        data = _serialize.dumps_data((first, sent, *timing))
+    except BaseException:  # a result's __reduce__ may even call sys.exit
+        sent = [_sendable(first + k, ok, v) for k, (ok, v) in enumerate(sent)]
+        data = _serialize.dumps_data((first, sent, *timing))
+    _write(w, data)
+
+
+def _sendable(index: int, ok: bool, value: Any) -> tuple[bool, Any]:  # pragma: no cover
+    if not ok:
+        return ok, value
+    try:
+        _serialize.dumps_data(value)
+        return ok, value
+    except BaseException as exc:
+        err = SerializationError(
+            f"result of type {type(value).__name__} ({_serialize.describe(value)}) "
+            f"cannot be pickled back to the parent: {type(exc).__name__}: {exc}",
+            what="result",
+            index=index,
+        )
+        return False, (err, "")
+
+
+def _write(w: int, data: bytes) -> None:  # pragma: no cover - in the child
+    data = len(data).to_bytes(8, "little") + data
+    view = memoryview(data)
+    while view:
+        view = view[os.write(w, view) :]
