@@ -17,14 +17,11 @@ written the numbers are kept for this process only.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import platform
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._options import usable_cpus
@@ -84,29 +81,32 @@ DEFAULT_COSTS = MachineCosts(
 )
 
 
-def cache_dir() -> Path:
+def cache_dir() -> str:
+    # os.path, not pathlib: the first plan of a script reads this, and pathlib
+    # (with urllib.parse and ipaddress) costs it ~2.5 ms to import.
     env = os.environ.get("GILFREE_CACHE_DIR")
     if env:
-        return Path(env)
+        return env
     xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "gilfree"
+    base = xdg if xdg else os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "gilfree")
 
 
 def _fingerprint() -> dict[str, Any]:
     return {
         "format": _FORMAT,
         "python": sys.version.split()[0],
-        "machine": platform.machine(),
-        "node": platform.node(),
+        # platform.machine() and platform.node(), without importing platform (~1 ms)
+        "machine": os.uname().machine,
+        "node": os.uname().nodename,
         "cpus": usable_cpus(),
     }
 
 
 def machine_costs(*, refresh: bool = False) -> MachineCosts:
     """This machine's process costs: from memory, the disk cache, or measured."""
-    path = cache_dir() / "machine.json"
-    key = str(path)
+    path = os.path.join(cache_dir(), "machine.json")
+    key = path
     with _lock:
         if not refresh and key in _memory:
             return _memory[key]
@@ -124,9 +124,10 @@ def forget() -> None:
         _memory.clear()
 
 
-def _read(path: Path) -> MachineCosts | None:
+def _read(path: str) -> MachineCosts | None:
     try:
-        data = json.loads(path.read_text())
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
         if data.get("fingerprint") != _fingerprint():
             return None
         return MachineCosts(**data["costs"])
@@ -134,13 +135,15 @@ def _read(path: Path) -> MachineCosts | None:
         return None
 
 
-def _write(path: Path, costs: MachineCosts) -> None:
+def _write(path: str, costs: MachineCosts) -> None:
     if not costs.measured:
         return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"fingerprint": _fingerprint(), "costs": costs.to_dict()}))
+        folder, name = os.path.split(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"fingerprint": _fingerprint(), "costs": costs.to_dict()}, f)
         os.replace(tmp, path)
     except OSError:
         pass  # read-only home: keep the numbers in memory only
@@ -158,6 +161,8 @@ def _echo(conn: Any) -> None:  # runs in the child
 
 def measure() -> MachineCosts:
     """Start a few worker processes and time them; falls back to defaults on failure."""
+    import multiprocessing  # here: only a machine not measured yet pays for it (~3 ms)
+
     cpus = usable_cpus()
     ctx: ForkContext | SpawnContext
     if "fork" in multiprocessing.get_all_start_methods():
