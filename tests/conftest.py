@@ -82,6 +82,16 @@ def _segments() -> set[str]:
     return {n for n in names if n.startswith(f"gilfree-{os.getpid()}-")}
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``make test-pythons`` (GILFREE_TEST_PYTHONS=1) skips the tests marked
+    ``same_on_every_python(reason)``: heavy, and exercising nothing that depends
+    on the interpreter; ``make test`` runs them on 3.11. The reason says why."""
+    marker = item.get_closest_marker("same_on_every_python")
+    if marker is not None and os.environ.get("GILFREE_TEST_PYTHONS"):
+        why = marker.args[0] if marker.args else "does not depend on the interpreter"
+        pytest.skip(f"make test-pythons: {why}; make test runs it on 3.11")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache_dir(tmp_path_factory):
     """The planner caches machine costs on disk: keep the tests' copy in their tmp dir."""
