@@ -43,7 +43,8 @@ from collections.abc import Callable
 
 from ._costs import predict_dask, predict_process, predict_serial, predict_thread
 from ._features import Features
-from ._plan import Plan, Profile
+from ._plan import Plan, Profile, format_bytes
+from ._probe import format_seconds
 
 # The thresholds and g live in _reading, the sentences in _reasons; the names
 # stay importable from here (tests and callers import them from _model).
@@ -53,6 +54,8 @@ from ._reading import (
     DEFAULT_TOTAL,
     MAX_THREADS,
     NO_SCALING_BELOW,
+    NOGIL_BUSY_SHARE,
+    OBJECT_PICKLE_BYTE_S,
     ORDER,
     PAIR_NOISE,
     PAIR_TELLS_BELOW,
@@ -83,7 +86,9 @@ __all__ = [
     "COMPUTES_ABOVE",
     "DEFAULT_TOTAL",
     "MAX_THREADS",
+    "NOGIL_BUSY_SHARE",
     "NO_SCALING_BELOW",
+    "OBJECT_PICKLE_BYTE_S",
     "ORDER",
     "PAIR_NOISE",
     "PAIR_TELLS_BELOW",
@@ -209,7 +214,15 @@ def _choose(feat: Features) -> Plan:
     if feat.unpicklable:
         reasons.append(f"Processes are out: {feat.unpicklable}.")
     else:
-        predicted["process"] = predict_process(feat, n, t, w)
+        graphs = _object_pickling(feat, n)
+        predicted["process"] = predict_process(feat, n, t, w) + graphs
+        if graphs >= 0.1 * predicted["process"]:
+            reasons.append(
+                f"Processes are charged {format_seconds(graphs)} to pickle "
+                f"{format_bytes(feat.arg_bytes + feat.result_bytes)} of arguments and results "
+                f"per call as object graphs (about {OBJECT_PICKLE_BYTE_S * 1e9:.0f} ns a byte); "
+                "threads share the objects."
+            )
 
     if feat.address is not None:
         if feat.unpicklable:
@@ -226,6 +239,24 @@ def _choose(feat: Features) -> Plan:
     workers = {"serial": 1, "thread": k_best, "process": w, "dask": feat.dask_threads or 1}[backend]
     reasons.extend(_choice_sentences(feat, backend, workers, predicted, n, t, f, g, cpus))
     return plan(backend, workers, predicted)
+
+
+def _object_pickling(feat: Features, n: int) -> float:
+    """Without a GIL, what processes pay to pickle in-band arguments and results
+    as object graphs, beyond the bytes ``predict_process`` already counts.
+
+    The probe measures pickled sizes, not pickling time, and the machine's byte
+    cost is that of a flat buffer (~1 ns/B). A list of tuples or a dict pickles
+    and unpickles at 19-47 ns/B (2 MB of each, 3.13t and 3.11, 2-CPU VM), 20x
+    more: a 2 MB graph costs ~40 ms per call, more than many calls' work. With
+    a GIL processes are the only way to run Python in parallel and this is left
+    to the measured costs; without one, threads share the objects and pay
+    nothing, so processes are charged the graph rate (``OBJECT_PICKLE_BYTE_S``,
+    the low end), serially in the parent, which pickles every one.
+    """
+    if feat.gil_enabled:
+        return 0.0
+    return n * (feat.arg_bytes + feat.result_bytes) * OBJECT_PICKLE_BYTE_S
 
 
 def _pick(predicted: dict[str, float]) -> str:

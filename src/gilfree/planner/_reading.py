@@ -31,6 +31,15 @@ PAIR_NOISE = 1.1  # 2-thread scaling below this is read as none at all
 # other processes, 2 threads could not show scaling; a GIL-releasing call the
 # bytecode shows is then trusted over the low reading.
 BUSY_SHARE = 0.25
+# Without a GIL the same holds from a lower share: two threads then need two
+# free cores, so a CPU other programs hold part of the time reads as poor
+# scaling, and worker processes would be starved alike. On 3.13t on the 2-CPU
+# VM (load 5-7) cpu_bound read 1.00x at 17% busy and 2.00x at 0% in one
+# minute; the plan flipped between processes and threads (benchmarks/bench_auto.py).
+NOGIL_BUSY_SHARE = 0.1
+# Pickling plus unpickling an object graph (lists, tuples, dicts of small
+# objects), per pickled byte: 19-47 ns/B measured (see _model._object_pickling).
+OBJECT_PICKLE_BYTE_S = 20e-9
 ORDER = ("serial", "thread", "process", "dask")
 # Calls under SHORT_CALL_S timed over fewer than SHORT_CALL_MIN_CALLS calls read
 # slow: the interpreter specialises a function over its first calls and caches
@@ -76,7 +85,8 @@ def _bytecode_overrules(feat: Features) -> str | None:
     PAIR_TELLS_BELOW) or "holds" (pure-Python loops only, reading above
     NO_SCALING_BELOW)."""
     s = feat.pair_speedup
-    if s is None or feat.busy_share < BUSY_SHARE:
+    busy = BUSY_SHARE if feat.gil_enabled else NOGIL_BUSY_SHARE
+    if s is None or feat.busy_share < busy:
         return None
     hints = feat.kinds("releases_gil") or feat.kinds("io")
     if not feat.gil_enabled:
