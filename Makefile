@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
-# The whole suite on CPython 3.14, 3.15 and free-threaded 3.13t, each in a fresh
+# The whole suite on CPython 3.12, 3.13, 3.14, 3.15 and free-threaded 3.13t, each in a fresh
 # venv (needs root and ../shared/pythons; see ci/test-pythons). Fails, saying
 # which, when an interpreter cannot be set up.
 test-pythons:

@@ -82,6 +82,17 @@ def _segments() -> set[str]:
     return {n for n in names if n.startswith(f"gilfree-{os.getpid()}-")}
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``make test-pythons`` (GILFREE_TEST_PYTHONS=1) skips the tests marked
+    ``skip_in_test_pythons(reason)``: heavy ones that ``make test`` runs on
+    3.11 and whose outcome does not hinge on the interpreter, the reason says
+    why. ci/test-pythons keeps the whole run under its time budget this way."""
+    marker = item.get_closest_marker("skip_in_test_pythons")
+    if marker is not None and os.environ.get("GILFREE_TEST_PYTHONS"):
+        why = marker.args[0] if marker.args else "heavy, and make test runs it"
+        pytest.skip(f"make test-pythons: {why}")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache_dir(tmp_path_factory):
     """The planner caches machine costs on disk: keep the tests' copy in their tmp dir."""

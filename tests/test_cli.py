@@ -371,6 +371,10 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.skip_in_test_pythons(
+    "resuming is the output file's bookkeeping, the same on every interpreter; make test "
+    "runs it (4 backends, ~30 s)"
+)
 @pytest.mark.parametrize("backend", ["serial", "thread", "process", "auto"])
 def test_killed_with_sigkill_then_resumed_every_index_exactly_once(gilfree, work, backend):
     n = 150  # 20 ms each on 2 workers: some 1.5 s, so every kill lands mid-run
@@ -623,6 +627,9 @@ def test_bench_quick_whole_suite_with_plot(gilfree, work):
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+@pytest.mark.skip_in_test_pythons(
+    "formats benchmarks/peers.py's table, the same on every interpreter; make test runs it"
+)
 def test_peers_script_writes_a_markdown_table(work):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py"
     out = work / "peers.md"

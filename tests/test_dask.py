@@ -495,6 +495,10 @@ def test_runner_needs_no_gilfree_on_the_worker():
 
 # -- a worker dies ---------------------------------------------------------------------------
 @pytest.mark.timeout(90)
+@pytest.mark.skip_in_test_pythons(
+    "a Dask worker death: distributed's scheduler and gilfree's pure-Python Dask "
+    "bookkeeping, the same on every interpreter; make test runs it (~13 s)"
+)
 def test_killed_worker_loses_no_result_and_duplicates_none():
     with LocalDaskCluster(n_workers=2, nthreads=2) as cluster:
         n = 60

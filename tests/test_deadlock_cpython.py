@@ -59,6 +59,11 @@ def _this_python() -> tuple[str | None, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.skip_in_test_pythons(
+    "CPython's lock suites need a test package, here only in pyenv's 3.12.1 and 3.13.0; "
+    "make test runs 3.13's (and 3.11's), 3.12's took over 4 min (its test_threading "
+    "recursion test) of CI's 25; by hand: PYTHONPATH=src python3.12 tests/cpython_lock_suites.py"
+)
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("find", [_python313, _this_python], ids=["cpython-3.13", "this-python"])
 def test_cpython_lock_suites_pass_under_deadlock_detection(find):

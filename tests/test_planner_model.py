@@ -10,7 +10,13 @@ import pytest
 
 from gilfree.planner import Features, Finding, choose
 from gilfree.planner._machine import MachineCosts
-from gilfree.planner._model import DEFAULT_TOTAL, MAX_THREADS, gil_share
+from gilfree.planner._model import (
+    DEFAULT_TOTAL,
+    MAX_THREADS,
+    NOGIL_BUSY_SHARE,
+    OBJECT_PICKLE_BYTE_S,
+    gil_share,
+)
 
 TWO = MachineCosts(cpus=2, spawn_s=0.002, ready_s=0.003, roundtrip_s=50e-6, byte_s=1e-9)
 EIGHT = dataclasses.replace(TWO, cpus=8)
@@ -509,6 +515,48 @@ FREE_THREADED_CASES = [
         lambda w: w == 2,
     ),
     (
+        "busy machine (17% of the probe waiting) read 1.00x for pure-Python loops -> threads",
+        feat(
+            task_seconds=0.02,
+            cpu_fraction=1.0,
+            pair_speedup=1.0,
+            findings=LOOP,
+            busy_share=0.17,
+            total=100,
+            **NOGIL,
+        ),
+        "thread",
+        lambda w: w == 2,
+    ),
+    (
+        "2 MiB object graph per call, no scaling, idle machine -> not processes (pickling)",
+        feat(
+            task_seconds=0.012,
+            cpu_fraction=1.0,
+            pair_speedup=1.0,
+            findings=LOOP,
+            arg_bytes=2.0 * MIB,
+            total=16,
+            **NOGIL,
+        ),
+        "serial",
+        lambda w: w == 1,
+    ),
+    (
+        "2 MiB object graph per call but 1 s of work, no scaling -> processes",
+        feat(
+            task_seconds=1.0,
+            cpu_fraction=1.0,
+            pair_speedup=1.0,
+            findings=LOOP,
+            arg_bytes=2.0 * MIB,
+            total=16,
+            **NOGIL,
+        ),
+        "process",
+        lambda w: w == 2,
+    ),
+    (
         "free-threaded build with the GIL turned back on -> processes",
         feat(
             task_seconds=0.02,
@@ -542,3 +590,47 @@ def test_free_threaded_policy_table(features: Features, backend: str, workers_ok
         assert "disabled (free-threaded interpreter)" in text
         assert "runs without a GIL" in text
         assert "holds the GIL" not in text and "own GIL" not in text
+
+
+def test_object_graph_pickling_is_charged_only_without_a_gil() -> None:
+    """With a GIL, processes are the only parallel Python and their measured
+    costs stand; without one, threads share the objects, so processes pay the
+    object-graph pickling rate, and the plan says so."""
+    graph = {
+        "task_seconds": 0.012,
+        "cpu_fraction": 1.0,
+        "pair_speedup": 1.0,
+        "findings": LOOP,
+        "arg_bytes": 2.0 * MIB,
+        "total": 16,
+    }
+    with_gil = choose(feat(**graph))
+    without = choose(feat(**graph, **NOGIL))
+    extra = 16 * (2.0 * MIB + 20.0) * OBJECT_PICKLE_BYTE_S  # arguments and results
+    assert without.predicted["process"] == pytest.approx(with_gil.predicted["process"] + extra)
+    assert without.predicted["thread"] == pytest.approx(with_gil.predicted["thread"])
+    assert "as object graphs" in without.explain()
+    assert "as object graphs" not in with_gil.explain()
+
+
+@pytest.mark.parametrize(
+    ("busy", "backend"), [(0.0, "process"), (NOGIL_BUSY_SHARE - 0.01, "process"), (0.17, "thread")]
+)
+def test_without_a_gil_a_low_reading_on_a_busy_machine_is_not_trusted(
+    busy: float, backend: str
+) -> None:
+    """No GIL: a low 2-thread reading while other programs held the CPUs is
+    starvation, which would starve worker processes alike; only on an idle
+    machine does it show contention that processes avoid."""
+    plan = choose(
+        feat(
+            task_seconds=0.02,
+            cpu_fraction=1.0,
+            pair_speedup=1.0,
+            findings=LOOP,
+            busy_share=busy,
+            total=100,
+            **NOGIL,
+        )
+    )
+    assert plan.backend == backend, plan.explain()

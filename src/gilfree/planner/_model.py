@@ -32,81 +32,77 @@ The model, per backend, for ``N`` items of ``T`` seconds each, a CPU fraction
 A simpler backend (serial < thread < process < dask) is kept unless a more
 complex one is predicted at least ``SIMPLER_MARGIN`` faster: the model's
 error is larger than a few percent and simpler backends fail in fewer ways.
+
+The thresholds and ``g`` are in ``_reading``; the sentences of ``explain()``
+in ``_reasons``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from ._bytecode import Finding
-from ._costs import (
-    POOL_FIXED_S,
-    POOL_ROUNDTRIP_FACTOR,
-    THREAD_CHUNK_S,
-    predict_dask,
-    predict_process,
-    predict_serial,
-    predict_thread,
-)
+from ._costs import predict_dask, predict_process, predict_serial, predict_thread
 from ._features import Features
 from ._plan import Plan, Profile, format_bytes
 from ._probe import format_seconds
 
-# Items assumed when the caller does not know how many there will be.
-DEFAULT_TOTAL = 1000
-# Threads are never more than this: past it the gain for waiting calls is small
-# and each thread costs memory and a connection to whatever it waits on.
-MAX_THREADS = 64
-# Keep a simpler backend unless a more complex one is this much faster.
-SIMPLER_MARGIN = 0.05
-# Among thread counts, take the smallest within this of the best prediction.
-WORKERS_MARGIN = 0.02
-# Thresholds used to describe a measurement in words.
-WAITS_BELOW = 0.3  # CPU fraction below which a call "mostly waits"
-COMPUTES_ABOVE = 0.7
-SCALES_ABOVE = 1.5  # 2-thread scaling above which threads "overlap"
-NO_SCALING_BELOW = 1.3
-PAIR_TELLS_BELOW = 1.8  # below this, g = 1/s; above, 2 threads cannot tell
-PAIR_NOISE = 1.1  # 2-thread scaling below this is read as none at all
-# When the probe's threads waited this share of their time for a CPU held by
-# other processes, 2 threads could not show scaling; a GIL-releasing call the
-# bytecode shows is then trusted over the low reading.
-BUSY_SHARE = 0.25
-ORDER = ("serial", "thread", "process", "dask")
-# Calls under SHORT_CALL_S timed over fewer than SHORT_CALL_MIN_CALLS calls read
-# slow: the interpreter specialises a function over its first calls and caches
-# are cold. Probes of `x * x` read ~500 ns over 4 calls and ~125 ns over 60
-# (2-CPU VM), so such readings are divided by SHORT_CALL_WARM_UP; erring this
-# way costs little (a plain loop), the other way a pool 10x slower than a loop.
-SHORT_CALL_S = 5e-6
-SHORT_CALL_MIN_CALLS = 16
-SHORT_CALL_WARM_UP = 4.0
+# The thresholds and g live in _reading, the sentences in _reasons; the names
+# stay importable from here (tests and callers import them from _model).
+from ._reading import (
+    BUSY_SHARE,
+    COMPUTES_ABOVE,
+    DEFAULT_TOTAL,
+    MAX_THREADS,
+    NO_SCALING_BELOW,
+    NOGIL_BUSY_SHARE,
+    OBJECT_PICKLE_BYTE_S,
+    ORDER,
+    PAIR_NOISE,
+    PAIR_TELLS_BELOW,
+    SCALES_ABOVE,
+    SHORT_CALL_MIN_CALLS,
+    SHORT_CALL_S,
+    SHORT_CALL_WARM_UP,
+    SIMPLER_MARGIN,
+    WAITS_BELOW,
+    WORKERS_MARGIN,
+    gil_share,
+)
+from ._reasons import (
+    COMPARISONS,
+    _busy_sentence,
+    _choice_sentences,
+    _disagreements,
+    _first,
+    _gil_sentence,
+    _scaling_sentence,
+    _timing_sentence,
+    compare,
+)
 
-
-def gil_share(feat: Features) -> float:
-    """Fraction ``g`` of a call's wall time spent holding the GIL (0..1)."""
-    f = feat.cpu_fraction if feat.cpu_fraction is not None else 1.0
-    hinted = bool(feat.kinds("releases_gil") or feat.kinds("io"))
-    s = feat.pair_speedup
-    if s is None:
-        return f * (0.2 if hinted or not feat.gil_enabled else 1.0)
-    s = min(2.0, max(1.0, s))
-    overruled = _bytecode_overrules(feat)
-    if overruled == "releases":
-        return min(f, 0.5) * 0.2  # see _busy_sentence
-    if overruled == "holds":
-        return f
-    if s < PAIR_NOISE:
-        return f
-    if s < PAIR_TELLS_BELOW:
-        return min(f, 1.0 / s)
-    if not feat.gil_enabled:
-        # No GIL: two threads ran fully in parallel, and nothing in the
-        # interpreter serialises more of them; cores are the bound (f / c).
-        return 0.0
-    # Two threads overlapped: g <= 0.5. The bytecode says whether the calls
-    # release the GIL for most of their time (then g is small) or not.
-    return min(f, 0.5) * (0.2 if hinted else 1.0)
+__all__ = [
+    "BUSY_SHARE",
+    "COMPARISONS",
+    "COMPUTES_ABOVE",
+    "DEFAULT_TOTAL",
+    "MAX_THREADS",
+    "NOGIL_BUSY_SHARE",
+    "NO_SCALING_BELOW",
+    "OBJECT_PICKLE_BYTE_S",
+    "ORDER",
+    "PAIR_NOISE",
+    "PAIR_TELLS_BELOW",
+    "SCALES_ABOVE",
+    "SHORT_CALL_MIN_CALLS",
+    "SHORT_CALL_S",
+    "SHORT_CALL_WARM_UP",
+    "SIMPLER_MARGIN",
+    "WAITS_BELOW",
+    "WORKERS_MARGIN",
+    "choose",
+    "compare",
+    "gil_share",
+]
 
 
 def _thread_candidates(n: int, cpus: int, limit: int) -> list[int]:
@@ -218,7 +214,15 @@ def _choose(feat: Features) -> Plan:
     if feat.unpicklable:
         reasons.append(f"Processes are out: {feat.unpicklable}.")
     else:
-        predicted["process"] = predict_process(feat, n, t, w)
+        graphs = _object_pickling(feat, n)
+        predicted["process"] = predict_process(feat, n, t, w) + graphs
+        if graphs >= 0.1 * predicted["process"]:
+            reasons.append(
+                f"Processes are charged {format_seconds(graphs)} to pickle "
+                f"{format_bytes(feat.arg_bytes + feat.result_bytes)} of arguments and results "
+                f"per call as object graphs (about {OBJECT_PICKLE_BYTE_S * 1e9:.0f} ns a byte); "
+                "threads share the objects."
+            )
 
     if feat.address is not None:
         if feat.unpicklable:
@@ -235,6 +239,24 @@ def _choose(feat: Features) -> Plan:
     workers = {"serial": 1, "thread": k_best, "process": w, "dask": feat.dask_threads or 1}[backend]
     reasons.extend(_choice_sentences(feat, backend, workers, predicted, n, t, f, g, cpus))
     return plan(backend, workers, predicted)
+
+
+def _object_pickling(feat: Features, n: int) -> float:
+    """Without a GIL, what processes pay to pickle in-band arguments and results
+    as object graphs, beyond the bytes ``predict_process`` already counts.
+
+    The probe measures pickled sizes, not pickling time, and the machine's byte
+    cost is that of a flat buffer (~1 ns/B). A list of tuples or a dict pickles
+    and unpickles at 19-47 ns/B (2 MB of each, 3.13t and 3.11, 2-CPU VM), 20x
+    more: a 2 MB graph costs ~40 ms per call, more than many calls' work. With
+    a GIL processes are the only way to run Python in parallel and this is left
+    to the measured costs; without one, threads share the objects and pay
+    nothing, so processes are charged the graph rate (``OBJECT_PICKLE_BYTE_S``,
+    the low end), serially in the parent, which pickles every one.
+    """
+    if feat.gil_enabled:
+        return 0.0
+    return n * (feat.arg_bytes + feat.result_bytes) * OBJECT_PICKLE_BYTE_S
 
 
 def _pick(predicted: dict[str, float]) -> str:
@@ -266,272 +288,6 @@ def _profile(feat: Features) -> Profile:
         cpus=m.cpus,
         gil_enabled=feat.gil_enabled,
     )
-
-
-def _gil_sentence(feat: Features) -> str | None:
-    if not feat.gil_enabled:
-        return (
-            "This interpreter runs without a GIL (free-threaded build): threads run "
-            "Python code in parallel, so the measured thread scaling decides between "
-            "threads and processes."
-        )
-    if feat.free_threaded_build:
-        return (
-            "This is a free-threaded build, but the GIL is enabled (a C extension turned "
-            "it back on, or PYTHON_GIL=1), so threads take turns on Python code."
-        )
-    return None
-
-
-def _timing_sentence(t: float, f: float) -> str:
-    head = f"Each call took {format_seconds(t)}, {f:.0%} of it on the CPU"
-    if f < WAITS_BELOW:
-        return head + (
-            ": it mostly waits (for I/O or a timer), and a waiting thread lets others run."
-        )
-    if f > COMPUTES_ABOVE:
-        return head + ": it computes rather than waits."
-    return head + ": it both computes and waits."
-
-
-def _scaling_sentence(feat: Features) -> str | None:
-    s = feat.pair_speedup
-    if s is None:
-        if feat.pair_skipped:
-            return f"Thread scaling was not measured: {feat.pair_skipped}."
-        return None
-    rate = f"2 threads ran at {s:.2f}x the rate of one"
-    if not feat.gil_enabled:
-        if s < NO_SCALING_BELOW:
-            return (
-                f"{rate}: even without a GIL the calls do not run in parallel (a lock, or "
-                "contention on shared objects), so threads cannot overlap them."
-            )
-        if s > SCALES_ABOVE:
-            return f"{rate}: with no GIL, threads run the calls in parallel."
-        return f"{rate}: threads overlap part of the work."
-    if s < NO_SCALING_BELOW:
-        return (
-            f"{rate}: the work holds the GIL (Python bytecode runs one thread at a time), "
-            "so threads cannot overlap it."
-        )
-    if s > SCALES_ABOVE:
-        return f"{rate}: the calls let go of the GIL, so threads overlap them."
-    return f"{rate}: threads overlap part of the work."
-
-
-def _bytecode_overrules(feat: Features) -> str | None:
-    """On a busy machine the 2-thread reading is unreliable both ways: other
-    programs holding the CPUs hide real scaling, and their comings and goings
-    can fake some. Only then, and only when the bytecode is unambiguous, the
-    bytecode decides: "releases" (a GIL-releasing or I/O call, reading under
-    PAIR_TELLS_BELOW) or "holds" (pure-Python loops only, reading above
-    NO_SCALING_BELOW)."""
-    s = feat.pair_speedup
-    if s is None or feat.busy_share < BUSY_SHARE:
-        return None
-    hints = feat.kinds("releases_gil") or feat.kinds("io")
-    if not feat.gil_enabled:
-        # Without a GIL pure-Python loops scale on threads too.
-        if (hints or feat.kinds("python_loop")) and s < PAIR_TELLS_BELOW:
-            return "releases"
-        return None
-    if hints and s < PAIR_TELLS_BELOW:
-        return "releases"
-    if not hints and feat.kinds("python_loop") and s >= NO_SCALING_BELOW:
-        return "holds"
-    return None
-
-
-def _busy_sentence(feat: Features) -> str | None:
-    verdict = _bytecode_overrules(feat)
-    if verdict is None:
-        return None
-    head = (
-        f"2 threads ran at {feat.pair_speedup:.2f}x the rate of one, but the machine was busy "
-        f"(the probe waited {feat.busy_share:.0%} of its time for a CPU other programs held), "
-        "so that reading says little"
-    )
-    if verdict == "releases" and not feat.gil_enabled:
-        found = feat.kinds("releases_gil") or feat.kinds("io") or feat.kinds("python_loop")
-        return (
-            f"{head}; the bytecode shows {_first(found)}, and with no GIL Python code runs "
-            "in parallel on threads, so the bytecode is trusted here."
-        )
-    if verdict == "releases":
-        hints = feat.kinds("releases_gil") or feat.kinds("io")
-        return (
-            f"{head}; the bytecode shows it letting go of the GIL in {_first(hints)}, "
-            "so the bytecode is trusted here."
-        )
-    loops = feat.kinds("python_loop")
-    return (
-        f"{head}; the bytecode shows only pure-Python work ({_first(loops)}), which holds "
-        "the GIL, so the bytecode is trusted here."
-    )
-
-
-def _first(findings: list[Finding]) -> str:
-    f = findings[0]
-    more = f" and {len(findings) - 1} more" if len(findings) > 1 else ""
-    return f"{f.what} at {f.where()}{more}"
-
-
-def _disagreements(feat: Features, f: float) -> list[str]:
-    """Where the bytecode and the measurement disagree, say so: measurement wins."""
-    out: list[str] = []
-    io = feat.kinds("io")
-    rel = feat.kinds("releases_gil")
-    loops = feat.kinds("python_loop")
-    s = feat.pair_speedup
-    if io and f > COMPUTES_ABOVE and not rel:
-        out.append(
-            f"The bytecode shows I/O ({_first(io)}), but the measurement found {f:.0%} of "
-            "the time on the CPU; the measurement wins."
-        )
-    elif io and f < WAITS_BELOW:
-        out.append(f"The bytecode agrees: it waits in {_first(io)}.")
-    if rel and s is not None and s < NO_SCALING_BELOW:
-        out.append(
-            f"The bytecode shows {_first(rel)}, which can release the GIL on large inputs, "
-            f"but 2 threads ran at only {s:.2f}x the rate of one (perhaps the inputs are "
-            "small); the measurement wins."
-        )
-    elif rel and s is not None and s > SCALES_ABOVE:
-        out.append(f"The bytecode agrees: it lets go of the GIL in {_first(rel)}.")
-    if loops and not io and not rel and s is not None and s > SCALES_ABOVE:
-        out.append(
-            f"The bytecode shows only pure-Python loops ({_first(loops)}), but 2 threads ran "
-            f"{s:.2f}x as fast as one; the measurement wins."
-        )
-    elif loops and not io and not rel and s is not None and s < NO_SCALING_BELOW:
-        out.append(f"The bytecode agrees: it runs pure-Python work in {_first(loops)}.")
-    return out
-
-
-def _choice_sentences(
-    feat: Features,
-    backend: str,
-    workers: int,
-    predicted: dict[str, float],
-    n: int,
-    t: float,
-    f: float,
-    g: float,
-    cpus: int,
-) -> list[str]:
-    m = feat.machine
-    out = []
-    items = f"{n:,} items" + ("" if feat.total is not None else " (assumed; the total is unknown)")
-    shown = ", ".join(f"{b} {format_seconds(predicted[b])}" for b in ORDER if b in predicted)
-    out.append(f"Predicted time for {items}: {shown}.")
-    best = min(predicted, key=lambda b: predicted[b])
-    if backend != best:
-        out.append(
-            f"{best} is predicted only {predicted[backend] / predicted[best]:.2f}x faster "
-            f"than {backend}, within the model's error, so the simpler {backend} is used."
-        )
-    if backend == "serial":
-        rt = m.roundtrip_s * POOL_ROUNDTRIP_FACTOR
-        if t < rt * 10 or t < THREAD_CHUNK_S:
-            out.append(
-                f"A call takes only {format_seconds(t)}; handing a batch of calls to a "
-                f"thread costs about {format_seconds(THREAD_CHUNK_S)} and to a process about "
-                f"{format_seconds(rt)} plus pickling"
-                + (
-                    ", and the GIL lets only one thread run them anyway"
-                    if feat.gil_enabled
-                    else ", more than the calls themselves"
-                )
-                + ": a plain loop is fastest."
-            )
-        elif n * t < POOL_FIXED_S + m.spawn_s * cpus + m.ready_s:
-            start = POOL_FIXED_S + m.spawn_s * cpus + m.ready_s
-            out.append(
-                f"The whole job ({format_seconds(n * t)}) is shorter than starting worker "
-                f"processes ({format_seconds(start)}): a plain loop is fastest."
-            )
-        else:
-            rivals = [b for b in ("thread", "process") if b in predicted]
-            best_rival = min(rivals, key=lambda b: predicted[b]) if rivals else None
-            if best_rival is not None:
-                out.append(
-                    f"The best alternative, {best_rival}, is predicted at "
-                    f"{predicted[best_rival] / predicted['serial']:.2f}x the time of a plain loop."
-                )
-    elif backend == "thread":
-        if f < WAITS_BELOW or (g < 0.2 and f < COMPUTES_ABOVE):
-            out.append(
-                f"{workers} threads: the calls spend {1 - f:.0%} of their time waiting, so "
-                "many threads overlap many waits"
-                + (
-                    f" (capped at {MAX_THREADS})."
-                    if workers == MAX_THREADS
-                    else f" (more than {workers} gain under {WORKERS_MARGIN:.0%} by the model)."
-                )
-            )
-        else:
-            out.append(
-                f"{workers} threads, about one per CPU ({cpus}): the calls run C code that "
-                "releases the GIL but needs a core, so more threads would only queue."
-            )
-        if "process" in predicted:
-            moved = feat.arg_bytes + feat.result_bytes + feat.shm_bytes
-            if moved >= 64 << 10:
-                out.append(
-                    f"Threads share memory, while processes would move "
-                    f"{format_bytes(moved)} per call between processes."
-                )
-    elif backend == "process":
-        start, rt = m.spawn_s + m.ready_s, m.roundtrip_s
-        per = (
-            f"{compare(rt, t)} {format_seconds(t)} per call"
-            if rt <= t
-            else f"{compare(rt, t)} {format_seconds(t)} per call, so calls travel in "
-            "chunks that share each round trip"
-        )
-        out.append(
-            f"{workers} worker process{'es' if workers != 1 else ''}"
-            f"{', one per usable CPU' if workers == cpus else ''}: "
-            + ("each process has its own GIL, so " if feat.gil_enabled else "")
-            + f"pure-Python work runs on {min(workers, cpus)} "
-            f"core{'s' if min(workers, cpus) != 1 else ''} at once. Starting one costs "
-            f"{format_seconds(start)} here, {compare(start, n * t)} the "
-            f"{format_seconds(n * t)} of work, and a round trip {format_seconds(rt)}, {per}."
-        )
-    elif backend == "dask":
-        threads = feat.dask_threads or 0
-        out.append(
-            f"The Dask cluster at {feat.address} has {threads} threads in "
-            f"{feat.dask_workers} workers, {compare(threads, cpus, unit='')} the {cpus} "
-            "CPUs here."
-        )
-    return out
-
-
-#: How two costs compare, in words, from the ratio a / b: ``compare`` picks the
-#: first row whose bound the ratio is under. Every sentence that compares two
-#: numbers goes through it, so its words cannot contradict its numbers.
-COMPARISONS = (
-    (0.1, "small next to"),
-    (1 / 1.5, "less than"),
-    (1.5, "about the same as"),
-    (10.0, "more than"),
-    (float("inf"), "large next to"),
-)
-
-
-def compare(a: float, b: float, *, unit: str = "time") -> str:
-    """``a`` compared with ``b`` in words ("small next to", ...)."""
-    if b <= 0:
-        return "more than" if a > 0 else "about the same as"
-    ratio = a / b
-    if unit != "time":  # counts: no "small next to" for 3 against 64
-        return "fewer than" if a < b else ("as many as" if a == b else "more than")
-    for bound, words in COMPARISONS:
-        if ratio < bound:
-            return words
-    return COMPARISONS[-1][1]
 
 
 def _from_bytecode_only(
