@@ -9,12 +9,16 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .backends import Backend
 
-if TYPE_CHECKING:
-    from ._executor import Executor
+
+class _Stoppable(Protocol):
+    """What the exit hook needs of an ``Executor`` (named here, not imported:
+    ``_executor`` imports this module)."""
+
+    def shutdown(self, wait: bool = ...) -> None: ...
 
 
 def _release(backends: dict[Any, Backend], lock: threading.Lock) -> None:
@@ -31,7 +35,7 @@ def _release(backends: dict[Any, Backend], lock: threading.Lock) -> None:
 
 #: Executors still open, and backends shut down without waiting, for the exit
 #: hook (weak: it keeps none alive; a backend still working is kept by its threads).
-_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+_live: weakref.WeakSet[_Stoppable] = weakref.WeakSet()
 _draining: weakref.WeakSet[Backend] = weakref.WeakSet()
 _exiting = False
 _hook_registered = False

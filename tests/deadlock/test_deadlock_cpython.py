@@ -20,7 +20,7 @@ import sys
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.join(os.path.dirname(HERE), "src")
+SRC = os.path.join(os.path.dirname(os.path.dirname(HERE)), "src")
 RUNNER = os.path.join(HERE, "cpython_lock_suites.py")
 
 
@@ -62,7 +62,8 @@ def _this_python() -> tuple[str | None, str]:
 @pytest.mark.skip_in_test_pythons(
     "CPython's lock suites need a test package, here only in pyenv's 3.12.1 and 3.13.0; "
     "make test runs 3.13's (and 3.11's), 3.12's took over 4 min (its test_threading "
-    "recursion test) of CI's 25; by hand: PYTHONPATH=src python3.12 tests/cpython_lock_suites.py"
+    "recursion test) of CI's 25; by hand: "
+    "PYTHONPATH=src python3.12 tests/deadlock/cpython_lock_suites.py"
 )
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("find", [_python313, _this_python], ids=["cpython-3.13", "this-python"])

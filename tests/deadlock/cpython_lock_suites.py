@@ -10,13 +10,13 @@ JSON line per module with the counts, then the ids of the tests that failed.
 Run it with an interpreter that has its ``test`` package (pyenv's builds do)
 and can import gilfree, for example from the repository root::
 
-    PYTHONPATH=src ~/.pyenv/versions/3.13.0/bin/python tests/cpython_lock_suites.py
-    PYTHONPATH=src ~/.pyenv/versions/3.13.0/bin/python tests/cpython_lock_suites.py --plain
+    PYTHONPATH=src ~/.pyenv/versions/3.13.0/bin/python tests/deadlock/cpython_lock_suites.py
+    PYTHONPATH=src ~/.pyenv/versions/3.13.0/bin/python tests/deadlock/cpython_lock_suites.py --plain
 
 ``--plain`` runs the same modules without detection, as the baseline. Each
 module runs in its own child interpreter so that one that hangs or crashes
 cannot take the others down; the exit status is 1 when any test failed.
-tests/test_deadlock_cpython.py runs this under pytest.
+tests/deadlock/test_deadlock_cpython.py runs this under pytest.
 """
 
 from __future__ import annotations

@@ -631,7 +631,7 @@ def test_bench_quick_whole_suite_with_plot(gilfree, work):
     "formats benchmarks/peers.py's table, the same on every interpreter; make test runs it"
 )
 def test_peers_script_writes_a_markdown_table(work):
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "peers.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "peers.py"
     out = work / "peers.md"
     proc = subprocess.Popen(
         [
