@@ -21,6 +21,15 @@ import tempfile
 from pathlib import Path
 
 TESTS_DIR = Path(__file__).resolve().parent
+#: Where pytest imports test modules from (each folder of tests/, by basename):
+#: a task function defined in a test module is pickled by reference to it, so
+#: the cluster's workers need the same folders on their path.
+TEST_FOLDERS = [
+    str(TESTS_DIR),
+    *sorted(
+        str(p) for p in TESTS_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+    ),
+]
 
 # How long a cold start may take: each process imports distributed (~1-2 s on a busy
 # 2-core machine), so 60 s is generous and only reached when something is broken.
@@ -65,7 +74,7 @@ class LocalDaskCluster:
         self.nanny = nanny
         self.allowed_failures = allowed_failures
         self.nthreads = nthreads
-        self.pythonpath = [str(TESTS_DIR)] if pythonpath is None else pythonpath
+        self.pythonpath = TEST_FOLDERS if pythonpath is None else pythonpath
         self.address = ""
         self.scheduler: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
