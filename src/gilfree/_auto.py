@@ -151,6 +151,8 @@ def _merged(
         "result_bytes",
         "fn_bytes",
         "unpicklable",
+        "sent_fewer",
+        "arg_pickle_s",
     ):
         setattr(first, name, getattr(more, name))
     return first

@@ -109,8 +109,11 @@ def test_cpu_bound_python_gets_processes():
     # On a busy one the reading wanders (up to 1.6x at load 12 on 2 CPUs), and
     # then the plan must say that it did not trust it.
     scaling = plan.profile.thread_scaling
-    assert scaling is not None
-    if scaling >= 1.4:
+    if scaling is None:
+        # One thread ran every call before the other got a core (a busy
+        # machine): no reading, and the plan says so.
+        assert any("never got to take a call" in r for r in plan.reasons), plan.explain()
+    elif scaling >= 1.4:
         assert any("the machine was busy" in r for r in plan.reasons), plan.explain()
     assert any(f.kind == "python_loop" for f in plan.findings)
     assert all(ok and v == cpu_bound(200_000) for ok, v in plan.outcomes.values())
