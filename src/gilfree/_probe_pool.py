@@ -48,7 +48,7 @@ MAX_PROBE_FAILURES = 2
 #: to the two-thread task on 3.13t, more than the whole job takes on threads.
 SEND_SHARE = 0.1
 #: What the probe sends then: serial calls, and calls for the two threads (one each).
-LEAN_SERIAL = 2
+LEAN_SERIAL = 1
 LEAN_PAIR = 2
 
 
