@@ -131,7 +131,7 @@ def test_large_arguments_send_the_workers_fewer_samples(tmp_path):
     assert sorted(plan.outcomes) == [0, 1, 2]
     assert all(plan.outcomes[k] == (True, k + len(ROWS)) for k in range(3))
     assert any(
-        r.startswith("The probe sent its workers 3 of the 16 samples (1 calls alone, then 2 on")
+        r.startswith("The probe sent its workers 3 of the 16 samples (1 call alone, then 2 on")
         for r in plan.reasons
     ), plan.explain()
     assert plan.profile.thread_scaling is not None or "Thread scaling was not measured" in (

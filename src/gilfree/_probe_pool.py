@@ -153,11 +153,8 @@ def _lean(
 def _sent_fewer_sentence(
     stop: int, split: int, n: int, sizes: tuple[int, list[int]], each: float, budget: float
 ) -> str:
-    how = (
-        f"{split} calls alone, then {stop - split} on two threads at once"
-        if stop > split
-        else f"{split} calls alone"
-    )
+    alone = f"{split} call{'s' if split != 1 else ''} alone"
+    how = f"{alone}, then {stop - split} on two threads at once" if stop > split else alone
     return (
         f"The probe sent its workers {stop} of the {n} samples ({how}): an argument pickles "
         f"to {format_bytes(sizes[0] + sum(sizes[1]))}, about {probing.format_seconds(each)} "

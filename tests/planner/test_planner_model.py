@@ -590,6 +590,7 @@ def test_free_threaded_policy_table(features: Features, backend: str, workers_ok
         assert "disabled (free-threaded interpreter)" in text
         assert "runs without a GIL" in text
         assert "holds the GIL" not in text and "own GIL" not in text
+        assert "releases the GIL but needs a core" not in text
 
 
 def test_object_graph_pickling_is_charged_only_without_a_gil() -> None:
@@ -748,7 +749,7 @@ def test_timed_argument_pickling_is_charged_to_processes_in_the_parent_and_the_w
 
 
 def test_a_probe_that_sent_fewer_samples_says_so_in_the_reasons() -> None:
-    why = "The probe sent its workers 3 of the 16 samples (1 calls alone, then 2 on two threads)."
+    why = "The probe sent its workers 3 of the 16 samples (1 call alone, then 2 on two threads)."
     plan = choose(feat(**GRAPH_ON_GIL, sent_fewer=why))
     assert why in plan.reasons
     assert why not in choose(feat(**GRAPH_ON_GIL)).reasons
