@@ -90,3 +90,83 @@ def test_executor_plans_once_per_function(monkeypatch):
         for i in range(5):  # a new lambda each time, one code object
             assert ex.submit(lambda x: x + 1, i).result() == i + 1
     assert len(calls) == 3  # abs once, os.getpid once, the lambda once
+
+
+class BigArgRecorder:
+    """Records the index of each call's argument ``(index, rows)``, and which
+    process ran it; ``rows`` is a large object graph (~1.5 MB pickled)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self, arg):
+        index, rows = arg
+        with open(self.path, "a") as f:
+            f.write(f"{index} {os.getpid()}\n")
+        return index + len(rows)
+
+
+def walk_rows(arg):
+    index, rows = arg
+    total = 0
+    for a, b, _ in rows:
+        total += a * b
+    return total + index
+
+
+ROWS = [(i, i % 7, "x") for i in range(150_000)]
+
+
+@pytest.mark.timeout(60)
+def test_large_arguments_send_the_workers_fewer_samples(tmp_path):
+    """Pickling 16 samples of ~1.5 MB to the probe's workers costs more than
+    the probe's budget: it sends 1 call alone and 2 for the two threads, runs
+    each in a worker, and the plan says so."""
+    path = tmp_path / "calls"
+    items = [(k, ROWS) for k in range(16)]
+    plan = gilfree.advise(BigArgRecorder(str(path)), items, budget=0.5)
+    calls = [line.split() for line in path.read_text().splitlines()]
+    assert sorted(int(i) for i, _ in calls) == [0, 1, 2], calls
+    assert all(int(pid) != os.getpid() for _, pid in calls)
+    assert sorted(plan.outcomes) == [0, 1, 2]
+    assert all(plan.outcomes[k] == (True, k + len(ROWS)) for k in range(3))
+    assert any(
+        r.startswith("The probe sent its workers 3 of the 16 samples (1 call alone, then 2 on")
+        for r in plan.reasons
+    ), plan.explain()
+    assert plan.profile.thread_scaling is not None or "Thread scaling was not measured" in (
+        plan.explain()
+    )
+
+
+def test_small_arguments_are_all_sent(tmp_path):
+    path = tmp_path / "calls"
+    plan = gilfree.advise(BigArgRecorder(str(path)), [(k, ()) for k in range(16)], budget=0.5)
+    assert len(plan.outcomes) > 3
+    assert not any("The probe sent its workers" in r for r in plan.reasons), plan.explain()
+
+
+@pytest.mark.timeout(60)
+def test_pure_python_on_large_arguments_with_a_gil_sends_one_sample():
+    """With a GIL the bytecode of a pure-Python loop already says what two
+    threads would show; without one, the two threads are timed."""
+    from gilfree.planner._features import gil_enabled
+
+    plan = gilfree.advise(walk_rows, [(k, ROWS) for k in range(16)], budget=0.5)
+    if gil_enabled():
+        assert sorted(plan.outcomes) == [0], plan.explain()
+        assert any("the bytecode shows only pure-Python loops" in r for r in plan.reasons)
+        assert plan.backend != "process", plan.explain()  # pickling costs more than the work
+    else:
+        assert sorted(plan.outcomes) == [0, 1, 2], plan.explain()
+    assert plan.outcomes[0] == (True, walk_rows((0, ROWS)))
+
+
+@pytest.mark.timeout(60)
+def test_auto_map_with_large_arguments_runs_each_item_once(tmp_path):
+    path = tmp_path / "calls"
+    items = [(k, ROWS) for k in range(12)]
+    out = gilfree.map(BigArgRecorder(str(path)), items)
+    assert out == [k + len(ROWS) for k in range(12)]
+    calls = sorted(int(line.split()[0]) for line in path.read_text().splitlines())
+    assert calls == list(range(12))

@@ -10,6 +10,11 @@ pool the job will then use::
     measurements + outcomes ──► planner.advise(probe=...) ──► Plan
     Plan.backend == "process": the same pool runs the rest of the job.
 
+With large arguments (sending every sample would cost more than a tenth of
+the budget: a 2 MB object graph takes ~40 ms to pickle) the probe sends
+only 1 call alone and 2 for the two threads, and the plan says so; see
+``_probe_pool``.
+
 Every serial-phase call is an ordinary task of ``backend="process"``: a crash is
 ``WorkerDied`` for that item, ``timeout=`` gives ``TaskTimeout`` on time, and
 ``retries=`` apply (the engine runs a failed probe call again). The two-thread
@@ -151,6 +156,8 @@ def _merged(
         "result_bytes",
         "fn_bytes",
         "unpicklable",
+        "sent_fewer",
+        "arg_pickle_s",
     ):
         setattr(first, name, getattr(more, name))
     return first

@@ -186,6 +186,8 @@ def _measure(
         crashes=result.crashes,
         failure_type=failure_type,
         unpicklable=result.unpicklable,
+        sent_fewer=result.sent_fewer,
+        arg_pickle_s=result.arg_pickle_s,
         probe_seconds=result.seconds,
         findings=tuple(analysis.findings),
         function=_name(fn, analysis.function),

@@ -80,10 +80,14 @@ def predict_process(feat: Features, n: int, t: float, w: int) -> float:
     chunks = chunk_count(n, t, w)
     rt = m.roundtrip_s * POOL_ROUNDTRIP_FACTOR
     moved = feat.arg_bytes + feat.result_bytes
-    parent = chunks * rt / 2 + n * (
-        PROCESS_ITEM_S + moved * m.byte_s * PICKLE_FACTOR + feat.shm_bytes * SHM_BYTE_S
-    )
-    workers_side = n * t / speedup + (chunks * rt + n * moved * m.byte_s) / w
+    # Pickling an argument as timed by the probe, when it was: an object graph
+    # pickles 10-20x slower than the flat buffer the machine's byte cost is
+    # measured on (see _model._object_pickling), and a worker unpickles it in
+    # about the same time again.
+    timed = feat.arg_pickle_s or 0.0
+    pickling = max(moved * m.byte_s * PICKLE_FACTOR, timed)
+    parent = chunks * rt / 2 + n * (PROCESS_ITEM_S + pickling + feat.shm_bytes * SHM_BYTE_S)
+    workers_side = n * t / speedup + (chunks * rt + n * moved * m.byte_s + n * timed) / w
     # The last chunks run on fewer workers: about half a chunk of imbalance.
     tail = 0.5 * n * t / chunks
     start = POOL_FIXED_S + w * m.spawn_s + m.ready_s

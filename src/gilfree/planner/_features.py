@@ -30,6 +30,8 @@ class Features:
     crashes: int = 0  # probe calls that killed their worker process
     failure_type: str | None = None
     unpicklable: str | None = None
+    arg_pickle_s: float | None = None  # pickling one argument, timed (None: not timed)
+    sent_fewer: str | None = None  # why the probe sent fewer samples (large arguments)
     probe_seconds: float = 0.0
     findings: tuple[Finding, ...] = ()
     function: str = "the function"

@@ -181,6 +181,8 @@ def _choose(feat: Features) -> Plan:
             f"warms up on the first ones), so the model counts it as {SHORT_CALL_WARM_UP:.0f}x "
             "faster."
         )
+    if feat.sent_fewer:
+        reasons.append(feat.sent_fewer)
     busy = _busy_sentence(feat)
     if busy:
         reasons.append(busy)
@@ -216,6 +218,14 @@ def _choose(feat: Features) -> Plan:
     else:
         graphs = _object_pickling(feat, n)
         predicted["process"] = predict_process(feat, n, t, w) + graphs
+        timed = feat.arg_pickle_s or 0.0
+        if n * timed * (1 + 1 / w) >= 0.1 * predicted["process"]:
+            reasons.append(
+                f"Processes are charged {format_seconds(timed)} a call to pickle each "
+                f"{format_bytes(feat.arg_bytes)} argument in this process (timed on the "
+                "first sample) and about as long again to unpickle it in a worker; threads "
+                "and a plain loop use the objects as they are."
+            )
         if graphs >= 0.1 * predicted["process"]:
             reasons.append(
                 f"Processes are charged {format_seconds(graphs)} to pickle "
@@ -256,7 +266,12 @@ def _object_pickling(feat: Features, n: int) -> float:
     """
     if feat.gil_enabled:
         return 0.0
-    return n * (feat.arg_bytes + feat.result_bytes) * OBJECT_PICKLE_BYTE_S
+    # An argument whose pickling the probe timed is charged that time instead
+    # (``_costs.predict_process``); results are not timed.
+    moved = feat.result_bytes
+    if feat.arg_pickle_s is None:
+        moved += feat.arg_bytes
+    return n * moved * OBJECT_PICKLE_BYTE_S
 
 
 def _pick(predicted: dict[str, float]) -> str:

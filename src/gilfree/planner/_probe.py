@@ -101,6 +101,11 @@ def probe(fn: Callable[[Any], Any], samples: Sequence[Any], budget: float = 1.0)
     pair_cap = PAIR_SHARE * budget
     if result.calls >= n - 1 or not result.calls:
         result.pair_skipped = "there were no samples left for the two-thread measurement"
+    elif t is not None and t < PAIR_MIN_CALL_S:
+        result.pair_skipped = (
+            f"its calls are shorter than {format_seconds(PAIR_MIN_CALL_S)}, too short for "
+            "threads to gain anything on them"
+        )
     elif t is not None and 2 * t > pair_cap:
         result.pair_skipped = (
             f"one call takes {format_seconds(t)}, too long to time two threads within the budget"

@@ -123,7 +123,11 @@ def serial_done(result: ProbeResult, cap: float) -> bool:
 
 
 def pair_phase(
-    fn: Callable[[Any], Any], samples: Sequence[Any], result: ProbeResult, target: float
+    fn: Callable[[Any], Any],
+    samples: Sequence[Any],
+    result: ProbeResult,
+    target: float,
+    take: int | None = None,
 ) -> None:
     """Two threads share the samples after the serial ones until ``target``
     seconds have passed; every sample handed out is run to completion, so the
@@ -133,14 +137,21 @@ def pair_phase(
     takes its first batch to the moment the first thread runs out of work: the
     thread that crosses each edge (and so holds the GIL) reads both threads'
     CPU clocks, so neither a late start nor an early finish reads as poor
-    scaling."""
+    scaling. ``take`` (calls per batch) defaults to PAIR_BATCH_S of work at
+    the serial phase's time per call."""
     n = len(samples)
     base = result.calls
     t = result.task_seconds or 0.0
-    take = max(1, min(64, int(PAIR_BATCH_S / t))) if t > 0 else 64
+    if take is None:
+        take = max(1, min(64, int(PAIR_BATCH_S / t))) if t > 0 else 64
     slots: list[tuple[bool, Any] | None] = [None] * (n - base)
     lock = threading.Lock()
     barrier = threading.Barrier(2)
+    # Set once both threads hold a first batch (or one found none). Each thread
+    # waits for it before running its first batch: under the GIL the second
+    # thread wakes only at the first's next switch (5 ms), by which time calls
+    # shorter than that have used up every sample, which measures nothing.
+    both = threading.Event()
     members: list[tuple[int, int]] = []  # (ident, native_id) of each thread
     shared: dict[str, Any] = {
         "next": base,
@@ -174,16 +185,24 @@ def pair_phase(
                     shared["ran_out"] = shared["ran_out"] or not shared["stop"]
                     if shared["b"] is None and shared["a"] is not None:
                         shared["b"] = _snapshot(members)
+                    both.set()
                     break
-                if not shared["t0"]:
-                    shared["t0"] = w0
                 if me not in shared["takers"]:
                     shared["takers"].add(me)
                     if len(shared["takers"]) == 2:
                         shared["a"] = _snapshot(members)
+                        both.set()
                 first = shared["next"]
                 last = min(n, first + take)
                 shared["next"] = last
+            if not calls:
+                both.wait(target)  # bounded: a partner that never comes is no reading
+                q0 = runqueue_seconds()
+                c0 = time.thread_time()
+                w0 = time.perf_counter()
+                with lock:
+                    if not shared["t0"]:
+                        shared["t0"] = w0
             for i in range(first, last):
                 slots[i - base] = _call(fn, samples[i])
             calls += last - first
@@ -233,10 +252,17 @@ def pair_phase(
             # from ever reading above 1.0x.
             runqueue=min(q1 - q0 for q0, q1 in zip(a.runqueue, b.runqueue, strict=True)),
         )
-    elif a is None and not shared["ran_out"]:
-        # One thread ran for the whole measurement and the other never got to
-        # take work: the first held the GIL throughout.
+    elif a is None:
+        # Only one thread ever took work: it ran the whole measurement (or all
+        # of the samples) before the other got a core. That is no reading of
+        # scaling at all -- seen on an idle machine with sha256, which lets go
+        # of the GIL -- so none is given, and the policy falls back on the
+        # bytecode and the serial phase instead of a false "no scaling".
         result.overlap = Overlap(wall=0.0, cpu=0.0, runqueue=0.0, starved=True)
+        result.pair_skipped = (
+            f"the second of the two threads never got to take a call (the first ran all "
+            f"{done} before it started), so the measurement says nothing about scaling"
+        )
 
 
 @dataclass(frozen=True)

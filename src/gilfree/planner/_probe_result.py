@@ -40,6 +40,8 @@ class ProbeResult:
     result_bytes: float | None = None
     fn_bytes: int | None = None
     unpicklable: str | None = None  # what could not be pickled, and why
+    arg_pickle_s: float | None = None  # pickling the first argument, timed in the parent
+    sent_fewer: str | None = None  # why the probe sent its workers fewer samples
     seconds: float = 0.0  # the probe's own wall time
 
     @property
@@ -89,20 +91,21 @@ class ProbeResult:
 
     @property
     def pair_speedup(self) -> float | None:
-        """Throughput of two threads over one thread (1.0 = no gain)."""
+        """Throughput of two threads over one thread (1.0 = no gain); None when
+        it was not measured, or when only one thread took work (``starved``:
+        that says nothing about how two would scale)."""
         if not self.pair_windows or not self.serial_calls:
             return None
         f = self.cpu_fraction or 0.0
         ov = self.overlap
-        if f >= 0.5 and ov is not None:
-            if ov.starved:
-                return 1.0
-            if math.isfinite(ov.cpu) and ov.cpu > 0:
-                # CPU-bound: a call's CPU time barely changes under contention,
-                # so CPU time / serial CPU fraction is the serial time of the
-                # same work -- robust when items differ in cost. Waiting for a
-                # core another process holds is not the GIL's doing.
-                return (ov.cpu / f) / max(ov.wall - ov.runqueue, ov.cpu / 2)
+        if ov is not None and ov.starved:
+            return None
+        if f >= 0.5 and ov is not None and math.isfinite(ov.cpu) and ov.cpu > 0:
+            # CPU-bound: a call's CPU time barely changes under contention,
+            # so CPU time / serial CPU fraction is the serial time of the
+            # same work -- robust when items differ in cost. Waiting for a
+            # core another process holds is not the GIL's doing.
+            return (ov.cpu / f) / max(ov.wall - ov.runqueue, ov.cpu / 2)
         busy = self.serial_wall - self.serial_runqueue
         t = max(busy, self.serial_cpu) / self.serial_calls  # a call's time, given a core
         rate = 0.0
@@ -143,7 +146,7 @@ class Overlap:
     wall: float
     cpu: float  # summed over the two threads
     runqueue: float  # the smaller of the two threads' run-queue waits
-    starved: bool = False  # the second thread never got to run a call
+    starved: bool = False  # one thread never got to run a call: no reading
 
 
 def format_seconds(seconds: float) -> str:

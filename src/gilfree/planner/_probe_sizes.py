@@ -19,8 +19,17 @@ SIZE_SAMPLES = 3
 SHM_THRESHOLD = 1 << 20
 
 
-def measure_sizes(fn: Callable[[Any], Any], samples: Sequence[Any], result: ProbeResult) -> None:
-    """Pickled sizes; records what cannot be pickled (then processes are out)."""
+def measure_sizes(
+    fn: Callable[[Any], Any],
+    samples: Sequence[Any],
+    result: ProbeResult,
+    *,
+    count: int = SIZE_SAMPLES,
+    known: dict[int, tuple[int, list[int]]] | None = None,
+) -> None:
+    """Pickled sizes of up to ``count`` samples that ran (``known``: sizes
+    already measured, by sample index, from ``pickled_size``); records what
+    cannot be pickled (then processes are out)."""
     import cloudpickle
 
     try:
@@ -28,14 +37,14 @@ def measure_sizes(fn: Callable[[Any], Any], samples: Sequence[Any], result: Prob
     except Exception as exc:
         result.unpicklable = f"the function cannot be pickled ({type(exc).__name__}: {exc})"
         return
-    ran = sorted(i for i, (ok, _) in result.outcomes.items() if ok)[:SIZE_SAMPLES]
+    ran = sorted(i for i, (ok, _) in result.outcomes.items() if ok)[:count]
     k = len(ran)
     if k == 0:
         return
     arg_in, arg_shm, res_in = 0.0, 0.0, 0.0
     for i in ran:
         try:
-            inband, oob = _pickled_size(samples[i])
+            inband, oob = known[i] if known and i in known else pickled_size(samples[i])
         except Exception as exc:
             result.unpicklable = f"argument {i} cannot be pickled ({type(exc).__name__}: {exc})"
             return
@@ -44,7 +53,7 @@ def measure_sizes(fn: Callable[[Any], Any], samples: Sequence[Any], result: Prob
         arg_shm += big
         _ok, value = result.outcomes[i]
         try:
-            inband, oob = _pickled_size(value)
+            inband, oob = pickled_size(value)
         except Exception as exc:
             result.unpicklable = (
                 f"the result of sample {i} cannot be pickled ({type(exc).__name__}: {exc})"
@@ -56,15 +65,23 @@ def measure_sizes(fn: Callable[[Any], Any], samples: Sequence[Any], result: Prob
     result.result_bytes = res_in / k
 
 
-def _pickled_size(obj: Any) -> tuple[int, list[int]]:
-    """In-band pickle size and the sizes of out-of-band buffers (not copied)."""
+def pickled_size(obj: Any) -> tuple[int, list[int]]:
+    """In-band pickle size and the sizes of out-of-band buffers (not copied).
+
+    Plain pickle first, cloudpickle when that fails, as the process pool sends
+    data (``gilfree._serialize.dumps_data``): cloudpickle's hook runs for every
+    container, which costs a large object graph half as much again."""
     import cloudpickle
 
     buffers: list[int] = []
 
     def keep_out_of_band(buf: pickle.PickleBuffer) -> bool:
         buffers.append(buf.raw().nbytes)
-        return False
+        return False  # out of band: counted, not copied
 
-    data = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_out_of_band)
+    try:
+        data = pickle.dumps(obj, protocol=5, buffer_callback=keep_out_of_band)
+    except Exception:
+        buffers.clear()
+        data = cloudpickle.dumps(obj, protocol=5, buffer_callback=keep_out_of_band)
     return len(data), buffers

@@ -92,18 +92,29 @@ class PairProbe:
     exceptions travel with their traceback (``(False, (exc, traceback text))``).
     Run as one task, a crash or hang in it cannot be pinned on one item: the
     caller then runs its items again as ordinary tasks.
+
+    ``lean``: the items were costly to send (large arguments), so there are
+    just two, one per thread, and no call alone first: both threads start at
+    once, one call each.
     """
 
-    __slots__ = ("cap", "fn")
+    __slots__ = ("cap", "fn", "lean")
 
-    def __init__(self, fn: Callable[[Any], Any], cap: float) -> None:
+    def __init__(self, fn: Callable[[Any], Any], cap: float, *, lean: bool = False) -> None:
         self.fn = fn
         self.cap = cap
+        self.lean = lean
 
     def __call__(self, items: list[Any]) -> ProbeResult:
         from .._serialize import exception_payload
 
         result = ProbeResult()
+        if self.lean:
+            if len(items) < 2:
+                result.pair_skipped = "there were no samples left for the two-thread measurement"
+            else:
+                pair_phase(self.fn, items, result, target=self.cap, take=1)
+            return _with_payloads(result, exception_payload)
         serial_phase(self.fn, items, result, cap=self.cap, limit=1)
         t = result.task_seconds or 0.0
         if len(items) < 3:
@@ -120,7 +131,12 @@ class PairProbe:
             )
         else:
             pair_phase(self.fn, items, result, target=min(self.cap, max(STABLE_SERIAL_S, 1.5 * t)))
-        for i, (ok, value) in list(result.outcomes.items()):
-            if not ok:
-                result.outcomes[i] = (False, exception_payload(value))
-        return result
+        return _with_payloads(result, exception_payload)
+
+
+def _with_payloads(result: ProbeResult, payload: Callable[[BaseException], Any]) -> ProbeResult:
+    """Exceptions as ``(exc, traceback text)``, to travel to the parent."""
+    for i, (ok, value) in list(result.outcomes.items()):
+        if not ok:
+            result.outcomes[i] = (False, payload(value))
+    return result

@@ -41,6 +41,13 @@ NOGIL_BUSY_SHARE = 0.1
 # objects), per pickled byte: 19-47 ns/B measured (see _model._object_pickling).
 OBJECT_PICKLE_BYTE_S = 20e-9
 ORDER = ("serial", "thread", "process", "dask")
+# Calls shorter than this get no two-thread reading (the probe skips the pair,
+# planner._probe_worker.PAIR_MIN_CALL_S, or one thread runs every sample before
+# the other starts). They are assumed not to scale, even without a GIL: on
+# 3.13t `x * x` ran 2x slower on 2 threads than in a loop (0.06 s against
+# 0.03 s for 500,000 items, benchmarks/bench_auto.py, tiny), the threads
+# contending for the same objects (the function, its globals, the results).
+UNTIMED_PAIR_TINY_S = 20e-6
 # Calls under SHORT_CALL_S timed over fewer than SHORT_CALL_MIN_CALLS calls read
 # slow: the interpreter specialises a function over its first calls and caches
 # are cold. Probes of `x * x` read ~500 ns over 4 calls and ~125 ns over 60
@@ -57,6 +64,11 @@ def gil_share(feat: Features) -> float:
     hinted = bool(feat.kinds("releases_gil") or feat.kinds("io"))
     s = feat.pair_speedup
     if s is None:
+        t = feat.task_seconds
+        if not hinted and t is not None and t < UNTIMED_PAIR_TINY_S:
+            # Too short to time two threads on (the probe skips them): no
+            # scaling is assumed, GIL or not (see UNTIMED_PAIR_TINY_S).
+            return f
         return f * (0.2 if hinted or not feat.gil_enabled else 1.0)
     s = min(2.0, max(1.0, s))
     overruled = _bytecode_overrules(feat)

@@ -203,6 +203,12 @@ def _choice_sentences(
                     else f" (more than {workers} gain under {WORKERS_MARGIN:.0%} by the model)."
                 )
             )
+        elif not feat.gil_enabled:
+            out.append(
+                f"{workers} threads, about one per CPU ({cpus}): with no GIL they run the "
+                "calls on as many cores at once, and each call needs a core, so more threads "
+                "would only queue."
+            )
         else:
             out.append(
                 f"{workers} threads, about one per CPU ({cpus}): the calls run C code that "
