@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import pytest
+
+import gilfree
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -120,3 +124,42 @@ def test_messages_say_what_happened_under_the_error_policy_and_retries():
     assert all(isinstance(o, ValueError) for o in out)
     assert "2 attempts were made (retries=1)" in "\n".join(out[0].__notes__)
     assert not any("errors='raise'" in n for n in out[0].__notes__)
+
+
+def _count_attempt(folder):
+    with open(os.path.join(folder, f"attempt-{uuid.uuid4().hex}"), "w"):
+        pass
+
+
+def _raises_on_zero(args):
+    folder, x = args
+    if x == 0:
+        _count_attempt(folder)
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def _crashes_on_zero(args):
+    folder, x = args
+    if x == 0:
+        _count_attempt(folder)
+        os._exit(7)
+    return x
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "fn, error", [(_raises_on_zero, "ValueError"), (_crashes_on_zero, "WorkerDied")]
+)
+def test_the_retry_note_counts_the_probes_attempt_on_auto(tmp_path, fn, error):
+    """backend="auto"'s probe runs a failing item first; its attempt is one of
+    the note's, and the note says the retries= the caller passed. (One function
+    each: the planner keeps what it measured of a function for later maps.)"""
+    items = [(str(tmp_path), x) for x in range(20)]
+    out = gilfree.map(fn, items, retries=2, errors="return")
+    assert out[1:] == list(range(1, 20))
+    ran = len(list(tmp_path.glob("attempt-*")))
+    assert ran == 3  # the first attempt and 2 retries
+    note = "\n".join(getattr(out[0], "__notes__", []))
+    assert f"{ran} attempts were made (retries=2)" in note, note
+    assert note.count(error) == ran, note

@@ -24,12 +24,15 @@ from typing import Any
 from ._chunking import Chunker
 from .backends import Backend, StreamJob
 from .backends._run import EXTEND_KEEPS_PARTIAL, run_span
+from .errors import attempt_ended
 
 #: Seconds the engine waits for an outcome before asking the backend whether it
 #: is still alive. Not a poll for results: outcomes wake it at once.
 HEALTH_CHECK_S = 1.0
 
 Event = tuple[bool, int, Any]
+#: An item auto's probe ran and saw fail, to run again: (input index, item, its error).
+Rerun = tuple[int, Any, BaseException]
 
 
 def length_hint(iterable: Iterable[Any]) -> int | None:
@@ -65,7 +68,7 @@ class Run:
         ordered: bool,
         total: int | None = None,
         prefilled: list[Event] | None = None,
-        resubmit: list[tuple[int, Any]] | None = None,
+        resubmit: list[Rerun] | None = None,
     ) -> None:
         self.backend = backend
         self.job = job
@@ -99,9 +102,10 @@ class Run:
 
     def _top_up(self) -> None:
         while self._resubmit:
-            index, item = self._resubmit.pop(0)
+            index, item, exc = self._resubmit.pop(0)
             self._outstanding += 1
             # The planner's probe was the first attempt of these items.
+            self.job.earlier[index] = (attempt_ended(exc),)
             self.backend.submit(self.job, index, [item], 1)
         window = self.backend.window
         cap = self.backend.max_outstanding

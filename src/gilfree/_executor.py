@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from . import _lifetime
 from ._calls import _Arguments, _plan_key, _snapshot, _StarArgs, _StarCall
-from ._engine import Event, Run, Skipping, length_hint
+from ._engine import Event, Rerun, Run, Skipping, length_hint
 from ._lifetime import _draining, _live, _register_exit_hook, _release
 from ._options import Options, check_applicable, make_options, usable_cpus
 from ._session import (
@@ -307,7 +307,7 @@ class Executor(concurrent.futures.Executor):
         it = iter(items)
         opts = self._options
         prefilled: list[Event] = []
-        resubmit: list[tuple[int, Any]] = []
+        resubmit: list[Rerun] = []
         rest: Iterable[Any] = it
         if opts.backend == "auto":
             key = _plan_key(fn)

@@ -14,7 +14,7 @@ import textwrap
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal, NamedTuple, TypeVar
 
-from ._engine import Direct, Event, Run, Skipping, direct_ok, length_hint
+from ._engine import Direct, Event, Rerun, Run, Skipping, direct_ok, length_hint
 from ._options import Options, check_applicable, option_docs
 from ._progress import Bar
 from .backends import Backend, Job, StreamJob, create
@@ -88,7 +88,7 @@ class Resolved(NamedTuple):
     iterable: Iterable[Any]  # the input still to run
     total: int | None
     prefilled: list[Event]  # the probe's outcomes
-    resubmit: list[tuple[int, Any]]  # probed items to run again (retries)
+    resubmit: list[Rerun]  # probed items to run again (retries)
     plan: Any
     backend: Backend | None  # the pool that ran the probe, when the job goes on there
 
@@ -178,7 +178,7 @@ def dask_address(opts: Options) -> str | None:
 
 def _resolve_auto(
     fn: Callable[[Any], Any], iterable: Iterable[Any], opts: Options, total: int | None
-) -> tuple[Options, Iterable[Any], list[Event], list[tuple[int, Any]], Any, Backend | None]:
+) -> tuple[Options, Iterable[Any], list[Event], list[Rerun], Any, Backend | None]:
     """For backend="auto": probe some items on workers, keep their results, pick a backend.
 
     Returns the options to run with, the input still to run, the probe's
@@ -241,7 +241,7 @@ def _apply_plan(opts: Options, plan: Any) -> Options:
 
 def _probe_events(
     plan: Any, indices: Sequence[int], samples: Sequence[Any], retries: int
-) -> tuple[list[Event], list[tuple[int, Any]], frozenset[int]]:
+) -> tuple[list[Event], list[Rerun], frozenset[int]]:
     """The probe's calls were real: their outcomes become the first events.
 
     ``plan.outcomes[k]`` is the outcome of ``samples[k]``, input index
@@ -250,13 +250,13 @@ def _probe_events(
     to run again, and the input indices the probe settled or hands back.
     """
     prefilled: list[Event] = []
-    resubmit: list[tuple[int, Any]] = []
+    resubmit: list[Rerun] = []
     for k, (ok, value) in sorted(plan.outcomes.items()):
         index = indices[k]
         if ok:
             prefilled.append((True, index, [value]))
         elif retries > 0:
-            resubmit.append((index, samples[k]))
+            resubmit.append((index, samples[k], value))
         else:
             prefilled.append((False, index, value))
     return prefilled, resubmit, frozenset(indices[k] for k in plan.outcomes)

@@ -141,3 +141,12 @@ def _rebuild(cls: type[GilfreeError], args: tuple[Any, ...], state: dict[str, An
     Exception.__init__(obj, *args)
     obj.__dict__.update(state)
     return obj
+
+
+def attempt_ended(exc: BaseException) -> str:
+    """How one attempt of a task ended, in a few words: the error's type and
+    first line (the notes of retried tasks list one per attempt)."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    if len(first) > 80:
+        first = first[:77] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -9,6 +9,7 @@ dead processes left.
 
 from __future__ import annotations
 
+import atexit
 import glob
 import itertools
 import mmap
@@ -43,8 +44,26 @@ def _bytes_of(array: Any) -> Any:
     return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
 
 
+_sweep_registered_pid = 0
+
+
+def _sweep_own_at_exit() -> None:
+    """At interpreter exit, unlink what this process made and still holds.
+
+    A pool unlinks its segments when it shuts down; but a second Ctrl-C can
+    land inside that shutdown, and the segments would stay until another
+    gilfree process swept them (``sweep_orphans``). Workers leave with
+    ``os._exit``, so this runs only in the process that made the pool."""
+    if _sweep_registered_pid == os.getpid():
+        sweep(f"gilfree-{os.getpid()}-")
+
+
 def _create(name: str, data: Any) -> None:
     """A new segment holding ``data`` (flat uint8)."""
+    global _sweep_registered_pid
+    if _sweep_registered_pid != os.getpid():
+        _sweep_registered_pid = os.getpid()
+        atexit.register(_sweep_own_at_exit)
     fd = os.open(_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
         os.ftruncate(fd, max(1, data.nbytes))

@@ -38,6 +38,7 @@ class Job:
     __slots__ = (
         "__weakref__",
         "cancelled",
+        "earlier",
         "fn",
         "id",
         "input_done",
@@ -55,6 +56,10 @@ class Job:
         #: True once every item has been submitted (the engine says so); a
         #: backend may then favour balance over throughput for the tail.
         self.input_done = True
+        #: How earlier attempts of an input index ended, elsewhere (auto's probe
+        #: was the first attempt of an item run again): a retried task's note
+        #: lists them before its own.
+        self.earlier: dict[int, tuple[str, ...]] = {}
         self.stats_n = 0
         self.stats_s = 0.0
         # record() runs in whichever thread finished a chunk; on a free-threaded

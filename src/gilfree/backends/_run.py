@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ..errors import attempt_ended
 from ._base import Job
 
 
@@ -37,7 +38,8 @@ def run_items(job: Job, start: int, items: list[Any], attempt: int = 0) -> None:
             bad = pos + len(values)
             if values:
                 job.deliver(start + pos, values)
-            ok, value = _retry(fn, items[bad], exc, attempt, job.options.retries)
+            earlier = job.earlier.get(start + bad, ()) if attempt else ()
+            ok, value = _retry(fn, items[bad], exc, attempt, job.options.retries, earlier)
             if ok:
                 job.deliver(start + bad, [value])
             else:
@@ -123,8 +125,12 @@ def _extend_keeps_partial() -> bool:
 EXTEND_KEEPS_PARTIAL = _extend_keeps_partial()
 
 
-def _retry(fn: Any, item: Any, exc: Exception, attempt: int, retries: int) -> tuple[bool, Any]:
-    """Run ``item`` again after it raised ``exc``, up to ``retries - attempt`` more times."""
+def _retry(
+    fn: Any, item: Any, exc: Exception, attempt: int, retries: int, earlier: Sequence[str] = ()
+) -> tuple[bool, Any]:
+    """Run ``item`` again after it raised ``exc``, up to ``retries - attempt`` more times.
+
+    ``earlier``: how attempts before this backend's ended (auto's probe), for the note."""
     tries = attempt
     history = [exc]
     while tries < retries:
@@ -134,9 +140,10 @@ def _retry(fn: Any, item: Any, exc: Exception, attempt: int, retries: int) -> tu
         except Exception as again:
             exc = again
             history.append(again)
-    if len(history) > 1:
+    attempts = [*earlier, *(attempt_ended(e) for e in history)]
+    if len(attempts) > 1:
         exc.add_note(
-            f"gilfree: {len(history)} attempts were made (retries={retries}): "
-            + "; ".join(f"{k}. {type(e).__name__}: {e}" for k, e in enumerate(history, 1))
+            f"gilfree: {len(attempts)} attempts were made (retries={retries}): "
+            + "; ".join(f"{k}. {how}" for k, how in enumerate(attempts, 1))
         )
     return False, exc

@@ -12,7 +12,7 @@ import collections
 from typing import Any
 
 from .. import _serialize, _shm
-from ..errors import SerializationError
+from ..errors import SerializationError, attempt_ended
 from . import _recovery
 from ._recovery import Cause, Fail, Held
 from ._state import Chunk, Worker
@@ -87,14 +87,17 @@ class Ledger:
         if chunk.attempt < chunk.retries and not isinstance(exc, SerializationError):
             retry = self.piece(chunk, pos, pos + 1)
             retry.attempt = chunk.attempt + 1
-            retry.history = (*chunk.history, _ended(exc))
+            retry.history = (*chunk.history, attempt_ended(exc))
             self.pending.appendleft(retry)
             self._stats["retries"] += 1
             return
-        if chunk.history:
-            attempts = [*chunk.history, _ended(exc)]
+        # How attempts before this pool's ended (backend="auto"'s probe), if any.
+        earlier: tuple[str, ...] = getattr(chunk.job, "earlier", {}).get(chunk.start + pos, ())
+        if chunk.history or earlier:
+            attempts = [*earlier, *chunk.history, attempt_ended(exc)]
             exc.add_note(
-                f"gilfree: {len(attempts)} attempts were made (retries={chunk.retries}): "
+                f"gilfree: {len(attempts)} attempts were made "
+                f"(retries={chunk.retries + len(earlier)}): "
                 + "; ".join(f"{k}. {how}" for k, how in enumerate(attempts, 1))
             )
         chunk.job.fail(chunk.start + pos, exc)
@@ -219,11 +222,3 @@ class Ledger:
                 chunk.worker.inflight.clear()
         self.sent.clear()
         self.pending.clear()
-
-
-def _ended(exc: BaseException) -> str:
-    """How one attempt ended, in a few words: the error's type and first line."""
-    first = (str(exc).strip().splitlines() or [""])[0]
-    if len(first) > 80:
-        first = first[:77] + "..."
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

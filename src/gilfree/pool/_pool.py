@@ -36,6 +36,7 @@ import functools
 import multiprocessing
 import os
 import pickle
+import sys
 import threading
 import types
 import weakref
@@ -43,7 +44,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import _serialize, _shm
-from ..errors import PoolBroken, SerializationError
+from ..errors import ConfigurationError, PoolBroken, SerializationError
+from . import _worker
 from ._manager import Manager
 from ._state import Chunk, JobLike, PoolState
 
@@ -81,6 +83,12 @@ class ProcessPool:
     ) -> None:
         if workers < 1:
             raise ValueError(f"a process pool needs at least one worker, not {workers}")
+        if _worker.IN_WORKER:
+            raise ConfigurationError(
+                "a task running on a gilfree process worker cannot start a process pool "
+                "of its own (backend='process' inside backend='process'): run the inner "
+                "map with backend='thread' or 'serial', or the outer one on threads"
+            )
         init_blob = None
         if initializer is not None:
             if not callable(initializer):
@@ -90,6 +98,9 @@ class ProcessPool:
         self._arena = _shm.Arena(share_threshold)
         config = {
             "parent": os.getpid(),
+            # Tasks see the caller's sys.argv however their worker was started
+            # (the fork server is a `python -c` of its own).
+            "argv": list(sys.argv),
             "max_tasks": max_tasks_per_worker,
             "max_memory": max_worker_memory,
             "share_threshold": share_threshold,

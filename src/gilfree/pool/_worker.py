@@ -53,6 +53,10 @@ _RUNNING = 1
 _IDLE = 0
 
 
+#: True in a pool worker once it runs: a task there cannot start a pool of its own.
+IN_WORKER = False
+
+
 def main(
     config: dict[str, Any],
     task_fd: int,
@@ -62,6 +66,10 @@ def main(
     slots_fd: int,
     close_fds: Sequence[int] = (),
 ) -> None:
+    global IN_WORKER
+    IN_WORKER = True
+    if "argv" in config:
+        sys.argv[:] = config["argv"]
     for fd in close_fds:  # the parent's ends, inherited through fork
         try:
             os.close(fd)

@@ -28,6 +28,7 @@ parent's death on their own (see ``_worker``).
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import select
@@ -195,11 +196,27 @@ _zygote_lock = threading.Lock()
 
 def get() -> Zygote:
     """The process-wide zygote, started on first use (and again after it died or a fork)."""
-    global _zygote
+    global _zygote, _exit_hook_pid
     with _zygote_lock:
         if _zygote is None or not _zygote.alive():
             _zygote = Zygote()
+            if _exit_hook_pid != os.getpid():
+                _exit_hook_pid = os.getpid()
+                atexit.register(_close_at_exit)
         return _zygote
+
+
+_exit_hook_pid = 0
+
+
+def _close_at_exit() -> None:
+    """Stop the zygote when the interpreter exits (it would on its own once its
+    socket closed, but a Popen left running is reported as a ResourceWarning)."""
+    global _zygote
+    with _zygote_lock:
+        zygote, _zygote = _zygote, None
+    if zygote is not None and _exit_hook_pid == os.getpid():
+        zygote.close()
 
 
 def _reset_after_fork() -> None:  # a forked child must not talk to its parent's zygote
