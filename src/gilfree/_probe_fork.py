@@ -263,14 +263,11 @@ def _drain(fd: int) -> str:
 
 
 def _task_frames(stack: str) -> str:
-    """The task's frames: faulthandler prints innermost first, and below the
-    child's loop come the caller's own frames (inherited by the fork)."""
-    out = []
-    for line in stack.splitlines():
-        if line.lstrip().startswith("File ") and __file__ in line:
-            break
-        out.append(line)
-    return "\n".join(out).rstrip() + ("\n" if out else "")
+    """The task's frames: below the child's loop (this file) come the caller's
+    own frames, inherited by the fork."""
+    from .pool._recovery import task_frames  # only after a crash or a timeout
+
+    return task_frames(stack, loop_file=__file__)
 
 
 def _death_error(pid: int, status: int, index: int, item: Any, stack: str) -> WorkerDied:

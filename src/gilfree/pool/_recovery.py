@@ -117,17 +117,18 @@ def describe_exit(exitcode: int | None) -> tuple[str, str | None]:
 _WORKER_LOOP = os.path.join("gilfree", "pool", "_worker.py")
 
 
-def task_frames(stack: str) -> str:
+def task_frames(stack: str, loop_file: str = _WORKER_LOOP) -> str:
     """A worker's stack with the task's frames only.
 
     faulthandler prints from the innermost frame out; below the worker loop
     that called the task come frames inherited from the fork (the caller's
     ``map`` and ``<module>`` lines), which would read as if the task had been
-    called from there. Everything from the first worker-loop frame on goes.
+    called from there. Everything from the first frame of ``loop_file`` (the
+    loop that called the task) on goes.
     """
     out = []
     for line in stack.splitlines():
-        if line.lstrip().startswith("File ") and _WORKER_LOOP in line:
+        if line.lstrip().startswith("File ") and loop_file in line:
             break
         out.append(line)
     return "\n".join(out).rstrip() + ("\n" if out else "")
