@@ -36,8 +36,14 @@ class ProcessBackend(Backend):
     def submit(self, job: Job, start: int, items: list[Any], attempt: int = 0) -> None:
         # Each chunk carries its own limits: the pool knows nothing of Options.
         opts = job.options
-        retries = max(0, opts.retries - attempt)
-        self._pool.submit(job, start, items, timeout=opts.timeout, retries=retries)
+        # Attempts made elsewhere (auto's probe) count against the retries,
+        # and the note of a task that fails for good lists them first.
+        history = job.earlier.get(start, ()) if attempt else ()
+        if len(history) != attempt:
+            history = ("failed before it reached the pool",) * attempt
+        self._pool.submit(
+            job, start, items, timeout=opts.timeout, retries=opts.retries, history=history
+        )
 
     def withdraw(self, job: Job) -> None:
         self._pool.withdraw(job)

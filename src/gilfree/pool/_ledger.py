@@ -86,18 +86,14 @@ class Ledger:
         """Task `pos` of `chunk` failed: retry it if its budget allows, else report it."""
         if chunk.attempt < chunk.retries and not isinstance(exc, SerializationError):
             retry = self.piece(chunk, pos, pos + 1)
-            retry.attempt = chunk.attempt + 1
             retry.history = (*chunk.history, attempt_ended(exc))
             self.pending.appendleft(retry)
             self._stats["retries"] += 1
             return
-        # How attempts before this pool's ended (backend="auto"'s probe), if any.
-        earlier: tuple[str, ...] = getattr(chunk.job, "earlier", {}).get(chunk.start + pos, ())
-        if chunk.history or earlier:
-            attempts = [*earlier, *chunk.history, attempt_ended(exc)]
+        if chunk.history:
+            attempts = [*chunk.history, attempt_ended(exc)]
             exc.add_note(
-                f"gilfree: {len(attempts)} attempts were made "
-                f"(retries={chunk.retries + len(earlier)}): "
+                f"gilfree: {len(attempts)} attempts were made (retries={chunk.retries}): "
                 + "; ".join(f"{k}. {how}" for k, how in enumerate(attempts, 1))
             )
         chunk.job.fail(chunk.start + pos, exc)
@@ -155,11 +151,10 @@ class Ledger:
             chunk.fn,
             timeout=chunk.timeout,
             retries=chunk.retries,
-            attempt=chunk.attempt,
+            history=chunk.history,
             by_value=by_value,
         )
         new.deaths = chunk.deaths
-        new.history = chunk.history
         return new
 
     # -- deaths ------------------------------------------------------------------------------

@@ -139,11 +139,14 @@ class ProcessPool:
         *,
         timeout: float | None = None,
         retries: int = 0,
+        history: tuple[str, ...] = (),
     ) -> None:
         """Run ``job.fn`` on ``items`` (inputs ``start, start+1, ...``); outcomes go to ``job``.
 
         ``timeout`` bounds each task's seconds; ``retries`` is how many more
         times a task that failed (by exception, death or timeout) is run.
+        ``history``: how attempts of these items made elsewhere ended (auto's
+        probe); they count against ``retries`` and open a failure's note.
         Raises ``PoolBroken`` if the pool broke, RuntimeError after shutdown.
         """
         self._manager.check_open()
@@ -159,12 +162,14 @@ class ProcessPool:
         except KeyboardInterrupt:
             raise
         except BaseException:  # pickle them one by one: a bad item fails alone
-            self._enqueue_one_by_one(job, start, items, fn, timeout, retries)
+            self._enqueue_one_by_one(job, start, items, fn, timeout, retries, history)
             return
         if lease is not _shm.NO_LEASE:
             with self._fn_lock:
                 self._job_leases.setdefault(job, []).append(lease)
-        chunk = Chunk(job, start, items, blob, lease, fn, timeout=timeout, retries=retries)
+        chunk = Chunk(
+            job, start, items, blob, lease, fn, timeout=timeout, retries=retries, history=history
+        )
         self._manager.enqueue([chunk])
 
     def _enqueue_one_by_one(
@@ -175,6 +180,7 @@ class ProcessPool:
         fn: tuple[int, bytes],
         timeout: float | None,
         retries: int,
+        history: tuple[str, ...],
     ) -> None:
         """``items`` did not pickle together: each that does runs, each that does not fails."""
         chunks: list[Chunk] = []
@@ -187,7 +193,17 @@ class ProcessPool:
                 job.fail(start + k, _serialize.argument_error(start + k, item, exc))
                 continue
             chunks.append(
-                Chunk(job, start + k, [item], blob, lease, fn, timeout=timeout, retries=retries)
+                Chunk(
+                    job,
+                    start + k,
+                    [item],
+                    blob,
+                    lease,
+                    fn,
+                    timeout=timeout,
+                    retries=retries,
+                    history=history,
+                )
             )
         leases = [c.lease for c in chunks if c.lease is not _shm.NO_LEASE]
         if leases:

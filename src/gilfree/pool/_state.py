@@ -76,7 +76,6 @@ class Chunk:
     """Consecutive items of one job, pickled once, run by one worker at a time."""
 
     __slots__ = (
-        "attempt",
         "blob",
         "by_value",
         "deaths",
@@ -104,7 +103,7 @@ class Chunk:
         *,
         timeout: float | None = None,
         retries: int = 0,
-        attempt: int = 0,
+        history: tuple[str, ...] = (),
         by_value: bool = False,
     ) -> None:
         self.seq = next(seqs)
@@ -116,12 +115,18 @@ class Chunk:
         self.fn = fn  # (key, pickled function)
         self.timeout = timeout
         self.retries = retries
-        self.attempt = attempt
+        # How earlier attempts of a retried task ended (here, or before it
+        # reached the pool: backend="auto"'s probe); one attempt each.
+        self.history = history
         self.by_value = by_value
-        self.history: tuple[str, ...] = ()  # how earlier attempts of a retried task ended
         self.done = 0  # leading items whose results arrived
         self.deaths = 0  # deaths it caused with none of its tasks running
         self.worker: Worker | None = None
+
+    @property
+    def attempt(self) -> int:
+        """Attempts its tasks already had: 0 on the first run."""
+        return len(self.history)
 
     @property
     def key(self) -> int:
