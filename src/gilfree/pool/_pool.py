@@ -242,11 +242,14 @@ class ProcessPool:
             cached = self._fns.get(fn) if by_fn else None
         except TypeError:  # unhashable
             by_fn, cached = False, None
-        if cached is None and not by_fn:
-            cached = self._job_fns.get(job)
         if cached is not None:
-            if by_fn and not isinstance(cached, SerializationError):
+            if not isinstance(cached, SerializationError):
                 self._last_fn = (weakref.ref(fn), cached)
+            return cached
+        # Pickled by value: once per job, for all its chunks (a map of 20,000
+        # one-item chunks of a __main__ function pickled it 20,000 times).
+        cached = self._job_fns.get(job)
+        if cached is not None:
             return cached
         try:
             blob = _serialize.dump_function(fn)
