@@ -10,7 +10,6 @@ dead processes left.
 from __future__ import annotations
 
 import atexit
-import glob
 import itertools
 import mmap
 import os
@@ -152,11 +151,17 @@ def unlink(name: str) -> None:
 
 def sweep(prefix: str) -> None:
     """Unlink every segment whose name starts with ``prefix``."""
-    for path in glob.glob(os.path.join(SHM_DIR, glob.escape(prefix) + "*")):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    try:
+        entries = os.scandir(SHM_DIR)
+    except OSError:
+        return
+    with entries:
+        for entry in entries:
+            if entry.name.startswith(prefix):
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    pass
 
 
 _orphans_swept = False

@@ -12,7 +12,7 @@ import enum
 import os
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import PoolBroken, TaskTimeout, WorkerDied
 from . import _wire
@@ -29,8 +29,7 @@ class Cause(enum.Enum):
     SERVER = "server"  # its fork server died and took it along: blameless
 
 
-@dataclass(frozen=True)
-class Held:
+class Held(NamedTuple):
     """One chunk the dead worker held, in the order it was sent."""
 
     seq: int
@@ -39,8 +38,7 @@ class Held:
     deaths: int  # earlier deaths it caused with none of its tasks running
 
 
-@dataclass(frozen=True)
-class Requeue:
+class Requeue(NamedTuple):
     """Items ``a .. b-1`` of chunk ``seq`` go back to the front of the queue."""
 
     seq: int
@@ -49,8 +47,7 @@ class Requeue:
     deaths: int
 
 
-@dataclass(frozen=True)
-class Fail:
+class Fail(NamedTuple):
     """Task ``pos`` of chunk ``seq`` fails (or is retried, if its budget allows)."""
 
     seq: int
