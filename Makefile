@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Modules held to `mypy --strict` (the rest of the package is not yet).
-MYPY_STRICT := src/gilfree/pool src/gilfree/errors.py src/gilfree/_api.py src/gilfree/_session.py src/gilfree/_executor.py src/gilfree/_calls.py src/gilfree/_lifetime.py src/gilfree/_engine.py src/gilfree/_probe_fork.py src/gilfree/_probe_pool.py
+MYPY_STRICT := src/gilfree/pool src/gilfree/errors.py src/gilfree/_api.py src/gilfree/_session.py src/gilfree/_executor.py src/gilfree/_calls.py src/gilfree/_lifetime.py src/gilfree/_engine.py src/gilfree/_probe_child.py src/gilfree/_probe_fork.py src/gilfree/_probe_pool.py
 
 .PHONY: demo test test-pythons lint bench clean
 

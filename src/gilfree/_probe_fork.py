@@ -26,7 +26,6 @@ another thread held would stay locked in the child): otherwise, and where
 
 from __future__ import annotations
 
-import faulthandler
 import mmap
 import os
 import pickle
@@ -38,8 +37,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _serialize
-from .errors import SerializationError, TaskTimeout, WorkerDied
+from . import _probe_child, _serialize
+from ._probe_child import PAIR_MARK, _child
+from .errors import TaskTimeout, WorkerDied
 from .planner import _probe as probing
 
 #: Seconds to wait for a timed-out call's stack (faulthandler) before the kill.
@@ -71,6 +71,8 @@ def probe(
     samples: Sequence[Any],
     budget: float,
     timeout: float | None,
+    *,
+    pair: bool = False,
 ) -> tuple[probing.ProbeResult, int]:
     """Run the serial phase of the planner's probe on ``samples`` in a child.
 
@@ -79,13 +81,20 @@ def probe(
     to take ``PAIR_MIN_CALL_S`` or more -- the rest is left for a two-thread
     phase on the pool -- or after a call that killed the child or ran past
     ``timeout``).
+
+    ``pair``: the child runs the two-thread phase too, on the samples after
+    the serial ones (large arguments, which the pool would have to pickle).
+    A crash or overrun there cannot be pinned on one sample: ``pair_skipped``
+    then says so and those samples are left unsettled.
     """
     reap()
     # Every sample, unless the calls turn out too long for that (see _child): a
     # tiny function gets no two-thread phase, so nothing is kept back for one,
     # and each sample probed is one that cannot crash the caller later.
-    limit = len(samples)
+    n = len(samples)
+    limit = n - probing.PAIR_RESERVE if pair and n >= probing.PAIR_RESERVE + 2 else n
     cap = probing.SERIAL_SHARE * budget
+    pair_cap = probing.PAIR_SHARE * budget if pair else None
     mark = mmap.mmap(-1, 16)
     view = memoryview(mark).cast("q")
     view[0] = -1
@@ -103,7 +112,7 @@ def probe(
         os.close(stack_r)
         code = 0
         try:
-            _child(fn, samples, limit, cap, view, w, stack_w)
+            _child(fn, samples, limit, cap, pair_cap, view, w, stack_w)
         except BaseException:
             code = 70
         finally:
@@ -119,7 +128,7 @@ def probe(
     result = probing.ProbeResult()
     settled = 0
     try:
-        settled = _collect(pid, r, stack_r, view, samples, timeout, result)
+        settled = _collect(pid, r, stack_r, view, samples, timeout, pair_cap or 0.0, result)
     except BaseException:
         _kill(pid)
         raise
@@ -141,12 +150,15 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _limit(k: int, timeout: float | None) -> float:
+def _limit(k: int, timeout: float | None, pair_s: float = 0.0) -> float:
     """Seconds the child may spend at mark ``k``: a call gets ``timeout``; the
     child's own work between calls (starting, pickling a batch) at least
-    ``BETWEEN_CALLS_S``, so a short timeout on a busy machine blames no call."""
+    ``BETWEEN_CALLS_S``, so a short timeout on a busy machine blames no call;
+    the two-thread phase that as well as its share of the budget."""
     assert timeout is not None
-    return timeout if k >= 0 else max(timeout, BETWEEN_CALLS_S)
+    if k >= 0:
+        return timeout
+    return max(timeout, BETWEEN_CALLS_S) + (pair_s if k == PAIR_MARK else 0.0)
 
 
 def _read_mark(view: memoryview) -> tuple[int, int]:
@@ -166,6 +178,7 @@ def _collect(
     view: memoryview,
     samples: Sequence[Any],
     timeout: float | None,
+    pair_s: float,
     result: probing.ProbeResult,
 ) -> int:
     """Read the child's batches into ``result`` until it ends, dies or overruns."""
@@ -175,17 +188,23 @@ def _collect(
         wait = None
         if timeout is not None:
             k, t = _read_mark(view)
-            wait = max(0.0, t / 1e9 + _limit(k, timeout) - time.monotonic())
+            wait = max(0.0, t / 1e9 + _limit(k, timeout, pair_s) - time.monotonic())
         ready, _, _ = select.select([r], [], [], wait)
         if not ready:
             k, t = _read_mark(view)
-            if time.monotonic() - t / 1e9 < _limit(k, timeout):
+            if time.monotonic() - t / 1e9 < _limit(k, timeout, pair_s):
                 continue  # another call started since: its own deadline
             stack = _stack_of(pid, stack_r)
             _kill(pid)
             if k >= 0:
                 result.outcomes[k] = (False, _timeout_error(k, samples[k], timeout, stack))
                 return k + 1
+            if k == PAIR_MARK:
+                result.pair_skipped = (
+                    "the two-thread measurement ran past its time limit and was stopped; "
+                    "its samples run again as ordinary tasks"
+                )
+                return settled
             # Stuck between calls (a result's __reduce__, say): no call to
             # blame; the samples not settled are probed again on the pool.
             result.pair_skipped = "the probe's child stopped between calls"
@@ -202,6 +221,9 @@ def _collect(
                 if msg is None:  # the end: the child exits by itself
                     _unreaped.append(pid)
                     return settled
+                if msg[0] == "pair":
+                    settled = _add_pair(result, msg[1], settled)
+                    continue
                 settled = _add_batch(result, msg)
             continue
         # EOF without the end: the child died.
@@ -210,6 +232,11 @@ def _collect(
         stack = _drain(stack_r)
         if k < 0:
             result.crashes += 1
+            if k == PAIR_MARK:
+                result.pair_skipped = (
+                    "the two-thread measurement stopped (its process died); its samples "
+                    "run again as ordinary tasks"
+                )
             return settled
         result.outcomes[k] = (False, _death_error(pid, status, k, samples[k], stack))
         result.crashes += 1
@@ -231,6 +258,19 @@ def _add_batch(result: probing.ProbeResult, msg: tuple[Any, ...]) -> int:
     result.serial_process_cpu += pcpu
     result.serial_runqueue += rq
     return int(first) + len(outcomes)
+
+
+def _add_pair(result: probing.ProbeResult, pair: probing.ProbeResult, settled: int) -> int:
+    """The child's two-thread phase (outcomes from sample ``settled`` on) into ``result``."""
+    for k, (ok, value) in pair.outcomes.items():
+        if not ok:
+            exc, tb = value
+            value = _serialize.with_remote_traceback(exc, tb)
+        result.outcomes[k] = (ok, value)
+    for name in ("pair_calls", "pair_wall", "pair_cpu", "pair_windows", "overlap"):
+        setattr(result, name, getattr(pair, name))
+    result.pair_skipped = pair.pair_skipped
+    return max([settled, *(k + 1 for k in pair.outcomes)])
 
 
 def _stack_of(pid: int, stack_r: int) -> str:
@@ -263,11 +303,11 @@ def _drain(fd: int) -> str:
 
 
 def _task_frames(stack: str) -> str:
-    """The task's frames: below the child's loop (this file) come the caller's
+    """The task's frames: below the child's loop (``_probe_child``) come the caller's
     own frames, inherited by the fork."""
     from .pool._recovery import task_frames  # only after a crash or a timeout
 
-    return task_frames(stack, loop_file=__file__)
+    return task_frames(stack, loop_file=_probe_child.__file__)
 
 
 def _death_error(pid: int, status: int, index: int, item: Any, stack: str) -> WorkerDied:
@@ -296,128 +336,3 @@ def _timeout_error(index: int, item: Any, timeout: float | None, stack: str) -> 
         timeout=timeout,
         stack=stack,
     )
-
-
-# -- in the child ------------------------------------------------------------------
-def _child(  # pragma: no cover - runs in the forked child
-    fn: Callable[[Any], Any],
-    samples: Sequence[Any],
-    limit: int,
-    cap: float,
-    view: memoryview,
-    w: int,
-    stack_w: int,
-) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
-    faulthandler.enable(file=stack_w, all_threads=False)
-    faulthandler.register(signal.SIGUSR1, file=stack_w, all_threads=False)
-    # Copy-on-write: the first write to each page the fork shares (a sample's
-    # reference count, the allocator's free lists) costs a page fault of ~1 us,
-    # which would read as the function's time. Touch them before timing.
-    touched = list(samples[:limit])
-    touched.append(fn)
-    per_batch, per_call = _loop_overhead(view)
-    clock = time.monotonic_ns
-    result = probing.ProbeResult()
-    first, batch = 0, 1
-    while first < limit:
-        last = min(limit, first + batch)
-        outcomes: list[tuple[bool, Any]] = []
-        append = outcomes.append
-        q0 = probing.runqueue_seconds()
-        p0 = time.process_time()
-        c0 = time.thread_time()
-        w0 = time.perf_counter()
-        for i in range(first, last):
-            view[1] = clock()
-            view[0] = i
-            try:
-                append((True, fn(samples[i])))
-            except BaseException as exc:  # SystemExit in a task is that task's failure
-                append((False, exc))
-        w1 = time.perf_counter()
-        c1 = time.thread_time()
-        p1 = time.process_time()
-        q1 = probing.runqueue_seconds()
-        view[1] = clock()
-        view[0] = -1
-        own = per_batch + (last - first) * per_call
-        wall = max(w1 - w0 - own, (w1 - w0) * 0.05)
-        cpu = max(c1 - c0 - own, (c1 - c0) * 0.05)
-        _send_batch(w, first, outcomes, (wall, cpu, p1 - p0, q1 - q0))
-        result.serial_calls += last - first
-        result.serial_wall += wall
-        if probing.serial_done(result, cap):
-            break
-        if first > 0 and wall >= (last - first) * probing.PAIR_MIN_CALL_S:
-            break  # not tiny after all: the rest is probed on the pool, two threads too
-        if first > 0:  # 1, 1, 2, 4, ...: the first call alone may be a warm-up
-            batch *= 2
-        first = last
-    _write(w, pickle.dumps(None))
-
-
-def _loop_overhead(view: memoryview) -> tuple[float, float]:  # pragma: no cover
-    """``(per batch, per call)`` seconds the loop above adds around the calls
-    (its shape on a no-op, best of several), as ``planner._probe.call_overhead``."""
-
-    def time_batch(k: int) -> float:
-        clock = time.monotonic_ns
-        outcomes: list[tuple[bool, Any]] = []
-        append = outcomes.append
-        fn = _noop
-        t0 = time.perf_counter()
-        for i in range(k):
-            view[1] = clock()
-            view[0] = -1
-            try:
-                append((True, fn(i)))
-            except BaseException as exc:
-                append((False, exc))
-        return time.perf_counter() - t0
-
-    one = min(time_batch(1) for _ in range(20))
-    many = min(time_batch(256) for _ in range(3))
-    per_call = max(0.0, (many - one) / 255)
-    return max(0.0, one - per_call), per_call
-
-
-def _noop(x: Any) -> Any:
-    return x
-
-
-def _send_batch(  # pragma: no cover - in the child
-    w: int, first: int, outcomes: list[tuple[bool, Any]], timing: tuple[float, ...]
-) -> None:
-    """A batch's outcomes down the pipe: exceptions with their traceback; a
-    result that cannot be pickled becomes that task's SerializationError."""
-    sent = [(ok, v if ok else _serialize.exception_payload(v)) for ok, v in outcomes]
-    try:
-        data = _serialize.dumps_data((first, sent, *timing))
-    except BaseException:  # a result's __reduce__ may even call sys.exit
-        sent = [_sendable(first + k, ok, v) for k, (ok, v) in enumerate(sent)]
-        data = _serialize.dumps_data((first, sent, *timing))
-    _write(w, data)
-
-
-def _sendable(index: int, ok: bool, value: Any) -> tuple[bool, Any]:  # pragma: no cover
-    if not ok:
-        return ok, value
-    try:
-        _serialize.dumps_data(value)
-        return ok, value
-    except BaseException as exc:
-        err = SerializationError(
-            f"result of type {type(value).__name__} ({_serialize.describe(value)}) "
-            f"cannot be pickled back to the parent: {type(exc).__name__}: {exc}",
-            what="result",
-            index=index,
-        )
-        return False, (err, "")
-
-
-def _write(w: int, data: bytes) -> None:  # pragma: no cover - in the child
-    data = len(data).to_bytes(8, "little") + data
-    view = memoryview(data)
-    while view:
-        view = view[os.write(w, view) :]
