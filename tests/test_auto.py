@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -117,8 +118,21 @@ def walk_rows(arg):
 ROWS = [(i, i % 7, "x") for i in range(150_000)]
 
 
+@pytest.fixture
+def threaded():
+    """Another thread in the caller: the probe cannot fork and runs on the pool
+    (a single-threaded caller probes large arguments in a forked child, see
+    test_auto_large.py)."""
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    yield
+    stop.set()
+    other.join()
+
+
 @pytest.mark.timeout(60)
-def test_large_arguments_send_the_workers_fewer_samples(tmp_path):
+def test_large_arguments_send_the_workers_fewer_samples(tmp_path, threaded):
     """Pickling 16 samples of ~1.5 MB to the probe's workers costs more than
     the probe's budget: it sends 1 call alone and 2 for the two threads, runs
     each in a worker, and the plan says so."""
@@ -147,7 +161,7 @@ def test_small_arguments_are_all_sent(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_pure_python_on_large_arguments_with_a_gil_sends_one_sample():
+def test_pure_python_on_large_arguments_with_a_gil_sends_one_sample(threaded):
     """With a GIL the bytecode of a pure-Python loop already says what two
     threads would show; without one, the two threads are timed."""
     from gilfree.planner._features import gil_enabled

@@ -48,7 +48,7 @@ from . import _probe_fork, _serialize
 from ._options import Options, usable_cpus
 from ._probe_pool import run_probe
 from .backends import Backend, create
-from .errors import ConfigurationError, SerializationError, TaskTimeout, WorkerDied
+from .errors import ConfigurationError, SerializationError
 from .planner import Plan
 from .planner import _probe as probing
 from .planner._advise import advise as _plan
@@ -80,12 +80,11 @@ class ProbeRunner:
     def __call__(
         self, fn: Callable[[Any], Any], samples: Sequence[Any], budget: float
     ) -> probing.ProbeResult:
-        if (
-            self.backend is None
-            and _probe_fork.available(self.opts.start_method)
-            and looks_tiny(fn)
-        ):
-            return self._fork_first(fn, samples, budget)
+        if self.backend is None and _probe_fork.available(self.opts.start_method):
+            if looks_tiny(fn):
+                return self._fork_first(fn, samples, budget)
+            if _probe_fork.looks_large(samples):
+                return self._fork_whole(fn, samples, budget)
         return run_probe(self.backend_for(fn), self.opts, fn, samples, budget)
 
     def _fork_first(
@@ -94,16 +93,12 @@ class ProbeRunner:
         """The serial phase in a bare forked child (no pool); the two-thread
         phase on the pool only when the calls turn out too long to skip it."""
         self.forked = True
-        result, settled = _probe_fork.probe(fn, samples, budget, self.opts.timeout)
+        result, settled, faulted = _probe_fork.probe(fn, samples, budget, self.opts.timeout)
         t = result.task_seconds
         rest = len(samples) - settled
         # A fault stopped the child (a crash, a call past timeout=, or a stop
         # between calls), or the calls take long enough for two threads to be
         # worth timing: the rest of the samples are probed on the pool.
-        last = result.outcomes.get(settled - 1, (True, None))
-        faulted = result.pair_skipped is not None or (
-            not last[0] and isinstance(last[1], WorkerDied | TaskTimeout)
-        )
         if rest == 0 or not (faulted or t is None or t >= probing.PAIR_MIN_CALL_S):
             short = probing.format_seconds(probing.PAIR_MIN_CALL_S)
             result.pair_skipped = (
@@ -118,6 +113,36 @@ class ProbeRunner:
         # On a pool worker, as usual: serial calls and two threads at once.
         more = run_probe(self.backend_for(fn), self.opts, fn, samples[settled:], budget)
         return _merged(result, more, settled)
+
+    def _fork_whole(
+        self, fn: Callable[[Any], Any], samples: Sequence[Any], budget: float
+    ) -> probing.ProbeResult:
+        """Large arguments: both phases in a bare forked child, which inherits
+        the samples (the pool would pickle each one it sends); then one
+        argument is pickled here, for at most a call's time, to price processes."""
+        self.forked = True
+        held = _holds_the_gil(fn)
+        result, settled, faulted = _probe_fork.probe(
+            fn, samples, budget, self.opts.timeout, pair=held is None
+        )
+        if held is not None:
+            result.pair_skipped = held
+        if faulted and settled < len(samples):
+            # What stopped the child is settled; the rest go to the pool as usual.
+            result.pair_skipped = None
+            more = run_probe(self.backend_for(fn), self.opts, fn, samples[settled:], budget)
+            return _merged(result, more, settled)
+        known: dict[int, tuple[int, list[int]]] = {}
+        ran = sorted(k for k, (ok, _) in result.outcomes.items() if ok)
+        if ran:
+            limit = max(result.task_seconds or 0.0, _probe_fork.PICKLE_FLOOR_S)
+            timed = _probe_fork.timed_pickle(samples[ran[0]], limit)
+            if timed is not None:
+                seconds, inband, oob, whole = timed
+                result.arg_pickle_s, result.arg_pickle_partial = seconds, not whole
+                known[ran[0]] = (inband, oob)
+        probing.measure_sizes(fn, samples, result, count=1, known=known)
+        return result
 
     def close(self, *, kill: bool = False) -> None:
         if self.owned and self.backend is not None:
@@ -158,6 +183,7 @@ def _merged(
         "unpicklable",
         "sent_fewer",
         "arg_pickle_s",
+        "arg_pickle_partial",
     ):
         setattr(first, name, getattr(more, name))
     return first
@@ -176,6 +202,26 @@ def probe_backend(
     if total is not None:
         workers = max(1, min(workers, total))
     return "process", opts.with_(backend="process", workers=workers)
+
+
+def _holds_the_gil(fn: Callable[[Any], Any]) -> str | None:
+    """Why two threads need not be timed, if they need not: on a GIL build,
+    when the bytecode shows only pure-Python loops, which hold it."""
+    from .planner import _bytecode
+    from .planner._features import gil_enabled
+
+    if not gil_enabled():
+        return None
+    try:
+        findings = _bytecode.analyze(fn).findings
+    except Exception:  # reading bytecode must never stop a job
+        return None
+    if not findings or any(f.kind != "python_loop" for f in findings):
+        return None
+    return (
+        "on this interpreter, which has a GIL, the bytecode shows only pure-Python loops, "
+        "which hold it"
+    )
 
 
 def looks_tiny(fn: Callable[[Any], Any]) -> bool:

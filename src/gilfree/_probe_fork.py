@@ -55,6 +55,77 @@ def available(start_method: str | None) -> bool:
     return hasattr(os, "fork") and start_method in (None, "fork") and threading.active_count() == 1
 
 
+#: A sample this large (``approx_size``) is probed in the forked child, which
+#: inherits it, two-thread phase included: the pool would pickle every sample
+#: it sends (a 200,000-tuple list: ~80 ms to pickle, ~70 ms to unpickle).
+LARGE_ARG_BYTES = 64 * 1024
+#: Pickling a sample to time it stops after a call's time, or at least this long.
+PICKLE_FLOOR_S = 0.002
+
+
+def looks_large(samples: Sequence[Any]) -> bool:
+    """Whether the first sample looks costly to send to a worker."""
+    return bool(samples) and approx_size(samples[0]) >= LARGE_ARG_BYTES
+
+
+def approx_size(obj: Any, depth: int = 0) -> int:
+    """Bytes of ``obj`` by ``sys.getsizeof``, looking two levels into lists and
+    tuples (a starmap's argument tuple, a list of lists) from their first items.
+    Cheap and rough: it only sorts small arguments from large ones."""
+    try:
+        size = sys.getsizeof(obj)
+    except Exception:  # a __sizeof__ that raises
+        return 0
+    if depth < 2 and type(obj) in (list, tuple) and obj:
+        head = obj[:8]
+        size += sum(approx_size(x, depth + 1) for x in head) * len(obj) // len(head)
+    return size
+
+
+class _Enough(Exception):
+    pass
+
+
+class _Meter:
+    """A file that counts what the pickler writes and stops it at a deadline
+    (protocol 5 writes its frames as it goes, about every 64 KiB)."""
+
+    __slots__ = ("deadline", "written")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.written = 0
+
+    def write(self, data: Any) -> int:
+        n = len(data)
+        self.written += n
+        if time.perf_counter() > self.deadline:
+            raise _Enough
+        return n
+
+
+def timed_pickle(obj: Any, limit_s: float) -> tuple[float, int, list[int], bool] | None:
+    """Pickle ``obj`` as the pool would (plain pickle, protocol 5), stopping
+    after ``limit_s``: ``(seconds, in-band bytes, out-of-band buffer sizes,
+    whole)``; when not ``whole``, seconds and bytes are floors. None when plain
+    pickle cannot pickle it (the pool falls back to cloudpickle)."""
+    oob: list[int] = []
+
+    def out_of_band(buf: pickle.PickleBuffer) -> bool:
+        oob.append(buf.raw().nbytes)
+        return False
+
+    t0 = time.perf_counter()
+    meter = _Meter(t0 + limit_s)
+    try:
+        pickle.Pickler(meter, 5, buffer_callback=out_of_band).dump(obj)
+    except _Enough:
+        return time.perf_counter() - t0, meter.written, oob, False
+    except Exception:
+        return None
+    return time.perf_counter() - t0, meter.written, oob, True
+
+
 def reap() -> None:
     """Collect the exit status of finished probe children (never blocks)."""
     for pid in list(_unreaped):
@@ -73,14 +144,14 @@ def probe(
     timeout: float | None,
     *,
     pair: bool = False,
-) -> tuple[probing.ProbeResult, int]:
+) -> tuple[probing.ProbeResult, int, bool]:
     """Run the serial phase of the planner's probe on ``samples`` in a child.
 
-    Returns the measurements and how many samples it settled (a prefix: the
+    Returns the measurements, how many samples it settled (a prefix: the
     serial phase stops when it has measured enough, when its calls turn out
     to take ``PAIR_MIN_CALL_S`` or more -- the rest is left for a two-thread
     phase on the pool -- or after a call that killed the child or ran past
-    ``timeout``).
+    ``timeout``), and whether such a fault stopped the child.
 
     ``pair``: the child runs the two-thread phase too, on the samples after
     the serial ones (large arguments, which the pool would have to pickle).
@@ -126,9 +197,11 @@ def probe(
     os.close(stack_w)
     started = time.perf_counter()
     result = probing.ProbeResult()
-    settled = 0
+    settled, faulted = 0, True
     try:
-        settled = _collect(pid, r, stack_r, view, samples, timeout, pair_cap or 0.0, result)
+        settled, faulted = _collect(
+            pid, r, stack_r, view, samples, timeout, pair_cap or 0.0, result
+        )
     except BaseException:
         _kill(pid)
         raise
@@ -139,7 +212,7 @@ def probe(
         mark.close()
     result.failures = sum(1 for ok, _ in result.outcomes.values() if not ok)
     result.seconds = time.perf_counter() - started
-    return result, settled
+    return result, settled, faulted
 
 
 def _kill(pid: int) -> None:
@@ -180,8 +253,10 @@ def _collect(
     timeout: float | None,
     pair_s: float,
     result: probing.ProbeResult,
-) -> int:
-    """Read the child's batches into ``result`` until it ends, dies or overruns."""
+) -> tuple[int, bool]:
+    """Read the child's batches into ``result`` until it ends, dies or overruns.
+
+    Returns how many samples it settled, and whether a fault stopped it."""
     buf = bytearray()
     settled = 0
     while True:
@@ -198,17 +273,17 @@ def _collect(
             _kill(pid)
             if k >= 0:
                 result.outcomes[k] = (False, _timeout_error(k, samples[k], timeout, stack))
-                return k + 1
+                return k + 1, True
             if k == PAIR_MARK:
                 result.pair_skipped = (
                     "the two-thread measurement ran past its time limit and was stopped; "
                     "its samples run again as ordinary tasks"
                 )
-                return settled
+                return settled, True
             # Stuck between calls (a result's __reduce__, say): no call to
             # blame; the samples not settled are probed again on the pool.
             result.pair_skipped = "the probe's child stopped between calls"
-            return settled
+            return settled, True
         chunk = os.read(r, 1 << 16)
         if chunk:
             buf += chunk
@@ -220,7 +295,7 @@ def _collect(
                 del buf[: 8 + size]
                 if msg is None:  # the end: the child exits by itself
                     _unreaped.append(pid)
-                    return settled
+                    return settled, False
                 if msg[0] == "pair":
                     settled = _add_pair(result, msg[1], settled)
                     continue
@@ -237,10 +312,10 @@ def _collect(
                     "the two-thread measurement stopped (its process died); its samples "
                     "run again as ordinary tasks"
                 )
-            return settled
+            return settled, True
         result.outcomes[k] = (False, _death_error(pid, status, k, samples[k], stack))
         result.crashes += 1
-        return k + 1
+        return k + 1, True
 
 
 def _add_batch(result: probing.ProbeResult, msg: tuple[Any, ...]) -> int:

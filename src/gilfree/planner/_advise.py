@@ -188,6 +188,7 @@ def _measure(
         unpicklable=result.unpicklable,
         sent_fewer=result.sent_fewer,
         arg_pickle_s=result.arg_pickle_s,
+        arg_pickle_partial=result.arg_pickle_partial,
         probe_seconds=result.seconds,
         findings=tuple(analysis.findings),
         function=_name(fn, analysis.function),

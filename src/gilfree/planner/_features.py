@@ -31,6 +31,7 @@ class Features:
     failure_type: str | None = None
     unpicklable: str | None = None
     arg_pickle_s: float | None = None  # pickling one argument, timed (None: not timed)
+    arg_pickle_partial: bool = False  # arg_pickle_s is a floor: pickling was stopped there
     sent_fewer: str | None = None  # why the probe sent fewer samples (large arguments)
     probe_seconds: float = 0.0
     findings: tuple[Finding, ...] = ()

@@ -220,12 +220,21 @@ def _choose(feat: Features) -> Plan:
         predicted["process"] = predict_process(feat, n, t, w) + graphs
         timed = feat.arg_pickle_s or 0.0
         if n * timed * (1 + 1 / w) >= 0.1 * predicted["process"]:
-            reasons.append(
-                f"Processes are charged {format_seconds(timed)} a call to pickle each "
-                f"{format_bytes(feat.arg_bytes)} argument in this process (timed on the "
-                "first sample) and about as long again to unpickle it in a worker; threads "
-                "and a plain loop use the objects as they are."
-            )
+            if feat.arg_pickle_partial:
+                reasons.append(
+                    f"Processes are charged at least {format_seconds(timed)} a call to pickle "
+                    "each argument in this process (pickling the first sample was stopped "
+                    f"after {format_bytes(feat.arg_bytes)}, once it took longer than a call) "
+                    "and about as long again to unpickle it in a worker; threads and a plain "
+                    "loop use the objects as they are."
+                )
+            else:
+                reasons.append(
+                    f"Processes are charged {format_seconds(timed)} a call to pickle each "
+                    f"{format_bytes(feat.arg_bytes)} argument in this process (timed on the "
+                    "first sample) and about as long again to unpickle it in a worker; threads "
+                    "and a plain loop use the objects as they are."
+                )
         if graphs >= 0.1 * predicted["process"]:
             reasons.append(
                 f"Processes are charged {format_seconds(graphs)} to pickle "

@@ -41,6 +41,7 @@ class ProbeResult:
     fn_bytes: int | None = None
     unpicklable: str | None = None  # what could not be pickled, and why
     arg_pickle_s: float | None = None  # pickling the first argument, timed in the parent
+    arg_pickle_partial: bool = False  # stopped once it took longer than a call: a floor
     sent_fewer: str | None = None  # why the probe sent its workers fewer samples
     seconds: float = 0.0  # the probe's own wall time
 
