@@ -118,12 +118,18 @@ class ProbeRunner:
         self, fn: Callable[[Any], Any], samples: Sequence[Any], budget: float
     ) -> probing.ProbeResult:
         """Large arguments: both phases in a bare forked child, which inherits
-        the samples (the pool would pickle each one it sends); then one
-        argument is pickled here, for at most a call's time, to price processes."""
+        the samples (the pool would pickle each one it sends). Meanwhile the
+        first argument is pickled here, for up to ``PICKLE_MEANWHILE_S`` (then
+        up to a call's time), to price processes."""
         self.forked = True
         held = _holds_the_gil(fn)
+        priced: list[tuple[float, int, list[int], bool] | None] = []
+
+        def price() -> None:
+            priced.append(_probe_fork.timed_pickle(samples[0], _probe_fork.PICKLE_MEANWHILE_S))
+
         result, settled, faulted = _probe_fork.probe(
-            fn, samples, budget, self.opts.timeout, pair=held is None
+            fn, samples, budget, self.opts.timeout, whole=True, pair=held is None, meanwhile=price
         )
         if held is not None:
             result.pair_skipped = held
@@ -133,14 +139,15 @@ class ProbeRunner:
             more = run_probe(self.backend_for(fn), self.opts, fn, samples[settled:], budget)
             return _merged(result, more, settled)
         known: dict[int, tuple[int, list[int]]] = {}
-        ran = sorted(k for k, (ok, _) in result.outcomes.items() if ok)
-        if ran:
-            limit = max(result.task_seconds or 0.0, _probe_fork.PICKLE_FLOOR_S)
-            timed = _probe_fork.timed_pickle(samples[ran[0]], limit)
-            if timed is not None:
-                seconds, inband, oob, whole = timed
-                result.arg_pickle_s, result.arg_pickle_partial = seconds, not whole
-                known[ran[0]] = (inband, oob)
+        timed = priced[0] if priced else None
+        limit = max(result.task_seconds or 0.0, _probe_fork.PICKLE_FLOOR_S)
+        if timed is not None and not timed[3] and timed[0] < limit:
+            # Stopped before a call's time: processes might still win; go on to it.
+            timed = _probe_fork.timed_pickle(samples[0], limit)
+        if timed is not None:
+            seconds, inband, oob, whole = timed
+            result.arg_pickle_s, result.arg_pickle_partial = seconds, not whole
+            known[0] = (inband, oob)
         probing.measure_sizes(fn, samples, result, count=1, known=known)
         return result
 

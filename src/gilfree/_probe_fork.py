@@ -61,6 +61,10 @@ def available(start_method: str | None) -> bool:
 LARGE_ARG_BYTES = 64 * 1024
 #: Pickling a sample to time it stops after a call's time, or at least this long.
 PICKLE_FLOOR_S = 0.002
+#: ...and is first tried for this long while the child runs its first calls
+#: (on another core: pickling there touches the pages the caller would copy
+#: anyway when the job runs).
+PICKLE_MEANWHILE_S = 0.02
 
 
 def looks_large(samples: Sequence[Any]) -> bool:
@@ -143,7 +147,9 @@ def probe(
     budget: float,
     timeout: float | None,
     *,
+    whole: bool = False,
     pair: bool = False,
+    meanwhile: Callable[[], None] | None = None,
 ) -> tuple[probing.ProbeResult, int, bool]:
     """Run the serial phase of the planner's probe on ``samples`` in a child.
 
@@ -153,19 +159,22 @@ def probe(
     phase on the pool -- or after a call that killed the child or ran past
     ``timeout``), and whether such a fault stopped the child.
 
-    ``pair``: the child runs the two-thread phase too, on the samples after
-    the serial ones (large arguments, which the pool would have to pickle).
+    ``whole``: the child runs the whole probe (large arguments, which the pool
+    would have to pickle): its serial phase does not stop early for long
+    calls, and runs ``WARM_UP_CALLS`` at least; with ``pair`` the two-thread
+    phase follows, on the samples after the serial ones.
     A crash or overrun there cannot be pinned on one sample: ``pair_skipped``
-    then says so and those samples are left unsettled.
+    then says so and those samples are left unsettled. ``meanwhile`` runs
+    here while the child starts (the marks keep its calls' deadlines).
     """
     reap()
     # Every sample, unless the calls turn out too long for that (see _child): a
     # tiny function gets no two-thread phase, so nothing is kept back for one,
     # and each sample probed is one that cannot crash the caller later.
     n = len(samples)
-    limit = n - probing.PAIR_RESERVE if pair and n >= probing.PAIR_RESERVE + 2 else n
+    limit = n - probing.PAIR_RESERVE if whole and pair and n >= probing.PAIR_RESERVE + 2 else n
     cap = probing.SERIAL_SHARE * budget
-    pair_cap = probing.PAIR_SHARE * budget if pair else None
+    pair_cap = probing.PAIR_SHARE * budget if whole and pair else None
     mark = mmap.mmap(-1, 16)
     view = memoryview(mark).cast("q")
     view[0] = -1
@@ -183,7 +192,7 @@ def probe(
         os.close(stack_r)
         code = 0
         try:
-            _child(fn, samples, limit, cap, pair_cap, view, w, stack_w)
+            _child(fn, samples, limit, cap, whole, pair_cap, view, w, stack_w)
         except BaseException:
             code = 70
         finally:
@@ -199,6 +208,8 @@ def probe(
     result = probing.ProbeResult()
     settled, faulted = 0, True
     try:
+        if meanwhile is not None:
+            meanwhile()
         settled, faulted = _collect(
             pid, r, stack_r, view, samples, timeout, pair_cap or 0.0, result
         )
