@@ -34,6 +34,10 @@ caller, is probed in one bare forked child instead (``_probe_fork``): for a
 job of ~10 ms, making and joining a pool cost more than the job. A call there
 that crashes or overruns is settled as on the pool, and the rest of the
 samples then go to the pool; so do they when the calls turn out to be long.
+Large arguments (``_probe_fork.looks_large``) are probed in such a child too,
+both phases, since it inherits them where the pool would pickle each sample;
+the caller meanwhile pickles the first one, for a bounded time, to price
+processes.
 
 The probe on a backend is ``_probe_pool.run_probe``.
 """
