@@ -50,7 +50,7 @@ from typing import Any
 
 from . import _probe_fork, _serialize
 from ._options import Options, usable_cpus
-from ._probe_pool import run_probe
+from ._probe_pool import GIL_HELD, holds_the_gil, run_probe
 from .backends import Backend, create
 from .errors import ConfigurationError, SerializationError
 from .planner import Plan
@@ -126,17 +126,17 @@ class ProbeRunner:
         first argument is pickled here, for up to ``PICKLE_MEANWHILE_S`` (then
         up to a call's time), to price processes."""
         self.forked = True
-        held = _holds_the_gil(fn)
+        held = holds_the_gil(fn)
         priced: list[tuple[float, int, list[int], bool] | None] = []
 
         def price() -> None:
             priced.append(_probe_fork.timed_pickle(samples[0], _probe_fork.PICKLE_MEANWHILE_S))
 
         result, settled, faulted = _probe_fork.probe(
-            fn, samples, budget, self.opts.timeout, whole=True, pair=held is None, meanwhile=price
+            fn, samples, budget, self.opts.timeout, whole=True, pair=not held, meanwhile=price
         )
-        if held is not None:
-            result.pair_skipped = held
+        if held:
+            result.pair_skipped = GIL_HELD
         if faulted and settled < len(samples):
             # What stopped the child is settled; the rest go to the pool as usual.
             result.pair_skipped = None
@@ -213,26 +213,6 @@ def probe_backend(
     if total is not None:
         workers = max(1, min(workers, total))
     return "process", opts.with_(backend="process", workers=workers)
-
-
-def _holds_the_gil(fn: Callable[[Any], Any]) -> str | None:
-    """Why two threads need not be timed, if they need not: on a GIL build,
-    when the bytecode shows only pure-Python loops, which hold it."""
-    from .planner import _bytecode
-    from .planner._features import gil_enabled
-
-    if not gil_enabled():
-        return None
-    try:
-        findings = _bytecode.analyze(fn).findings
-    except Exception:  # reading bytecode must never stop a job
-        return None
-    if not findings or any(f.kind != "python_loop" for f in findings):
-        return None
-    return (
-        "on this interpreter, which has a GIL, the bytecode shows only pure-Python loops, "
-        "which hold it"
-    )
 
 
 def looks_tiny(fn: Callable[[Any], Any]) -> bool:

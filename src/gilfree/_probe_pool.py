@@ -210,11 +210,17 @@ def _packed(obj: Any) -> tuple[Any, int, list[int]]:
     return _Packed(data), len(data), []
 
 
-def _holds_the_gil(fn: Callable[[Any], Any], result: probing.ProbeResult) -> bool:
+#: Why two threads are not timed when ``holds_the_gil``.
+GIL_HELD = (
+    "on this interpreter, which has a GIL, the bytecode shows only pure-Python loops, which hold it"
+)
+
+
+def holds_the_gil(fn: Callable[[Any], Any]) -> bool:
     """On a GIL build, whether the bytecode shows only pure-Python loops (no
     I/O, no call that releases the GIL): two threads would then read 1.0x, and
-    with large arguments timing them costs two more samples sent for nothing
-    the bytecode does not already say. If so, ``result.pair_skipped`` says so."""
+    with large arguments timing them costs samples (and their sending) for
+    nothing the bytecode does not already say."""
     from .planner import _bytecode
 
     if not gil_enabled():
@@ -223,12 +229,14 @@ def _holds_the_gil(fn: Callable[[Any], Any], result: probing.ProbeResult) -> boo
         findings = _bytecode.analyze(fn).findings
     except Exception:  # reading bytecode must never stop a job
         return False
-    if not findings or any(f.kind != "python_loop" for f in findings):
+    return bool(findings) and all(f.kind == "python_loop" for f in findings)
+
+
+def _holds_the_gil(fn: Callable[[Any], Any], result: probing.ProbeResult) -> bool:
+    """``holds_the_gil``; if so, ``result.pair_skipped`` says so."""
+    if not holds_the_gil(fn):
         return False
-    result.pair_skipped = (
-        "the arguments are costly to send, and on this interpreter, which has a GIL, the "
-        "bytecode shows only pure-Python loops, which hold it"
-    )
+    result.pair_skipped = "the arguments are costly to send, and " + GIL_HELD
     return True
 
 
