@@ -9,13 +9,12 @@ import threading
 import time
 
 import pytest
+from test_auto import ROWS, walk_rows
 
 import gilfree
 from gilfree.planner import clear_cache
 
 pytestmark = pytest.mark.timeout(120)
-
-ROWS = [(i, i % 7, "x") for i in range(150_000)]
 
 
 @pytest.fixture(autouse=True)
@@ -48,14 +47,6 @@ class NapRecorder:
             os._exit(3)
         time.sleep(0.002)
         return index + len(rows)
-
-
-def walk_rows(arg):
-    index, rows = arg
-    total = 0
-    for a, b, _ in rows:
-        total += a * b
-    return total + index
 
 
 def calls_of(path):
