@@ -753,3 +753,23 @@ def test_a_probe_that_sent_fewer_samples_says_so_in_the_reasons() -> None:
     plan = choose(feat(**GRAPH_ON_GIL, sent_fewer=why))
     assert why in plan.reasons
     assert why not in choose(feat(**GRAPH_ON_GIL)).reasons
+
+
+def test_pickling_stopped_at_a_calls_time_is_a_floor_the_reasons_call_one() -> None:
+    # The forked probe stops pickling the first argument once it took longer
+    # than a call (processes cannot win then): what it timed is a floor, and
+    # the bytes it wrote so far too.
+    floor = choose(
+        feat(
+            **{**GRAPH_ON_GIL, "arg_bytes": 0.5 * MIB}, arg_pickle_s=0.006, arg_pickle_partial=True
+        )
+    )
+    assert floor.backend == "serial", floor.explain()
+    assert floor.predicted["process"] >= 64 * 0.006
+    assert any(
+        "charged at least 6 ms a call to pickle each argument" in r
+        and "stopped after 512 KiB, once it took longer than a call" in r
+        for r in floor.reasons
+    ), floor.explain()
+    whole = choose(feat(**GRAPH_ON_GIL, arg_pickle_s=0.006))
+    assert not any("at least" in r for r in whole.reasons), whole.explain()
