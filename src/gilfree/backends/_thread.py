@@ -110,7 +110,7 @@ class ThreadBackend(Backend):
                 job, start, items, attempt = entry
                 if job.begin():
                     if job.options.timeout is None:
-                        run_items(job, start, items, attempt)
+                        run_items(job, start, items, attempt, catch=BaseException)
                     elif not self._run_timed(job, start, items[0], attempt):
                         return  # abandoned: a replacement already took our place
                 # An idle thread must not keep the last task's function,
@@ -177,7 +177,7 @@ class ThreadBackend(Backend):
             t0 = time.perf_counter()
             try:
                 value, exc = job.fn(item), None
-            except Exception as e:
+            except BaseException as e:  # SystemExit too: this task's, as in run_items
                 value, exc = None, e
             elapsed = time.perf_counter() - t0
             with self._lock:
