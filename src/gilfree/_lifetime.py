@@ -1,12 +1,16 @@
 """When Executors stop: dropped without ``shutdown()``, and at interpreter exit.
 
 CPython's executors shut down through a weakref when garbage-collected and
-finish submitted work at exit; these hooks do the same for ``Executor``.
+finish submitted work at exit; these hooks do the same for ``Executor``. A
+program ended by Ctrl-C does not wait: its executors' queued tasks are
+cancelled and running ones stopped (``ProcessPoolExecutor`` gets the same
+from its workers, which the Ctrl-C reaches too; ours ignore it).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import weakref
 from typing import Any, Protocol
@@ -19,6 +23,8 @@ class _Stoppable(Protocol):
     ``_executor`` imports this module)."""
 
     def shutdown(self, wait: bool = ...) -> None: ...
+
+    def _close(self, *, wait: bool, cancel_futures: bool, kill: bool) -> None: ...
 
 
 def _release(backends: dict[Any, Backend], lock: threading.Lock) -> None:
@@ -65,13 +71,19 @@ def _at_exit() -> None:
     if os.getpid() != _hook_pid:
         return  # a forked child (a worker): these executors are the parent's
     _exiting = True
+    # The main script's uncaught exception, printed before this hook runs.
+    ended_by = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    interrupted = isinstance(ended_by, KeyboardInterrupt)
     for ex in list(_live):
         try:
-            ex.shutdown(wait=True)
+            if interrupted:
+                ex._close(wait=False, cancel_futures=True, kill=True)
+            else:
+                ex.shutdown(wait=True)
         except Exception:
             pass
     for backend in list(_draining):
         try:
-            backend.shutdown(wait=True)
+            backend.shutdown(wait=not interrupted, kill=interrupted)
         except Exception:
             pass

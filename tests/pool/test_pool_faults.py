@@ -370,3 +370,48 @@ def test_forked_workers_run_none_of_the_callers_exit_hooks(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert marks.read_text().split() == [proc.stdout.strip()] * 2  # the caller's hooks, once
+
+
+OPEN_EXECUTOR = textwrap.dedent(
+    """
+    import os, sys, time
+    import gilfree
+
+    def hold(x):
+        os.write(1, b"started\\n")
+        time.sleep(3600 if x == 0 else 0.01)
+        return x
+
+    ex = gilfree.Executor(backend=sys.argv[1], workers=2)  # no with, no shutdown
+    futures = [ex.submit(hold, i) for i in range(10)]
+    [f.result() for f in futures]
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_ctrl_c_ends_a_program_whose_executor_is_still_open(tmp_path, backend):
+    # The exit hook finishes submitted work, as concurrent.futures does; after
+    # Ctrl-C it waited for the hour-long task instead (only a second Ctrl-C ended it).
+    path = tmp_path / "script.py"
+    path.write_text(OPEN_EXECUTOR)
+    proc = subprocess.Popen(
+        [sys.executable, str(path), backend],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        children = psutil.Process(proc.pid).children(recursive=True)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=20)
+        took = time.monotonic() - t0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert took < 5.0, f"exited {took:.2f} s after SIGINT; stderr: {err[-2000:]}"
+    assert "KeyboardInterrupt" in err and proc.returncode != 0, err[-2000:]
+    assert _gone([c.pid for c in children], 5.0), "workers outlived the interrupted program"
