@@ -87,8 +87,10 @@ def dump_function(fn: Any) -> bytes:
     try:
         return dumps(fn)
     except Exception as exc:
+        # An Executor's adapter (fn(*args) as one argument) names the user's fn.
+        named = getattr(fn, "__gilfree_plans_as__", fn)
         raise SerializationError(
-            f"function {describe(fn)} cannot be pickled for process workers: "
+            f"function {describe(named)} cannot be pickled for process workers: "
             f"{type(exc).__name__}: {exc}",
             what="function",
         ) from exc

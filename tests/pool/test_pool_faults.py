@@ -206,6 +206,15 @@ def test_unpicklable_function_names_itself():
         gilfree.map(lambda x: (lock, x), range(3), backend="process")
     assert info.value.what == "function"
 
+    def uses_lock(x):
+        return lock, x
+
+    # Executor.submit wraps fn(*args) in an adapter: the message names fn, not it.
+    with gilfree.Executor(backend="process", workers=1) as ex:
+        err = ex.submit(uses_lock, 1).exception(timeout=60)
+    assert isinstance(err, SerializationError) and err.what == "function"
+    assert "uses_lock" in str(err) and "_StarCall" not in str(err), err
+
 
 # -- recycling and memory --------------------------------------------------------------------
 def test_max_tasks_per_worker_recycles_workers():
