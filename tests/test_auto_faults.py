@@ -546,3 +546,37 @@ def test_a_tiny_looking_function_that_is_slow_is_measured_on_two_threads_too():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "True", "True", "True"], proc.stdout
+
+
+class NapCrash:
+    """Sleeps 0.1 ms (calls long enough for the probe's two threads), records
+    each call by input, and ends its process on ``crash_at``."""
+
+    def __init__(self, path, crash_at):
+        self.path, self.crash_at = path, crash_at
+
+    def __call__(self, x):
+        with open(self.path, "a") as f:
+            f.write(f"{x}\n")
+        if x == self.crash_at:
+            os._exit(3)
+        time.sleep(0.0001)
+        return x * 2
+
+
+def test_samples_lost_with_the_two_thread_task_run_again_each_alone(tmp_path):
+    # The pool probe's two-thread task holds the second half of 30 samples;
+    # item 25 kills its worker. Its samples run again each in a task of its
+    # own: the culprit fails alone, and no innocent one runs a third time (in
+    # an ordinary chunk that the culprit killed again, losing its results).
+    from gilfree.planner import clear_cache
+
+    path = tmp_path / "calls"
+    clear_cache()
+    out = gilfree.map(NapCrash(path, 25), list(range(30)), errors="return")
+    assert isinstance(out[25], WorkerDied), out[25]
+    assert out[:25] + out[26:] == [2 * x for x in range(30) if x != 25]
+    runs = [int(line) for line in path.read_text().split()]
+    assert set(runs) == set(range(30))
+    assert max(runs.count(x) for x in range(30)) <= 2, sorted(runs)
+    assert runs.count(25) == 2  # in the dead two-thread task, then alone

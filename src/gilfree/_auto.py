@@ -74,6 +74,7 @@ class ProbeRunner:
         self.backend = backend
         self.owned = backend is None
         self.forked = False  # some probe calls ran in a bare forked child
+        self.suspects: list[int] = []  # see ProbeResult.suspects
 
     def backend_for(self, fn: Callable[[Any], Any]) -> Backend:
         if self.backend is None:
@@ -82,6 +83,13 @@ class ProbeRunner:
         return self.backend
 
     def __call__(
+        self, fn: Callable[[Any], Any], samples: Sequence[Any], budget: float
+    ) -> probing.ProbeResult:
+        result = self._probe(fn, samples, budget)
+        self.suspects = result.suspects
+        return result
+
+    def _probe(
         self, fn: Callable[[Any], Any], samples: Sequence[Any], budget: float
     ) -> probing.ProbeResult:
         if self.backend is None and _probe_fork.available(self.opts.start_method):
@@ -167,6 +175,7 @@ def _merged(
     """``first`` (samples ``0..offset-1``) and ``more`` (the samples after) as one probe."""
     for k, outcome in more.outcomes.items():
         first.outcomes[offset + k] = outcome
+    first.suspects = [offset + k for k in more.suspects]
     if not first.serial_calls:
         first.first_wall = more.first_wall
     for name in (
@@ -262,6 +271,7 @@ def plan(
     except BaseException:
         runner.close(kill=True)
         raise
+    result.suspects = list(runner.suspects)
     isolate(
         result,
         runner.forked or (runner.backend is not None and runner.backend.name == "process"),

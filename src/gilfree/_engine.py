@@ -31,8 +31,9 @@ from .errors import attempt_ended
 HEALTH_CHECK_S = 1.0
 
 Event = tuple[bool, int, Any]
-#: An item auto's probe ran and saw fail, to run again: (input index, item, its error).
-Rerun = tuple[int, Any, BaseException]
+#: An item auto's probe ran and saw fail, to run again: (input index, item, its
+#: error); with no error, a sample the probe lost with others, run alone afresh.
+Rerun = tuple[int, Any, BaseException | None]
 
 
 def length_hint(iterable: Iterable[Any]) -> int | None:
@@ -104,6 +105,9 @@ class Run:
         while self._resubmit:
             index, item, exc = self._resubmit.pop(0)
             self._outstanding += 1
+            if exc is None:  # lost with other samples: no attempt of its own counted
+                self.backend.submit(self.job, index, [item])
+                continue
             # The planner's probe was the first attempt of these items.
             self.job.earlier[index] = (attempt_ended(exc),)
             self.backend.submit(self.job, index, [item], 1)

@@ -103,7 +103,7 @@ def run_probe(
                 backend, serial_job, samples, split, result, probing.SERIAL_SHARE * budget
             )
         if pair_job is not None:
-            _merge_pair(result, _wait_for(backend, pair_job, 1), split)
+            _merge_pair(result, _wait_for(backend, pair_job, 1), split, stop)
     except BaseException:
         serial_job.cancelled = True
         if pair_job is not None:
@@ -359,17 +359,18 @@ def _wait_for(backend: Backend, job: StreamJob, count: int) -> list[tuple[bool, 
 
 
 def _merge_pair(
-    result: probing.ProbeResult, events: list[tuple[bool, int, Any]], offset: int
+    result: probing.ProbeResult, events: list[tuple[bool, int, Any]], offset: int, stop: int
 ) -> None:
     ok, _index, payload = events[0]
     if not ok:
-        # Several items ran in that one task: none can be blamed, so all of
-        # them run again as ordinary tasks, where a culprit fails alone.
+        # Several items ran in that one task: none can be blamed, so each of
+        # them runs again as a task of its own, where a culprit fails alone.
         result.pair_skipped = (
             f"the two-thread measurement stopped ({type(payload).__name__}); its samples "
-            "run again as ordinary tasks"
+            "run again, each alone"
         )
         result.crashes += isinstance(payload, WorkerDied)
+        result.suspects = list(range(offset, stop))
         return
     pair: probing.ProbeResult = payload[0]
     for k, (done, value) in pair.outcomes.items():

@@ -246,7 +246,9 @@ def _probe_events(
 
     ``plan.outcomes[k]`` is the outcome of ``samples[k]``, input index
     ``indices[k]``. A failed one is run again by the backend when retries are
-    allowed (the probe was its first attempt). Returns the events, the items
+    allowed (the probe was its first attempt). ``plan.suspects`` (samples a
+    probe task took down with it, blaming none) run again each alone, with no
+    attempt counted (``Rerun`` with no error). Returns the events, the items
     to run again, and the input indices the probe settled or hands back.
     """
     prefilled: list[Event] = []
@@ -259,4 +261,6 @@ def _probe_events(
             resubmit.append((index, samples[k], value))
         else:
             prefilled.append((False, index, value))
-    return prefilled, resubmit, frozenset(indices[k] for k in plan.outcomes)
+    suspects = [k for k in getattr(plan, "suspects", ()) if k not in plan.outcomes]
+    resubmit.extend((indices[k], samples[k], None) for k in suspects)
+    return prefilled, resubmit, frozenset(indices[k] for k in [*plan.outcomes, *suspects])

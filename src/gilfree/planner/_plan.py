@@ -63,6 +63,9 @@ class Plan:
     total_known: bool = False
     cached: bool = False  # measurements reused from an earlier probe of this function
     notes: list[str] = field(default_factory=list)  # caveats that are not reasons
+    #: Samples the probe ran inside a task that died with several of them:
+    #: not in ``outcomes``; the engine runs each alone, so a culprit fails alone.
+    suspects: list[int] = field(default_factory=list, repr=False)
 
     def explain(self) -> str:
         """A few paragraphs a newcomer can read: the choice, why, the numbers."""

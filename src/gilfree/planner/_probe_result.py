@@ -43,6 +43,9 @@ class ProbeResult:
     arg_pickle_s: float | None = None  # pickling the first argument, timed in the parent
     arg_pickle_partial: bool = False  # stopped once it took longer than a call: a floor
     sent_fewer: str | None = None  # why the probe sent its workers fewer samples
+    # Samples a task that ran several of them took down with it (the two-thread
+    # phase, when its worker died): none can be blamed, so each runs again alone.
+    suspects: list[int] = field(default_factory=list)
     seconds: float = 0.0  # the probe's own wall time
 
     @property
