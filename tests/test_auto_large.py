@@ -102,7 +102,7 @@ def test_a_crash_in_the_forked_large_argument_probe_fails_that_item_alone(
     assert set(ran) == set(range(12))
     # The serial phase's outcomes arrive call by call: none of them runs again.
     # The two threads' arrive together at their end: when a crash ends them,
-    # the samples they held (the last four) run again as ordinary tasks.
+    # the samples they held (the last four) are probed again on the pool.
     again = {i for i in ran if ran.count(i) > 1}
     assert again <= ({8, 9, 10, 11} if crash_at == 10 else set()), ran
 

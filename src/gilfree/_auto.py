@@ -19,8 +19,8 @@ Every serial-phase call is an ordinary task of ``backend="process"``: a crash is
 ``WorkerDied`` for that item, ``timeout=`` gives ``TaskTimeout`` on time, and
 ``retries=`` apply (the engine runs a failed probe call again). The two-thread
 phase is one task for several items, so a crash or hang inside it cannot be
-pinned on one item: its items then run again as ordinary tasks, where the
-culprit fails alone -- a hung item there is stopped after at most
+pinned on one item: its items then run again each as a task of its own
+(``Plan.suspects``), where the culprit fails alone -- a hung item there is stopped after at most
 ``timeout + PAIR_SHARE * budget`` and then ``timeout`` again. Both phases run at
 once on two workers, and their results are kept, so planning costs a job little
 more than the round trips it adds.

@@ -288,7 +288,7 @@ def _collect(
             if k == PAIR_MARK:
                 result.pair_skipped = (
                     "the two-thread measurement ran past its time limit and was stopped; "
-                    "its samples run again as ordinary tasks"
+                    "its samples are probed again on the pool"
                 )
                 return settled, True
             # Stuck between calls (a result's __reduce__, say): no call to
@@ -321,7 +321,7 @@ def _collect(
             if k == PAIR_MARK:
                 result.pair_skipped = (
                     "the two-thread measurement stopped (its process died); its samples "
-                    "run again as ordinary tasks"
+                    "are probed again on the pool"
                 )
             return settled, True
         result.outcomes[k] = (False, _death_error(pid, status, k, samples[k], stack))

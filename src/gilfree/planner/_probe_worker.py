@@ -91,7 +91,7 @@ class PairProbe:
     ``ProbeResult`` whose outcomes cover a prefix of the items it was given;
     exceptions travel with their traceback (``(False, (exc, traceback text))``).
     Run as one task, a crash or hang in it cannot be pinned on one item: the
-    caller then runs its items again as ordinary tasks.
+    caller then runs its items again, each as a task of its own.
 
     ``lean``: the items were costly to send (large arguments), so there are
     just two, one per thread, and no call alone first: both threads start at
