@@ -62,8 +62,7 @@ LARGE_ARG_BYTES = 64 * 1024
 #: Pickling a sample to time it stops after a call's time, or at least this long.
 PICKLE_FLOOR_S = 0.002
 #: ...and is first tried for this long while the child runs its first calls
-#: (on another core: pickling there touches the pages the caller would copy
-#: anyway when the job runs).
+#: (the caller would only wait for the child meanwhile; 2 cores run both).
 PICKLE_MEANWHILE_S = 0.02
 
 
@@ -125,7 +124,9 @@ def timed_pickle(obj: Any, limit_s: float) -> tuple[float, int, list[int], bool]
         pickle.Pickler(meter, 5, buffer_callback=out_of_band).dump(obj)
     except _Enough:
         return time.perf_counter() - t0, meter.written, oob, False
-    except Exception:
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # a __reduce__ may raise anything: as the pool's submit
         return None
     return time.perf_counter() - t0, meter.written, oob, True
 
