@@ -259,8 +259,11 @@ def test_summary_names_the_commonest_error_and_stdout_runs_say_how_to_retry(gilf
     assert len(got) == 11
     last = result.stderr.strip().splitlines()[-1]
     # 0,3,6,9 KeyError; 1,4,7 ValueError; 2,5,8 fine; line 10 InputError.
-    assert last.startswith("gilfree: 3 succeeded, 8 failed (most often KeyError: 4)"), last
+    assert last.startswith(
+        "gilfree: 3 succeeded, 8 failed (most often KeyError: 4; ValueError: 3, InputError: 1);"
+    ), last
     assert "-o OUT" in last
+    assert last.endswith("(InputError records need their input lines fixed first)"), last
 
 
 @pytest.mark.timeout(120)

@@ -368,12 +368,18 @@ def _error_type(line: bytes) -> str:
 def _summary(good: int, errors: Counter[str], output_path: str | None, retry_command: str) -> str:
     """The last line on stderr when records failed: counts, the commonest error, what to do."""
     failed = sum(errors.values())
-    kind, n = errors.most_common(1)[0]
+    ranked = errors.most_common()
+    kind, n = ranked[0]
     common = f"{kind}, all of them" if n == failed else f"most often {kind}: {n}"
+    if len(ranked) > 1:  # the others too: with a tie, "most often" alone picks one at random
+        others = ", ".join(f"{k}: {c}" for k, c in ranked[1:4])
+        common += f"; {others}" + (", ..." if len(ranked) > 4 else "")
     if output_path is None:
         what = "write them to a file (-o OUT) to be able to retry the failed ones"
     else:
         what = f"retry the failed ones with: {retry_command}"
+    if errors.get("InputError"):
+        what += " (InputError records need their input lines fixed first)"
     return f"gilfree: {good} succeeded, {failed} failed ({common}); {what}"
 
 
