@@ -102,6 +102,10 @@ class _Wait:
         self.bounded = bounded
 
 
+#: Why a thread alone may not wait for a plain Lock it holds.
+NO_OTHER_THREAD = "no other thread exists to release it"
+
+
 class WaitForGraph:
     """Waiters of every gilfree lock in this process; touched only on contention."""
 
@@ -125,7 +129,11 @@ class WaitForGraph:
             if found is None:
                 self._waits[me] = request
                 return
-        raise DeadlockError(_describe(me, request, *found))
+        err = DeadlockError(_describe(me, request, *found))
+        # Alone with a plain Lock it holds: a thread just started to release it
+        # may not show yet (see Lock's acquire, which looks again a moment later).
+        err.lonely = found[2] == NO_OTHER_THREAD  # type: ignore[attr-defined]
+        raise err
 
     def wait_ends(self, me: Any) -> None:
         with self._mutex:
@@ -185,7 +193,7 @@ class WaitForGraph:
         if _live_threads() - len(self._plumbing) > len(others) + 1:
             return None  # some thread is not waiting for a lock: it may release
         if not others:
-            return "no other thread exists to release it"
+            return NO_OTHER_THREAD
         return (
             f"the {len(others)} other thread(s) of this process, which could release "
             "a plain Lock, are all blocked in unbounded waits for held locks"
