@@ -261,6 +261,6 @@ def _probe_events(
             resubmit.append((index, samples[k], value))
         else:
             prefilled.append((False, index, value))
-    suspects = [k for k in getattr(plan, "suspects", ()) if k not in plan.outcomes]
+    suspects = [k for k in plan.suspects if k not in plan.outcomes]
     resubmit.extend((indices[k], samples[k], None) for k in suspects)
     return prefilled, resubmit, frozenset(indices[k] for k in [*plan.outcomes, *suspects])
