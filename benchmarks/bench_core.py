@@ -260,8 +260,10 @@ def interleaved(case, runners, repeat, arg=None, extra=None):
     extra = extra or {}
     for label in extra:
         times[label] = []
-    for _ in range(repeat):
-        for label, runner, where in runners:
+    for k in range(repeat):
+        # Every other round in reverse, so that no runner always goes first
+        # (after the serial loop, say) or right after the same neighbour.
+        for label, runner, where in runners if k % 2 == 0 else runners[::-1]:
             run = run_fresh if where == "fresh" else run_here
             times[label].append(run(case, runner, arg))
         for label, fn in extra.items():
@@ -280,10 +282,17 @@ def table(title, times, note=""):
 
 
 def ratio(times, ours, peer, what):
-    """gilfree / peer for the minimum and the median (below 1: gilfree is faster)."""
+    """gilfree / peer for the minimum and the median (below 1: gilfree is faster),
+    and the median of the ratios round by round: the two ran side by side in
+    each round, so a slow stretch of this shared machine cancels out there."""
     lo = min(times[ours]) / min(times[peer])
     med = statistics.median(times[ours]) / statistics.median(times[peer])
-    print(f"- {what}: {ours} / {peer} = {lo:.3f}x (min), {med:.3f}x (median)")
+    paired = sorted(a / b for a, b in zip(times[ours], times[peer], strict=True))
+    q1, q3 = paired[len(paired) // 4], paired[(3 * len(paired)) // 4]
+    print(
+        f"- {what}: {ours} / {peer} = {lo:.3f}x (min), {med:.3f}x (median); "
+        f"round by round {statistics.median(paired):.3f}x (quartiles {q1:.3f}-{q3:.3f})"
+    )
     return lo, med
 
 

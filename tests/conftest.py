@@ -55,7 +55,9 @@ def _children() -> dict[int, str]:
             continue
         try:
             cmd = " ".join(p.cmdline())
-            if p.status() == psutil.STATUS_ZOMBIE:
+            # Exited: a zombie, or "dead" while its parent (the zygote, for
+            # the workers it forks) is reaping it (3.12 in test-pythons saw one).
+            if p.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
                 continue
             parent = p.ppid()
         except psutil.Error:

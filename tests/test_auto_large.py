@@ -13,6 +13,7 @@ from test_auto import ROWS, walk_rows
 
 import gilfree
 from gilfree.planner import clear_cache
+from gilfree.planner._reading import BUSY_SHARE
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -64,9 +65,12 @@ def test_large_arguments_are_probed_in_a_forked_child_two_threads_included(tmp_p
     assert len(plan.outcomes) > 4, plan.explain()  # serial calls and two threads' calls
     assert all(plan.outcomes[k] == (True, k + len(ROWS)) for k in plan.outcomes)
     assert not any("The probe sent its workers" in r for r in plan.reasons), plan.explain()
-    assert plan.profile.thread_scaling is not None and plan.profile.thread_scaling > 1.3, (
-        plan.explain()
-    )
+    assert plan.profile.thread_scaling is not None, plan.explain()  # the phase ran
+    # Sleeping calls overlap on two threads, unless other programs held the
+    # CPUs (3.12 in make test-pythons, beside the other venvs' installs: 0.19x
+    # at 31% busy, where the plan trusts the bytecode's sleep instead).
+    if plan.profile.busy_share < BUSY_SHARE:
+        assert plan.profile.thread_scaling > 1.3, plan.explain()
     assert plan.backend == "thread", plan.explain()
 
 

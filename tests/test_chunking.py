@@ -32,7 +32,8 @@ class Shape(Backend):
 
 BIG = 1 << 30
 CASES = [
-    # (name, target_s, workers, max_chunk, chunksize, total, submitted, mean, expected)
+    # (name, target_s, workers, max_chunk, chunksize, total, submitted, mean, expected);
+    # the mean is measured over 1,000 items unless a case says otherwise.
     ("fixed chunksize wins", 0.02, 2, BIG, 7, None, 0, 1e-6, 7),
     ("fixed chunksize, backend ceiling", 0.02, 2, 3, 7, None, 0, 1e-6, 3),
     ("no target: one item per chunk", 0.0, 2, BIG, None, None, 0, 1e-6, 1),
@@ -45,6 +46,15 @@ CASES = [
     ("tasks longer than the target: one item", 0.02, 2, BIG, None, None, 0, 1.0, 1),
     ("backend ceiling (max_tasks_per_worker)", 0.02, 2, 5, None, None, 0, 1e-4, 5),
 ]
+FEW = [
+    # (name, target_s, workers, max_chunk, total, submitted, mean, measured, expected)
+    # CPython's test_map_timeout: map(time.sleep, [0, 0, 6], timeout=5) on 32
+    # threads. The first call's 10 us must not join the next 0 to the 6.
+    ("one fast call does not join the last items", 0.002, 32, BIG, 3, 1, 1e-5, 1, 1),
+    ("63 calls: still no floor", 0.02, 2, BIG, 1000, 0, 1e-6, 63, 125),
+    ("64 calls: the floor", 0.02, 2, BIG, 1000, 0, 1e-6, 64, 2000),
+    ("few calls still size an endless input by the target", 0.02, 2, BIG, None, 1, 1e-3, 1, 20),
+]
 
 
 @pytest.mark.parametrize(
@@ -56,5 +66,19 @@ def test_next_size(name, target_s, workers, max_chunk, chunksize, total, submitt
     job = StreamJob(abs, make_options(chunksize=chunksize))
     if mean is not None:
         job.record(1000, 1000 * mean)
+    chunker = Chunker(Shape(target_s, workers, max_chunk), job, total)
+    assert chunker.next_size(submitted) == expected
+
+
+@pytest.mark.parametrize(
+    "name, target_s, workers, max_chunk, total, submitted, mean, measured, expected",
+    FEW,
+    ids=[c[0] for c in FEW],
+)
+def test_the_floor_waits_for_enough_measured_items(
+    name, target_s, workers, max_chunk, total, submitted, mean, measured, expected
+):
+    job = StreamJob(abs, make_options())
+    job.record(measured, measured * mean)
     chunker = Chunker(Shape(target_s, workers, max_chunk), job, total)
     assert chunker.next_size(submitted) == expected

@@ -259,6 +259,59 @@ def test_executor_is_a_concurrent_futures_executor(backend):
         ex.submit(square, 1)
 
 
+@pytest.mark.parametrize("backend", ["auto", "serial", "thread", "process", "dask"], indirect=True)
+@pytest.mark.parametrize("wait", [True, False])
+def test_work_submitted_before_shutdown_all_runs(backend, wait):
+    # As concurrent.futures: shutdown() waits for (or, with wait=False, leaves
+    # running) every call already submitted. On auto, the calls that waited for
+    # their function's plan failed with "cannot schedule new futures after shutdown".
+    ex = gilfree.Executor(backend=backend, workers=_two(backend))
+    futures = [ex.submit(square, i) for i in range(10)]
+    ex.shutdown(wait=wait)
+    assert [f.result(timeout=30) for f in futures] == [x * x for x in range(10)]
+
+
+@pytest.mark.parametrize("wait", [True, False])
+def test_calls_that_waited_for_their_plan_run_when_shutdown_comes_meanwhile(wait):
+    # The planner used to leave the set shutdown joins before it dispatched
+    # the calls that waited for its plan: shutdown closed the pool between
+    # the two (1 run in ~50 on 3.13t), and those futures failed with "cannot
+    # schedule new work after the pool was shut down".
+    for _ in range(8):
+        ex = gilfree.Executor(workers=2)
+        futures = [ex.submit(square, i) for i in range(10)]
+        ex.shutdown(wait=wait)
+        assert [f.result(timeout=30) for f in futures] == [x * x for x in range(10)]
+
+
+@pytest.mark.parametrize("backend", ["auto", "serial", "thread", "process", "dask"], indirect=True)
+def test_map_results_are_read_after_the_with_block(backend):
+    # The concurrent.futures idiom: map inside the block, read after it. The
+    # process backend had sent only a first window of items when the pool shut.
+    with gilfree.Executor(backend=backend, workers=_two(backend)) as ex:
+        listed = ex.map(square, range(200))
+        generated = ex.map(square, (x for x in range(50)))  # no length known
+        failing = ex.map(fail_on_3, range(6))
+    assert list(listed) == [x * x for x in range(200)]
+    assert list(generated) == [x * x for x in range(50)]
+    with pytest.raises(Boom):
+        list(failing)
+    ex = gilfree.Executor(backend=backend, workers=_two(backend))
+    later = ex.map(square, range(30))
+    ex.shutdown(wait=False)
+    assert list(later) == [x * x for x in range(30)]
+
+
+def test_leaving_the_block_while_reading_an_endless_map_does_not_hang():
+    # A map whose reading has begun is the reader's: shutdown does not try to
+    # run the rest of an endless input.
+    started = time.monotonic()
+    with gilfree.Executor(backend="process", workers=2) as ex:
+        endless = ex.map(square, itertools.count())
+        assert [next(endless) for _ in range(5)] == [0, 1, 4, 9, 16]
+    assert time.monotonic() - started < 30
+
+
 def test_executor_reuses_its_workers():
     import os
 

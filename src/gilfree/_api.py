@@ -23,6 +23,7 @@ from ._session import (
     _session,
     _stopped_here,
     _values,
+    reap_probes,
 )
 
 __all__ = ["AUTO_SAMPLES", "Executor", "imap", "imap_indexed", "map"]
@@ -60,6 +61,8 @@ def map(
             return direct.results(raise_errors=opts.errors == "raise")
         except Exception as exc:  # only a task's own failure (after its retries)
             raise _stopped_here(exc)
+        finally:
+            reap_probes()
     slots: dict[int, list[Any]] = {}
     with _session(fn, iterable, opts, ordered=False, resolved=resolved) as run:
         for ok, start, payload in run.events():

@@ -39,6 +39,11 @@ both phases, since it inherits them where the pool would pickle each sample;
 the caller meanwhile pickles the first one, for a bounded time, to price
 processes.
 
+A function that can only compute (``planner._inert``: arithmetic on its
+argument, the samples small numbers) is probed here, in the caller
+(``_probe_inline``): no call of it can crash or hang, and a fork of a caller
+holding millions of items cost more than such a job. The plan says so.
+
 The probe on a backend is ``_probe_pool.run_probe``.
 """
 
@@ -48,14 +53,16 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _probe_fork, _serialize
+from . import _probe_fork, _probe_inline, _serialize
 from ._options import Options, usable_cpus
 from ._probe_pool import GIL_HELD, holds_the_gil, run_probe
 from .backends import Backend, create
-from .errors import ConfigurationError, SerializationError
+from .errors import ConfigurationError, SerializationError, reindexed
 from .planner import Plan
 from .planner import _probe as probing
 from .planner._advise import advise as _plan
+from .planner._inert import WHY as INERT_WHY
+from .planner._inert import inert
 
 #: Seconds the planner may spend probing before a map starts (its calls' results are kept).
 AUTO_BUDGET = 0.5
@@ -63,6 +70,9 @@ AUTO_BUDGET = 0.5
 #: budgets, before it is stopped (a plan must come back; a map has no such bound).
 ADVISE_TIMEOUT_S = 10.0
 ADVISE_TIMEOUT_BUDGETS = 10
+#: An inert call (``planner._inert``) ends well within this; a ``timeout=``
+#: shorter than it sends the probe to a process, where it can be enforced.
+INERT_CALL_S = 0.01
 
 
 class ProbeRunner:
@@ -74,7 +84,7 @@ class ProbeRunner:
         self.backend = backend
         self.owned = backend is None
         self.forked = False  # some probe calls ran in a bare forked child
-        self.suspects: list[int] = []  # see ProbeResult.suspects
+        self.inline = False  # the probe's calls ran here: they can only compute
 
     def backend_for(self, fn: Callable[[Any], Any]) -> Backend:
         if self.backend is None:
@@ -85,19 +95,30 @@ class ProbeRunner:
     def __call__(
         self, fn: Callable[[Any], Any], samples: Sequence[Any], budget: float
     ) -> probing.ProbeResult:
-        result = self._probe(fn, samples, budget)
-        self.suspects = result.suspects
-        return result
-
-    def _probe(
-        self, fn: Callable[[Any], Any], samples: Sequence[Any], budget: float
-    ) -> probing.ProbeResult:
+        if self.backend is None and self._runs_here(fn, samples):
+            # Such calls take microseconds (a slower reading is the machine's
+            # doing): nothing is left for a pool, and no two-thread phase.
+            self.inline = True
+            result, _settled, _faulted = _probe_inline.probe(fn, samples, budget)
+            result.pair_skipped = (
+                "its calls are arithmetic on small numbers, too little work for threads "
+                "to gain anything on them"
+            )
+            probing.measure_sizes(fn, samples, result)
+            return result
         if self.backend is None and _probe_fork.available(self.opts.start_method):
             if looks_tiny(fn):
                 return self._fork_first(fn, samples, budget)
             if _probe_fork.looks_large(samples):
                 return self._fork_whole(fn, samples, budget)
         return run_probe(self.backend_for(fn), self.opts, fn, samples, budget)
+
+    def _runs_here(self, fn: Callable[[Any], Any], samples: Sequence[Any]) -> bool:
+        """Whether the probe's calls may run in this process: they can only compute
+        (``planner._inert``), and no ``timeout=`` shorter than such a call asks for
+        them to be stoppable."""
+        timeout = self.opts.timeout
+        return (timeout is None or timeout >= INERT_CALL_S) and inert(fn, samples)
 
     def _fork_first(
         self, fn: Callable[[Any], Any], samples: Sequence[Any], budget: float
@@ -173,8 +194,8 @@ def _merged(
     first: probing.ProbeResult, more: probing.ProbeResult, offset: int
 ) -> probing.ProbeResult:
     """``first`` (samples ``0..offset-1``) and ``more`` (the samples after) as one probe."""
-    for k, outcome in more.outcomes.items():
-        first.outcomes[offset + k] = outcome
+    for k, (ok, value) in more.outcomes.items():
+        first.outcomes[offset + k] = (ok, value if ok else reindexed(value, k, offset + k))
     first.suspects = [offset + k for k in more.suspects]
     if not first.serial_calls:
         first.first_wall = more.first_wall
@@ -271,10 +292,10 @@ def plan(
     except BaseException:
         runner.close(kill=True)
         raise
-    result.suspects = list(runner.suspects)
     isolate(
         result,
         runner.forked or (runner.backend is not None and runner.backend.name == "process"),
+        inline=runner.inline,
     )
     set_first_chunk(result, total)
     keep = runner.backend
@@ -301,16 +322,18 @@ def advise(
 ) -> Plan:
     """Measure ``fn`` on ``samples`` in worker processes and say how to run it, and why.
 
-    Nothing runs in the calling process: a sample that crashes its worker, or
-    runs past ``timeout`` seconds, is reported in the plan (``plan.outcomes``
-    holds its ``WorkerDied`` or ``TaskTimeout``) and the caller goes on.
+    Nothing that could crash or hang runs in the calling process: a sample that
+    crashes its worker, or runs past ``timeout`` seconds, is reported in the plan
+    (``plan.outcomes`` holds its ``WorkerDied`` or ``TaskTimeout``) and the caller
+    goes on. (Only a function whose bytecode is arithmetic on small-number
+    samples is timed here; the plan says so.)
     Without ``timeout`` a sample may run ``max(10, 10 * budget)`` seconds, so
     that advise always returns.
     ``total`` is the number of items of the whole job when known; ``address``
     a Dask scheduler to consider; ``workers`` a count to plan for.
     """
     if budget <= 0:
-        raise ValueError(f"budget={budget!r} must be a positive number of seconds")
+        raise ConfigurationError(f"budget={budget!r} must be a positive number of seconds")
     if not callable(fn):
         raise ConfigurationError(f"fn={fn!r} is not callable")
     samples = samples if isinstance(samples, Sequence) else list(samples)
@@ -330,7 +353,7 @@ def advise(
     return result
 
 
-def isolate(result: Plan, probed_in_process: bool) -> None:
+def isolate(result: Plan, probed_in_process: bool, *, inline: bool = False) -> None:
     """Say plainly when the remaining calls run in this process.
 
     (What crashed a worker never runs here: the policy keeps such a job on
@@ -340,6 +363,14 @@ def isolate(result: Plan, probed_in_process: bool) -> None:
         "serial": "run in this process, one after another",
         "thread": "run on threads in this process",
     }.get(result.backend)
+    if inline and ran:
+        result.reasons.append(f"The {ran} probe calls ran in this process: {INERT_WHY}.")
+        if where is not None:
+            result.reasons.append(
+                f"The remaining calls {where} as well. To keep every call in a worker "
+                "process, pass backend='process'."
+            )
+        return
     if where is None:
         return
     if not probed_in_process and result.profile.calls and ran:
@@ -367,13 +398,18 @@ def set_first_chunk(result: Plan, total: int | None) -> None:
     from .backends import chunk_target
 
     t = result.profile.task_seconds
+    # The engine is seeded with the probe's calls (_session._seed_timing): its
+    # first chunk is sized from that many measured items, and so is this one.
+    calls = result.profile.calls
     if result.backend == "serial" or t is None:
         result.chunksize = (
-            1 if t is None else _chunking.first_size(chunk_target("serial"), 1, total, t)
+            1
+            if t is None
+            else _chunking.first_size(chunk_target("serial"), 1, total, t, measured=calls)
         )
         return
     target = chunk_target(result.backend)
-    size = _chunking.first_size(target, result.workers, total, t)
+    size = _chunking.first_size(target, result.workers, total, t, measured=calls)
     result.chunksize = size
     result.reasons.append(
         f"Chunks start at {size:,} item{'s' if size != 1 else ''} "

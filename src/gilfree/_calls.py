@@ -1,4 +1,4 @@
-"""What an ``Executor`` sends to a backend for one call, and how it keys plans.
+"""What an ``Executor`` sends to a backend for one call, how it keys plans and keeps them.
 
 Backends run one-argument functions; ``_StarCall`` and ``_StarArgs`` adapt
 ``fn(*args, **kwargs)`` and ``fn(*item)`` to that, and tell the planner that
@@ -7,9 +7,15 @@ what it measured of ``fn`` holds for them.
 
 from __future__ import annotations
 
+import concurrent.futures
 import pickle
+import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from ._options import Options
+    from .backends import Backend, FutureJob
 
 
 class _StarCall:
@@ -80,3 +86,65 @@ def _plan_key(fn: Any) -> Any:
         return fn
     except TypeError:
         return type(fn)
+
+
+class Known(NamedTuple):
+    """A function's plan as options: for ``map``, which runs in the caller's
+    thread, and for ``submit``, which must never run a call there."""
+
+    map: Options
+    submit: Options
+
+
+def plan_known(
+    fn: Any,
+    samples: list[Any],
+    options: Options,
+    backend: Backend | None,
+    probe_timeout: float | None = None,
+) -> tuple[Known, Any, Backend | None]:
+    """Probe ``fn`` on ``backend`` (or where gilfree.map would: see
+    ``_auto.plan``) and plan: the Known options, the plan, and the pool the
+    probe ran on if the plan keeps it. ``probe_timeout`` bounds each probed
+    call (an ``Executor.map``'s own timeout), not the plan's tasks."""
+    from . import _auto
+    from ._session import _apply_plan, dask_address
+
+    probing = options
+    if probe_timeout is not None and (options.timeout is None or options.timeout > probe_timeout):
+        probing = options.with_(timeout=probe_timeout)
+    plan, kept = _auto.plan(
+        fn, samples, probing, total=None, address=dask_address(options), backend=backend
+    )
+    chosen = _apply_plan(options, plan)
+    submit = chosen
+    if chosen.backend == "serial":
+        # submit must not block, and one probed call says little about the
+        # next ones: calls too quick for threads to gain on stay in the
+        # worker processes, where a crash fails only its own future (a
+        # function that cannot be pickled gets one thread instead). map
+        # runs in the caller's thread anyway and follows the plan, as
+        # gilfree.map does: 20,000 tiny calls took 3.8 ms in a loop and
+        # 31-43 ms sent to processes (make demo's "tiny" workload).
+        if backend is not None and backend.name == "process":  # fn reached it
+            submit = chosen.with_(backend="process", workers=backend.workers)
+        else:
+            name, opts = _auto.probe_backend(fn, options, None)
+            submit = (
+                chosen.with_(backend="process", workers=opts.workers)
+                if name == "process"
+                else chosen.with_(backend="thread", workers=1)
+            )
+    return Known(chosen, submit), plan, kept
+
+
+def withdraw_if_cancelled(
+    backend: weakref.ref[Backend],
+    job: weakref.ref[FutureJob],
+    future: concurrent.futures.Future[Any],
+) -> None:
+    """A future cancelled while queued frees its shared memory at once."""
+    if future.cancelled():
+        b, j = backend(), job()
+        if b is not None and j is not None:
+            b.withdraw(j)

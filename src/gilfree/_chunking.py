@@ -10,7 +10,8 @@ two ceilings, raised to one floor:
 * ``remaining / (workers * BALANCE_DIVISOR)``: guided self-scheduling, so
   chunks shrink as the input runs out and the last ones are short;
 * but never under ``MIN_CHUNK_S / mean`` (tiny tasks keep chunks of at least
-  ~2 ms of work, or the tail degenerates into single-item round trips).
+  ~2 ms of work, or the tail degenerates into single-item round trips), once
+  the mean rests on ``FLOOR_SAMPLES`` items.
 
 Until the first measurement (or the planner's probe) every chunk holds one item: a single slow
 item costs one task's time, while a wrong guess of 100 items of a 50 ms
@@ -33,6 +34,14 @@ MIN_CHUNK_S = 0.002
 #: items ahead for its first 10 results; 200,000 x*x tasks still ran level with
 #: multiprocessing.Pool.map at this size (its chunks are 25,000).
 MAX_CHUNK = 16_384
+#: Items measured before the floor may join items that the balance ceiling
+#: keeps apart. One fast first call is no evidence the rest are fast:
+#: ``Executor.map(time.sleep, [0, 0, 6], timeout=5)`` on threads joined the
+#: second 0 to the 6 when the first call's 10 us came back before the second
+#: chunk was cut, so its result missed the map's timeout (CPython's
+#: test_map_timeout, seen in CI). The floor is for the tail of a long run of
+#: tiny tasks, by which time thousands are measured.
+FLOOR_SAMPLES = 64
 
 
 class Chunker:
@@ -53,14 +62,24 @@ class Chunker:
         if mean is None:
             return 1
         remaining = None if self.total is None else self.total - submitted
-        return min(first_size(self.target_s, self.workers, remaining, mean), self.max_chunk)
+        size = first_size(self.target_s, self.workers, remaining, mean, measured=self.job.stats_n)
+        return min(size, self.max_chunk)
 
 
-def first_size(target_s: float, workers: int, remaining: int | None, mean: float) -> int:
-    """Items in the next chunk, given ``mean`` seconds per item (see the module docstring)."""
+def first_size(
+    target_s: float,
+    workers: int,
+    remaining: int | None,
+    mean: float,
+    *,
+    measured: int,
+) -> int:
+    """Items in the next chunk, given ``mean`` seconds per item over ``measured``
+    items (see the module docstring)."""
     mean = max(mean, 1e-9)
     size = target_s / mean
     if remaining is not None:
         size = min(size, math.ceil(max(1, remaining) / (max(1, workers) * BALANCE_DIVISOR)))
-    size = max(size, MIN_CHUNK_S / mean)
+    if measured >= FLOOR_SAMPLES:
+        size = max(size, MIN_CHUNK_S / mean)
     return int(max(1, min(size, MAX_CHUNK)))

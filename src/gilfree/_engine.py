@@ -24,7 +24,7 @@ from typing import Any
 from ._chunking import Chunker
 from .backends import Backend, StreamJob
 from .backends._run import EXTEND_KEEPS_PARTIAL, run_span
-from .errors import attempt_ended
+from .errors import GilfreeError, attempt_ended
 
 #: Seconds the engine waits for an outcome before asking the backend whether it
 #: is still alive. Not a poll for results: outcomes wake it at once.
@@ -93,6 +93,10 @@ class Run:
         self._prefilled = list(prefilled or ())
         self._resubmit = list(resubmit or ())
         self.finished = False
+        #: The Executor was shut down while this map was read (``cut``): what
+        #: was submitted is handed on, then the reader learns the rest never ran.
+        self._cut = False
+        self._refused: int | None = None  # the first input index a shutdown refused
         self.deadline: float | None = None
         self.progress: Any = None
 
@@ -101,16 +105,42 @@ class Run:
         """Submit the first window now rather than on the first ``next``."""
         self._top_up()
 
+    def cut(self) -> None:
+        """Submit nothing more: the backend is shutting down under a reader."""
+        self._cut = True
+
+    def _all_sent(self) -> bool:
+        return self._exhausted and self._refused is None and not self._resubmit
+
+    def _send(self, start: int, items: list[Any], attempt: int = 0) -> bool:
+        """Submit a chunk; False if a shutdown under the reader refused it."""
+        if self._refused is None:
+            try:
+                if attempt:
+                    self.backend.submit(self.job, start, items, attempt)
+                else:
+                    self.backend.submit(self.job, start, items)
+                self._outstanding += len(items)
+                return True
+            except RuntimeError as exc:
+                # Shut down between the reader's check and this submit.
+                # PoolBroken is a RuntimeError too, and is the reader's.
+                if not self._cut or isinstance(exc, GilfreeError):
+                    raise
+        self._refused = min(start, self._refused if self._refused is not None else start)
+        return False
+
     def _top_up(self) -> None:
+        if self._cut:
+            return
         while self._resubmit:
             index, item, exc = self._resubmit.pop(0)
-            self._outstanding += 1
             if exc is None:  # lost with other samples: no attempt of its own counted
-                self.backend.submit(self.job, index, [item])
+                self._send(index, [item])
                 continue
             # The planner's probe was the first attempt of these items.
             self.job.earlier[index] = (attempt_ended(exc),)
-            self.backend.submit(self.job, index, [item], 1)
+            self._send(index, [item], 1)
         window = self.backend.window
         cap = self.backend.max_outstanding
         while not self._exhausted:
@@ -134,9 +164,8 @@ class Run:
             self._next_index += len(items)
             if self._skip:
                 self._submit_around_skipped(start, items)
-            else:
-                self._outstanding += len(items)
-                self.backend.submit(self.job, start, items)
+            elif not self._send(start, items):
+                return
 
     def _submit_around_skipped(self, start: int, items: list[Any]) -> None:
         """Submit the runs of consecutive items between skipped indices (the
@@ -147,9 +176,7 @@ class Run:
         lo = start
         for i in [*hits, end]:
             if i > lo:
-                piece = items[lo - start : i - start]
-                self._outstanding += len(piece)
-                self.backend.submit(self.job, lo, piece)
+                self._send(lo, items[lo - start : i - start])
             lo = i + 1
 
     def _receive(self) -> Event:
@@ -172,6 +199,14 @@ class Run:
             yield from self._hand_on(ev)
         while True:
             self._top_up()
+            if self._outstanding == 0 and self._cut and not self._all_sent():
+                first = self._next_index if self._refused is None else self._refused
+                raise RuntimeError(
+                    f"the Executor was shut down while this map was being read: its "
+                    f"items from #{first} on were not run (read a map "
+                    f"before its Executor shuts down, or leave it unread until then: "
+                    f"shutdown runs a map no one has started reading to its end)"
+                )
             if self._outstanding == 0 and self._exhausted:
                 if self._input_error is not None:
                     # As a plain loop would: every item read before the input

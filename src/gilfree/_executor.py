@@ -1,8 +1,9 @@
 """``Executor``: a ``concurrent.futures.Executor`` on any gilfree backend.
 
-With ``backend="auto"`` each function's first call is probed on the process
-pool in a planning thread (``submit`` never blocks) and the plan is kept per
-function; ``Executor.map`` plans in the calling thread. Shutting down at
+With ``backend="auto"`` a function's first ``submit`` is probed on the
+process pool in a planning thread (``submit`` never blocks), and ``map`` plans
+in the calling thread as ``gilfree.map`` does; the plan is kept per function.
+No pool starts until a plan or a ``submit`` needs one. Shutting down at
 interpreter exit and when dropped is in ``_lifetime``.
 """
 
@@ -12,6 +13,7 @@ import concurrent.futures
 import contextlib
 import functools
 import itertools
+import math
 import threading
 import time
 import weakref
@@ -19,25 +21,38 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 from . import _lifetime
-from ._calls import _Arguments, _plan_key, _snapshot, _StarArgs, _StarCall
+from ._calls import (
+    Known,
+    _Arguments,
+    _plan_key,
+    _snapshot,
+    _StarArgs,
+    _StarCall,
+    plan_known,
+    withdraw_if_cancelled,
+)
 from ._engine import Event, Rerun, Run, Skipping, length_hint
 from ._lifetime import _draining, _live, _register_exit_hook, _release
-from ._options import Options, check_applicable, make_options, usable_cpus
+from ._map_results import MapResults
+from ._options import Options, check_applicable, make_options, stdlib_workers
 from ._session import (
     BackendName,
     ErrorPolicy,
     StartMethod,
-    _apply_plan,
     _check_callable,
     _given,
     _leading,
     _options_doc,
     _probe_events,
-    _values,
-    dask_address,
+    probe_only,
+    reap_probes,
 )
 from .backends import Backend, FutureJob, StreamJob, create
-from .errors import ConfigurationError
+from .errors import as_submitted_call
+
+#: The least time a probed call gets under ``Executor.map(timeout=)``: a timeout
+#: of 0 (or less) is a deadline already past, but a probed call needs a bound.
+MIN_PROBE_LIMIT_S = 0.001
 
 
 @_options_doc("ordered")
@@ -45,12 +60,13 @@ class Executor(concurrent.futures.Executor):
     """A ``concurrent.futures.Executor`` on any gilfree backend.
 
     Workers start once and are reused across ``submit`` and ``map`` calls.
-    With ``backend="auto"`` the first call of each function is probed on a
-    process worker (in a planning thread, so ``submit`` returns at once) and
-    the plan is remembered for later calls of the same function; calls that
-    arrive while it is being made wait for it. ``max_workers`` is the stdlib's
-    name for ``workers``; ``initializer(*initargs)`` runs once in each worker
-    before its first task.
+    With ``backend="auto"`` the first call of each function is its probe (for
+    ``submit`` on a process worker, in a planning thread, so ``submit``
+    returns at once; ``map`` probes as ``gilfree.map`` does), and the plan is
+    kept for later calls of that function (calls made meanwhile wait for it).
+    A plan for a plain loop runs ``map`` in the caller's thread; submitted
+    calls still go to a worker process. ``max_workers`` is the stdlib's name
+    for ``workers``; ``initializer(*initargs)`` runs once in each worker first.
     """
 
     def __init__(
@@ -73,27 +89,13 @@ class Executor(concurrent.futures.Executor):
         share_threshold: int | str = "1MiB",
     ) -> None:
         options = _given(locals(), "self", "backend", "workers", "max_workers")
-        if max_workers is not None:
-            if (
-                isinstance(max_workers, int)
-                and not isinstance(max_workers, bool)
-                and (max_workers <= 0)
-            ):
-                raise ConfigurationError(
-                    f"max_workers={max_workers!r}: max_workers must be greater than 0"
-                )
-            if workers is not None and workers != max_workers:
-                raise ConfigurationError(
-                    f"workers={workers!r} and max_workers={max_workers!r} disagree; "
-                    "give one of them"
-                )
-            workers = max_workers
+        workers = stdlib_workers(workers, max_workers)
         self._options = make_options(backend=backend, workers=workers, **options)
         if backend != "auto":
             check_applicable(self._options, backend)
         self._lock = threading.Lock()
         self._backends: dict[tuple[str, int | None], Backend] = {}
-        self._plans: dict[Any, Options] = {}
+        self._plans: dict[Any, Known] = {}
         # key -> calls that arrived while that function's plan was being made
         self._planning: dict[Any, list[tuple[Any, Any, concurrent.futures.Future[Any]]]] = {}
         self._planners: set[threading.Thread] = set()
@@ -101,7 +103,11 @@ class Executor(concurrent.futures.Executor):
         # a finished task's future (and so its function, arguments and result)
         # is never kept here.
         self._pending: weakref.WeakSet[concurrent.futures.Future[Any]] = weakref.WeakSet()
+        # Maps whose results may still be read: shutdown drains those unread
+        # (see _map_results). Weak: a map no one holds is nobody's to finish.
+        self._maps: weakref.WeakSet[MapResults] = weakref.WeakSet()
         self._shutdown = False
+        self._killed = False  # shut down by Ctrl-C or the exit hook: nothing more runs
         if _lifetime._exiting:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         # Dropped without shutdown(), or still open at exit: the workers stop
@@ -110,21 +116,24 @@ class Executor(concurrent.futures.Executor):
         self._finalizer = weakref.finalize(self, _release, self._backends, self._lock)
         _live.add(self)
         _register_exit_hook()
-        # Start workers now: while the caller may still have one thread, a
-        # process pool can fork them (see gilfree/pool/_procs.py). With "auto"
-        # that is the pool plans are probed on.
-        first = self._options
-        if first.backend == "auto":
-            first = first.with_(backend="process", workers=first.workers or usable_cpus())
-        self._backend(first)
+        # Start workers now, while the caller may still have one thread to fork
+        # them from (gilfree/pool/_procs.py). On "auto" the first call decides:
+        # map probes as gilfree.map does, submit makes its probe pool here.
+        if self._options.backend != "auto":
+            self._backend(self._options)
 
     # which backend runs fn
-    def _backend(self, opts: Options) -> Backend:
+    def _backend(self, opts: Options, *, accepted: bool = False) -> Backend:
+        """The backend ``opts`` names, made on first use. ``accepted``: for
+        calls submitted before shutdown (they waited for their plan), which
+        run as concurrent.futures runs queued work; only a kill refuses them."""
         key = (opts.backend, opts.workers)
         with self._lock:
-            if _lifetime._exiting:
+            if self._killed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if not accepted and _lifetime._exiting:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-            if self._shutdown:
+            if not accepted and self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             backend = self._backends.get(key)
             if backend is None:
@@ -138,30 +147,31 @@ class Executor(concurrent.futures.Executor):
         name, opts = _auto.probe_backend(fn, self._options, None)
         return self._backend(opts) if name == "process" else None
 
-    def _make_plan(self, fn: Any, samples: list[Any]) -> tuple[Options, Any]:
-        from . import _auto
+    def _made_pool(self) -> Backend | None:
+        """A process pool this Executor made already, if any."""
+        with self._lock:
+            return next((b for b in self._backends.values() if b.name == "process"), None)
 
-        plan, _ = _auto.plan(
-            fn,
-            samples,
-            self._options,
-            total=None,
-            address=dask_address(self._options),
-            backend=self._probe_pool(fn),
-        )
-        chosen = _apply_plan(self._options, plan)
-        if chosen.backend == "serial":
-            # submit must not block, and one probed call says little about the
-            # next ones: calls too quick for threads to gain on stay in the
-            # worker processes, where a crash fails only its own future (a
-            # function that cannot be pickled gets one thread instead).
-            pool = self._probe_pool(fn)
-            chosen = (
-                chosen.with_(backend="process", workers=pool.workers)
-                if pool is not None
-                else chosen.with_(backend="thread", workers=1)
-            )
-        return chosen, plan
+    def _make_plan(
+        self, fn: Any, samples: list[Any], backend: Backend | None, limit: float | None = None
+    ) -> tuple[Known, Any]:
+        """Probe ``fn`` on ``backend`` (or where gilfree.map would; each call
+        within ``limit`` s) and plan; a pool the probe made and the plan keeps
+        becomes this Executor's."""
+        known, plan, kept = plan_known(fn, samples, self._options, backend, limit)
+        if kept is not None and kept is not backend:
+            self._adopt(kept)
+        return known, plan
+
+    def _adopt(self, backend: Backend) -> None:
+        """Keep a pool the probe made (shut it down if one of its shape is here already)."""
+        key = (backend.name, backend.workers)
+        with self._lock:
+            spare = self._shutdown or key in self._backends
+            if not spare:
+                self._backends[key] = backend
+        if spare:
+            backend.shutdown(wait=False)
 
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
@@ -199,27 +209,46 @@ class Executor(concurrent.futures.Executor):
                 return future
             if known is None:
                 self._planning[key] = []
+                pool: list[Backend | None] = []  # filled below, before the planner starts
                 planner = threading.Thread(
                     target=self._plan_then_run,
-                    args=(key, *deferred),
+                    args=(key, *deferred, pool),
                     name="gilfree-planner",
                     daemon=True,
                 )
                 self._planners.add(planner)
         if known is not None:
-            self._dispatch(known, call, item, future)
+            self._dispatch(known.submit, call, item, future)
             return future
+        try:
+            # The pool the planner probes on, made here: in the caller's
+            # thread it can fork its workers directly (gilfree/pool/_procs.py).
+            pool.append(self._probe_pool(call))
+        except BaseException as exc:  # shut down meanwhile, or no pool could start
+            with self._lock:
+                waiting = self._planning.pop(key, [])
+                self._planners.discard(planner)
+            for _call, _item, fut in waiting:
+                if fut.set_running_or_notify_cancel():
+                    fut.set_exception(exc)
+            raise
         future.set_running_or_notify_cancel()  # its call runs as the probe
         planner.start()
         return future
 
     def _plan_then_run(
-        self, key: Any, call: Any, item: Any, future: concurrent.futures.Future[Any]
+        self,
+        key: Any,
+        call: Any,
+        item: Any,
+        future: concurrent.futures.Future[Any],
+        pool: list[Backend | None],
     ) -> None:
-        """In a planning thread: probe ``call(item)``, settle ``future`` with
-        its outcome, remember the plan, and run the calls that waited for it."""
+        """In a planning thread: probe ``call(item)`` on ``pool[0]`` (submit made
+        it), settle ``future``, keep the plan, run the calls that waited for it."""
         try:
-            chosen, plan = self._make_plan(call, [item])
+            known, plan = self._make_plan(call, [item], pool[0])
+            chosen = known.submit
         except BaseException as exc:
             with self._lock:
                 waiting = self._planning.pop(key, [])
@@ -234,18 +263,19 @@ class Executor(concurrent.futures.Executor):
         outcome = plan.outcomes.get(0)
         if outcome is None or (not outcome[0] and chosen.retries > 0):
             with contextlib.suppress(Exception):  # the future holds the error
-                self._dispatch(chosen, call, item, future, started=True)
+                self._dispatch(chosen, call, item, future, started=True, accepted=True)
         elif outcome[0]:
             future.set_result(outcome[1])
         else:
-            future.set_exception(outcome[1])
+            future.set_exception(as_submitted_call(outcome[1]))
         with self._lock:
-            self._plans[key] = chosen
+            self._plans[key] = known
             waiting = self._planning.pop(key, [])
-            self._planners.discard(threading.current_thread())
         for w_call, w_item, fut in waiting:
             with contextlib.suppress(Exception):  # each future holds its own error
-                self._dispatch(chosen, w_call, w_item, fut)
+                self._dispatch(chosen, w_call, w_item, fut, accepted=True)
+        with self._lock:  # only now: shutdown joins the planners it finds, then closes
+            self._planners.discard(threading.current_thread())
 
     def _dispatch(
         self,
@@ -254,10 +284,12 @@ class Executor(concurrent.futures.Executor):
         item: Any,
         future: concurrent.futures.Future[Any],
         started: bool = False,
+        accepted: bool = False,
     ) -> None:
-        """Run ``call(item)`` on the backend ``opts`` names, settling ``future``."""
+        """Run ``call(item)`` on the backend ``opts`` names, settling ``future``
+        (``accepted``: submitted before shutdown, see ``_backend``)."""
         try:
-            backend = self._backend(opts)
+            backend = self._backend(opts, accepted=accepted)
         except BaseException as exc:
             if started or future.set_running_or_notify_cancel():
                 future.set_exception(exc)
@@ -268,7 +300,7 @@ class Executor(concurrent.futures.Executor):
         # Weak: a future the caller keeps must not keep its task's function,
         # arguments or backend alive once it is done.
         future.add_done_callback(
-            functools.partial(_withdraw_if_cancelled, weakref.ref(backend), weakref.ref(job))
+            functools.partial(withdraw_if_cancelled, weakref.ref(backend), weakref.ref(job))
         )
         try:
             backend.submit(job, 0, [item])
@@ -287,10 +319,11 @@ class Executor(concurrent.futures.Executor):
     ) -> Iterator[Any]:
         """Like ``concurrent.futures.Executor.map``, chunked and with a bounded window.
 
-        Work starts before the first result is asked for, but only a bounded
-        window of items is read ahead, so an endless input is fine. With
-        ``backend="auto"`` a function not planned yet is probed first, on
-        workers, in the calling thread.
+        Work starts at once, but only a bounded window of items is read ahead
+        (an endless input is fine) until ``shutdown`` runs the rest of a map no
+        one has started reading. With ``backend="auto"`` a function not planned
+        yet is probed first (as by ``gilfree.map``), in the calling thread,
+        each probed call bounded by ``timeout``.
         """
         _check_callable(fn)
         if self._shutdown:
@@ -305,6 +338,7 @@ class Executor(concurrent.futures.Executor):
         sizes = [n for n in lengths if n is not None]
         total = min(sizes, default=None) if len(sizes) == len(lengths) else None
         it = iter(items)
+        end = time.monotonic() + (timeout or 0.0)  # as concurrent.futures: from the call
         opts = self._options
         prefilled: list[Event] = []
         resubmit: list[Rerun] = []
@@ -314,14 +348,21 @@ class Executor(concurrent.futures.Executor):
             with self._lock:
                 known = self._plans.get(key)
             if known is not None:
-                opts = known
+                opts = known.map
             else:
                 samples, it = _leading(it)
-                opts, plan = self._make_plan(call, samples)
-                with self._lock:
-                    self._plans.setdefault(key, opts)
+                # The map's timeout bounds each probed call: a sample past it
+                # is run again by the backend (reading it raises TimeoutError).
+                tighter = timeout is not None and (opts.timeout or math.inf) > timeout
+                limit = max(timeout, MIN_PROBE_LIMIT_S) if tighter and timeout is not None else None
+                made, plan = self._make_plan(call, samples, self._made_pool(), limit)
+                opts = made.map
+                unsettled = probe_only(plan, limit)
+                if not any(not ok and unsettled(v) for ok, v in plan.outcomes.values()):
+                    with self._lock:  # not a plan made from calls the deadline cut
+                        self._plans.setdefault(key, made)
                 prefilled, resubmit, ran = _probe_events(
-                    plan, range(len(samples)), samples, opts.retries
+                    plan, range(len(samples)), samples, opts.retries, unsettled
                 )
                 rest = Skipping(itertools.chain(samples, it), ran)
         if chunksize is not None:
@@ -338,17 +379,22 @@ class Executor(concurrent.futures.Executor):
             resubmit=resubmit,
         )
         if timeout is not None:
-            run.deadline = time.monotonic() + timeout
+            run.deadline = end
         run.start()  # submit the first window now, as concurrent.futures does
-        return _executor_results(run, opts.errors)
+        results = MapResults(run, opts.errors)
+        with self._lock:
+            self._maps.add(results)
+        return results
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work and release the workers, as ``concurrent.futures`` does.
 
-        ``wait=True`` returns once every submitted task has finished;
-        ``cancel_futures=True`` first cancels the tasks no worker has started.
-        Leaving a ``with`` block calls ``shutdown()``; leaving it by Ctrl-C stops
-        running tasks at once.
+        ``wait=True`` returns once every submitted task has finished and every
+        ``map`` no one has started reading has run to its end (its results
+        stay readable, as with ``concurrent.futures``; one being read hands on
+        what ran, then says what did not). ``cancel_futures=True`` first cancels
+        the submitted tasks no worker has started, not a map's. Leaving a
+        ``with`` block calls ``shutdown()``; Ctrl-C stops running tasks.
         """
         self._close(wait=wait, cancel_futures=cancel_futures, kill=False)
 
@@ -363,28 +409,52 @@ class Executor(concurrent.futures.Executor):
     def _close(self, *, wait: bool, cancel_futures: bool, kill: bool) -> None:
         with self._lock:
             self._shutdown = True
+            self._killed = self._killed or kill
             pending = [f for f in self._pending if not f.done()]
             planners = list(self._planners)
             waiting = [fut for calls in self._planning.values() for _c, _i, fut in calls]
             backends = list(self._backends.values())
         if cancel_futures:
-            # Calls waiting for a plan never reached a backend: cancel them here.
-            # Queued calls are cancelled by their backend, which alone knows
-            # which it already handed to a worker (those run, as in
-            # concurrent.futures); cancelling them from this thread raced the
-            # workers and could cancel all of them. A backend that cannot do
-            # that gets the old way.
+            # Calls waiting for a plan never reached a backend: cancelled here.
+            # Queued calls are cancelled by their backend, which alone knows which
+            # it handed to a worker (those run, as in concurrent.futures); from
+            # here that raced the workers. A backend that cannot gets the old way.
             fallback = pending if not all(b.cancels_pending for b in backends) else []
             for fut in waiting + fallback:
                 fut.cancel()
-        if not kill:
-            # A plan being made still runs the calls that waited for it.
-            for planner in planners:
-                planner.join()
+            for backend in backends:  # now: draining a map may take long
+                backend.cancel_pending()
+        with self._lock:  # a map is not a future: cancel_futures drains it too
+            maps = [] if kill else [m for m in self._maps if m.at_shutdown()]
+        if (maps or planners) and not wait and not kill:  # goes on behind the caller
+            threading.Thread(
+                target=self._drain_then_close,
+                args=(maps, cancel_futures, planners),
+                name="gilfree-drain",
+                daemon=True,
+            ).start()
+            return
+        self._drain_then_close(maps, cancel_futures, planners, wait, kill)
+
+    def _drain_then_close(
+        self,
+        maps: list[MapResults],
+        cancel: bool,
+        planners: list[threading.Thread],
+        wait: bool = False,
+        kill: bool = False,
+    ) -> None:
+        """Let a plan being made run the calls that waited for it (a kill does not
+        wait), run the maps no one has started reading to their end, then close."""
+        for planner in [] if kill else planners:
+            planner.join()
+        for results in maps:
+            results.drain()
+        reap_probes()
         with self._lock:
             backends = list(self._backends.values())
         for backend in backends:
-            if cancel_futures and backend.cancels_pending:
+            if cancel and backend.cancels_pending:
                 backend.shutdown(wait=wait, kill=kill, cancel_pending=True)  # type: ignore[call-arg]
             else:
                 backend.shutdown(wait=wait, kill=kill)
@@ -395,23 +465,3 @@ class Executor(concurrent.futures.Executor):
     def statistics(self) -> list[dict[str, Any]]:
         with self._lock:
             return [b.statistics() for b in self._backends.values()]
-
-
-def _withdraw_if_cancelled(
-    backend: weakref.ref[Backend],
-    job: weakref.ref[FutureJob],
-    future: concurrent.futures.Future[Any],
-) -> None:
-    """A future cancelled while queued frees its shared memory at once."""
-    if future.cancelled():
-        b, j = backend(), job()
-        if b is not None and j is not None:
-            b.withdraw(j)
-
-
-def _executor_results(run: Run, errors: str) -> Iterator[Any]:
-    try:
-        yield from _values(run.events(), errors)
-    finally:
-        if not run.finished:
-            run.abort()

@@ -271,3 +271,16 @@ def make_options(**kwargs: Any) -> Options:
             f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
     return Options(**kwargs)
+
+
+def stdlib_workers(workers: int | None, max_workers: int | None) -> int | None:
+    """``max_workers`` is the stdlib's name for ``workers``: one of them, checked."""
+    if max_workers is None:
+        return workers
+    if isinstance(max_workers, int) and not isinstance(max_workers, bool) and max_workers <= 0:
+        raise ConfigurationError(f"max_workers={max_workers!r}: max_workers must be greater than 0")
+    if workers is not None and workers != max_workers:
+        raise ConfigurationError(
+            f"workers={workers!r} and max_workers={max_workers!r} disagree; give one of them"
+        )
+    return max_workers

@@ -5,12 +5,14 @@ marking each call's index and start time in a page the parent shares, so that
 a call that kills the child or overruns ``timeout=`` is named; each batch's
 outcomes and timings go down a pipe. With large arguments it also runs the
 two-thread phase under ``PAIR_MARK``, where no single call can be blamed.
-It leaves by ``os._exit`` (see ``_probe_fork``). Nothing here runs in the caller.
+It leaves by ``os._exit`` (see ``_probe_fork``). Nothing here runs in the caller
+but ``serial_phase``, for a function that can only compute (``_probe_inline``).
 """
 
 from __future__ import annotations
 
 import faulthandler
+import functools
 import os
 import pickle
 import signal
@@ -46,6 +48,27 @@ def _child(  # pragma: no cover - runs in the forked child
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     faulthandler.enable(file=stack_w, all_threads=False)
     faulthandler.register(signal.SIGUSR1, file=stack_w, all_threads=False)
+    result = serial_phase(fn, samples, limit, cap, whole, view, functools.partial(_send_batch, w))
+    if pair_cap is not None:
+        _pair(fn, samples, result, pair_cap, view, w)
+    _write(w, pickle.dumps(None))
+
+
+def serial_phase(
+    fn: Callable[[Any], Any],
+    samples: Sequence[Any],
+    limit: int,
+    cap: float,
+    whole: bool,
+    view: memoryview,
+    send: Callable[[int, list[tuple[bool, Any]], tuple[float, ...]], None] | None = None,
+    *,
+    caller: bool = False,
+) -> probing.ProbeResult:
+    """The planner's serial phase on ``samples[:limit]``, in batches of 1, 1, 2,
+    4, ... calls, each call marked in ``view``; each batch's outcomes and
+    timings go to ``send``. In the forked child; in the ``caller`` only for a
+    function that can only compute (``planner._inert``), where Ctrl-C stops it."""
     # Copy-on-write: the first write to each page the fork shares (a sample's
     # reference count, the allocator's free lists) costs a page fault of ~1 us,
     # which would read as the function's time. Touch them before timing.
@@ -68,6 +91,10 @@ def _child(  # pragma: no cover - runs in the forked child
             view[0] = i
             try:
                 append((True, fn(samples[i])))
+            except KeyboardInterrupt as exc:
+                if caller:
+                    raise
+                append((False, exc))
             except BaseException as exc:  # SystemExit in a task is that task's failure
                 append((False, exc))
         w1 = time.perf_counter()
@@ -79,13 +106,16 @@ def _child(  # pragma: no cover - runs in the forked child
         own = per_batch + (last - first) * per_call
         wall = max(w1 - w0 - own, (w1 - w0) * 0.05)
         cpu = max(c1 - c0 - own, (c1 - c0) * 0.05)
-        _send_batch(w, first, outcomes, (wall, cpu, p1 - p0, q1 - q0))
+        if send is not None:
+            send(first, outcomes, (wall, cpu, p1 - p0, q1 - q0))
         if first == 0:
             result.first_wall = wall
         result.outcomes.update(enumerate(outcomes, first))
         result.serial_calls += last - first
         result.serial_wall += wall
         result.serial_cpu += cpu
+        result.serial_process_cpu += p1 - p0
+        result.serial_runqueue += q1 - q0
         if probing.serial_done(result, cap) and (
             not whole or result.serial_calls >= WARM_UP_CALLS or result.serial_wall >= cap
         ):
@@ -95,9 +125,7 @@ def _child(  # pragma: no cover - runs in the forked child
         if first > 0:  # 1, 1, 2, 4, ...: the first call alone may be a warm-up
             batch *= 2
         first = last
-    if pair_cap is not None:
-        _pair(fn, samples, result, pair_cap, view, w)
-    _write(w, pickle.dumps(None))
+    return result
 
 
 def _pair(  # pragma: no cover - in the child

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _probe_child, _serialize
+from . import _probe_child, _serialize, _stacks
 from ._probe_child import PAIR_MARK, _child
 from .errors import TaskTimeout, WorkerDied
 from .planner import _probe as probing
@@ -46,6 +46,8 @@ from .planner import _probe as probing
 STACK_WAIT_S = 0.5
 #: Seconds the child may spend between calls when ``timeout=`` is given (see ``_limit``).
 BETWEEN_CALLS_S = 10.0
+#: ...and reads the mark at least this often meanwhile (see ``_between_polls``).
+POLL_BETWEEN_S = 0.05
 #: Pids of children that finished and are not reaped yet.
 _unreaped: list[int] = []
 
@@ -246,6 +248,16 @@ def _limit(k: int, timeout: float | None, pair_s: float = 0.0) -> float:
     return max(timeout, BETWEEN_CALLS_S) + (pair_s if k == PAIR_MARK else 0.0)
 
 
+def _between_polls(timeout: float) -> float:
+    """How often the parent reads the mark while the child is between calls.
+
+    A call started meanwhile has only ``timeout``: waiting out the longer
+    between-calls limit first let a hung call run ~10 s under ``timeout=1``
+    whenever the parent read a batch before the child marked its next call
+    (a loaded machine; 11-18 s on 3.13t in a full suite)."""
+    return max(0.001, min(POLL_BETWEEN_S, timeout / 10))
+
+
 def _read_mark(view: memoryview) -> tuple[int, int]:
     """(call index, its start in monotonic ns); the child writes the time, then
     the index, so a torn read only ever shows a later start (a later deadline)."""
@@ -276,6 +288,8 @@ def _collect(
         if timeout is not None:
             k, t = _read_mark(view)
             wait = max(0.0, t / 1e9 + _limit(k, timeout, pair_s) - time.monotonic())
+            if k < 0:  # the child may start a call any moment, with a shorter limit
+                wait = min(wait, _between_polls(timeout))
         ready, _, _ = select.select([r], [], [], wait)
         if not ready:
             k, t = _read_mark(view)
@@ -316,7 +330,7 @@ def _collect(
         # EOF without the end: the child died.
         k, _t = _read_mark(view)
         _pid, status = os.waitpid(pid, 0)
-        stack = _drain(stack_r)
+        stack = _task_frames(_stacks.read_dump(stack_r))
         if k < 0:
             result.crashes += 1
             if k == PAIR_MARK:
@@ -366,35 +380,13 @@ def _stack_of(pid: int, stack_r: int) -> str:
         os.kill(pid, signal.SIGUSR1)
     except ProcessLookupError:
         return ""
-    out = b""
-    deadline = time.monotonic() + STACK_WAIT_S
-    while not out.endswith(b"\n\n") or not out:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([stack_r], [], [], left)[0]:
-            break
-        chunk = os.read(stack_r, 1 << 16)
-        if not chunk:
-            break
-        out += chunk
-    return _task_frames(out.decode(errors="replace"))
-
-
-def _drain(fd: int) -> str:
-    out = b""
-    while select.select([fd], [], [], 0)[0]:
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            break
-        out += chunk
-    return _task_frames(out.decode(errors="replace"))
+    return _task_frames(_stacks.read_dump(stack_r, STACK_WAIT_S))
 
 
 def _task_frames(stack: str) -> str:
     """The task's frames: below the child's loop (``_probe_child``) come the caller's
     own frames, inherited by the fork."""
-    from .pool._recovery import task_frames  # only after a crash or a timeout
-
-    return task_frames(stack, loop_file=_probe_child.__file__)
+    return _stacks.task_frames(stack, loop_file=_probe_child.__file__)
 
 
 def _death_error(pid: int, status: int, index: int, item: Any, stack: str) -> WorkerDied:

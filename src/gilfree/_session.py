@@ -10,15 +10,16 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import sys
 import textwrap
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, Literal, NamedTuple, TypeVar
 
 from ._engine import Direct, Event, Rerun, Run, Skipping, direct_ok, length_hint
 from ._options import Options, check_applicable, option_docs
 from ._progress import Bar
 from .backends import Backend, Job, StreamJob, create
-from .errors import ConfigurationError
+from .errors import ConfigurationError, SerializationError, TaskTimeout, reindexed
 
 #: How many items `backend="auto"` hands the planner as samples (spread over an
 #: indexable input); the planner runs only as many as its budget needs -- a 10 ms
@@ -54,7 +55,7 @@ def _given(values: dict[str, Any], *drop: str) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k not in drop}
 
 
-def _values(events: Iterator[Event], errors: str) -> Iterator[Any]:
+def _values(events: Iterator[Event], errors: str) -> Generator[Any, None, None]:
     """Results one by one; a failure raised or yielded as ``errors`` says."""
     for ok, _start, payload in events:
         if not ok:
@@ -163,8 +164,18 @@ def _session(
                 backend.cancel(job)
                 backend.shutdown(wait=False, kill=True)
         finally:
+            reap_probes()
             if bar is not None:
                 bar.close()
+
+
+def reap_probes() -> None:
+    """Collect auto's finished probe children (never blocks): by the end of a
+    job the forked probe has long exited, and it was left a zombie until the
+    next probe."""
+    probe_fork = sys.modules.get("gilfree._probe_fork")
+    if probe_fork is not None:
+        probe_fork.reap()
 
 
 def _check_callable(fn: object) -> None:
@@ -205,8 +216,26 @@ def _resolve_auto(
         indices = list(range(len(samples)))
         rest = itertools.chain(samples, it)
     plan, backend = _auto.plan(fn, samples, opts, total=total, address=dask_address(opts))
-    prefilled, resubmit, ran = _probe_events(plan, indices, samples, opts.retries)
+    unsettled = probe_only(plan)
+    prefilled, resubmit, ran = _probe_events(plan, indices, samples, opts.retries, unsettled)
     return _apply_plan(opts, plan), Skipping(rest, ran), prefilled, resubmit, plan, backend
+
+
+def probe_only(plan: Any, deadline_s: float | None = None) -> Callable[[BaseException], bool]:
+    """Which probe errors the plan's backend would not meet, so the call runs again:
+    a result the probe's process could not pickle back, when the plan runs
+    calls in this process (nothing is pickled there: ``gilfree.map(ident,
+    [1, lock])`` failed on its first call and returned the lock on its second,
+    planned); and, given ``deadline_s`` (an ``Executor.map``'s timeout, tighter
+    than the task's own), a ``TaskTimeout`` from that bound."""
+    here = plan.backend in ("serial", "thread")
+
+    def unsettled(exc: BaseException) -> bool:
+        if deadline_s is not None and isinstance(exc, TaskTimeout):
+            return True
+        return here and isinstance(exc, SerializationError) and exc.what == "result"
+
+    return unsettled
 
 
 def _leading(it: Iterator[Any]) -> tuple[list[Any], Iterator[Any]]:
@@ -240,7 +269,11 @@ def _apply_plan(opts: Options, plan: Any) -> Options:
 
 
 def _probe_events(
-    plan: Any, indices: Sequence[int], samples: Sequence[Any], retries: int
+    plan: Any,
+    indices: Sequence[int],
+    samples: Sequence[Any],
+    retries: int,
+    unsettled: Callable[[BaseException], bool] | None = None,
 ) -> tuple[list[Event], list[Rerun], frozenset[int]]:
     """The probe's calls were real: their outcomes become the first events.
 
@@ -248,15 +281,21 @@ def _probe_events(
     ``indices[k]``. A failed one is run again by the backend when retries are
     allowed (the probe was its first attempt). ``plan.suspects`` (samples a
     probe task took down with it, blaming none) run again each alone, with no
-    attempt counted (``Rerun`` with no error). Returns the events, the items
-    to run again, and the input indices the probe settled or hands back.
+    attempt counted (``Rerun`` with no error), as do samples whose error is
+    ``unsettled`` (the probe's doing, not the task's: see ``probe_only``).
+    Returns the events, the items to run again, and the input indices the
+    probe settled or hands back.
     """
     prefilled: list[Event] = []
     resubmit: list[Rerun] = []
     for k, (ok, value) in sorted(plan.outcomes.items()):
         index = indices[k]
+        if not ok:  # the probe numbered its samples; the job numbers its inputs
+            value = reindexed(value, k, index)
         if ok:
             prefilled.append((True, index, [value]))
+        elif unsettled is not None and unsettled(value):
+            resubmit.append((index, samples[k], None))
         elif retries > 0:
             resubmit.append((index, samples[k], value))
         else:

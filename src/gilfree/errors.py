@@ -150,3 +150,43 @@ def attempt_ended(exc: BaseException) -> str:
     if len(first) > 80:
         first = first[:77] + "..."
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def task_renamed(exc: BaseException, task: int, name: str) -> str | None:
+    """gilfree's own message of ``exc`` about ``task`` with "task N " said as
+    ``name`` instead; None for any other exception (a user's message, which
+    may say "task N" about something else, is never rewritten)."""
+    text = exc.args[0] if exc.args else None
+    if getattr(exc, "index", None) != task or not isinstance(text, str):
+        return None
+    if not isinstance(exc, GilfreeError) or f"task {task} " not in text:
+        return None
+    return text.replace(f"task {task} ", f"{name} ", 1)
+
+
+def as_submitted_call(exc: BaseException) -> BaseException:
+    """``exc`` for the future of one submitted call: gilfree's own message names
+    it "the submitted call", not "task 0" (every submit is task 0 of its own
+    job, which meant nothing to its caller)."""
+    _rename(exc, 0, "the submitted call")
+    return exc
+
+
+def _rename(exc: BaseException, task: int, name: str) -> None:
+    """``task_renamed``, applied to ``exc`` itself."""
+    text = task_renamed(exc, task, name)
+    if text is not None:
+        exc.args = (text, *exc.args[1:])
+
+
+def reindexed(exc: BaseException, old: int, new: int) -> BaseException:
+    """``exc`` about task ``old`` made about task ``new``, its ``index`` and
+    gilfree's own message alike: the probe numbers its samples, a job its
+    inputs (a crash of input 10 was reported as "task 9" once the probe's
+    second phase had numbered the samples after the first crash from 0)."""
+    if old == new or getattr(exc, "index", None) != old:
+        return exc
+    _rename(exc, old, f"task {new}")
+    if isinstance(exc, GilfreeError):
+        setattr(exc, "index", new)  # noqa: B010 - set where a GilfreeError has one
+    return exc

@@ -46,6 +46,7 @@ def cluster():
 
 @pytest.fixture
 def address(cluster):
+    cluster.check_scheduler()
     return cluster.address
 
 

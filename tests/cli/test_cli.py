@@ -614,6 +614,10 @@ def test_bench_quick_json_on_two_workloads(gilfree):
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
+@pytest.mark.skip_in_test_pythons(
+    "make demo's whole run with its matplotlib plot (~13 s); the bench tests on two"
+    " workloads and on every backend run on each interpreter"
+)
 def test_bench_quick_whole_suite_with_plot(gilfree, work):
     pytest.importorskip("matplotlib", reason="the plot extra (matplotlib) is not installed")
     start = time.monotonic()

@@ -140,6 +140,21 @@ def test_parse_item_explains_bad_lines(raw):
     assert not ok and isinstance(why, str) and why
 
 
+@pytest.mark.parametrize(
+    "raw, where",
+    [
+        # Found at the newline, json says "line 2 column 1": the column on this line.
+        (b'{"x": 3\n', "Expecting ',' delimiter at column 8"),
+        (b'{"x": 3\r\n', "Expecting ',' delimiter at column 8"),
+        (b"{x: 3}\n", "Expecting property name enclosed in double quotes at column 2"),
+        (b'"a\tb"\n', "Invalid control character at column 3"),  # one "at"
+    ],
+)
+def test_a_bad_line_names_the_column_on_that_line(raw, where):
+    ok, why = parse_item(raw)
+    assert not ok and why.startswith(f"not valid JSON ({where}): "), why
+
+
 def test_result_records_accept_numpy_and_reject_other_objects():
     np = pytest.importorskip("numpy")
     ok, line = result_record(4, {"a": np.arange(3), "b": np.float64(0.5), "s": "é"})
@@ -201,7 +216,8 @@ def test_load_target_by_path_and_dotted_attribute(tmp_path: Path, isolated_impor
         (":f", "MODULE:FUNC"),
         ("json:", "MODULE:FUNC"),
         ("json:no_such_thing", "no_such_thing"),
-        ("json:__doc__", "not a function"),
+        ("json:__doc__", "is a str, not a function"),
+        ("sys:maxsize", "is an int, not a function"),
         ("no_such_module_xyz:f", "no_such_module_xyz"),
     ],
 )
@@ -209,3 +225,24 @@ def test_load_target_errors_are_one_plain_sentence(spec, words):
     with pytest.raises(UsageError, match=words) as info:
         load_target(spec)
     assert "\n" not in str(info.value)
+
+
+def test_an_error_record_renames_only_gilfree_s_own_task_number():
+    import json
+
+    from gilfree.errors import WorkerDied
+
+    ours = WorkerDied("worker process 9 died while running task 3 (input: 5).", index=3)
+    assert "running task 5 (input" in json.loads(error_record(5, ours, task=3))["error"]["message"]
+    theirs = ValueError("task 3 is not ready")  # the user's own words
+    assert json.loads(error_record(5, theirs, task=3))["error"]["message"] == "task 3 is not ready"
+
+
+@pytest.mark.parametrize("value", [float("inf"), -float("inf"), float("nan"), [1.0, float("nan")]])
+def test_a_result_with_infinity_or_nan_is_an_error_record_not_invalid_json(value):
+    # json.dumps writes them as Infinity and NaN by default, which strict JSON
+    # readers (jq) reject: the output file would have had a line nobody can read.
+    ok, line = result_record(2, value)
+    record = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} written"))
+    assert not ok and record["error"]["type"] == "SerializationError"
+    assert "cannot be written as JSON" in record["error"]["message"]

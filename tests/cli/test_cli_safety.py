@@ -331,6 +331,23 @@ def test_a_record_that_kills_its_worker_is_one_error_record(work, backend, at, h
     assert out.read_bytes() == before
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("at", [1, 40])  # the probe's sample, and a task after it
+def test_an_error_record_names_its_own_index_after_a_bad_line(work, at):
+    # A line that is not JSON is no task: the tasks after it are numbered one
+    # lower than their records, and the message said "while running task 39"
+    # in the record of index 40 (new-user trial).
+    lines = [str(i) for i in range(60)]
+    lines[0] = "not json"
+    (work / "in.jsonl").write_text("\n".join(lines) + "\n")
+    out = work / "out.jsonl"
+    gilfree = Gilfree(work, env={"CRASH_AT": str(at), "CRASH_HOW": "exit"})
+    result = gilfree("run", "tasks:crash_at", "in.jsonl", "-o", str(out), timeout=100)
+    assert result.returncode == 1, result.stderr
+    message = by_index(out.read_text())[at]["error"]["message"]
+    assert f"task {at} " in message and f"task {at - 1} " not in message, message
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("how", ["segv", "exit"])
 def test_advise_reports_a_sample_that_crashes_and_lives(work, how):

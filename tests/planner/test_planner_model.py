@@ -376,6 +376,34 @@ def test_busy_machine_trusts_pure_python_bytecode_over_a_high_reading() -> None:
     assert "busy" in plan.reasons[1] and "pure-Python" in plan.reasons[1]
 
 
+def test_busy_machine_does_not_trust_an_io_call_the_calls_never_wait_in() -> None:
+    # A CPU-bound loop with a time.sleep on a branch never taken: measured 100%
+    # on the CPU (a busy machine can only lower that), so the sleep is not
+    # where the time goes. It was trusted, and the plan put the loop on
+    # threads in the caller's process, where a later crash killed the caller.
+    computing = feat(
+        task_seconds=0.01,
+        cpu_fraction=1.0,
+        pair_speedup=1.05,
+        findings=(*SLEEP, *LOOP),
+        busy_share=0.6,
+    )
+    plan = choose(computing)
+    assert plan.backend == "process", plan.explain()
+    assert any("time.sleep" in r and "the measurement wins" in r for r in plan.reasons)
+    # Read as scaling (the busy machine's noise), the loop's bytecode decides.
+    faked = dataclasses.replace(computing, pair_speedup=1.5)
+    assert choose(faked).backend == "process", choose(faked).explain()
+    assert "where calls 100% on the CPU cannot spend their time" in choose(faked).reasons[1]
+    # With no two-thread reading at all, the sleep is no hint either.
+    unpaired = dataclasses.replace(computing, pair_speedup=None, busy_share=0.0)
+    assert gil_share(unpaired) == pytest.approx(1.0)
+    assert choose(unpaired).backend == "process", choose(unpaired).explain()
+    # Calls that do wait (20% on the CPU) still have their sleep trusted.
+    waiting = dataclasses.replace(computing, cpu_fraction=0.2)
+    assert choose(waiting).backend == "thread", choose(waiting).explain()
+
+
 # -- every comparison in explain() agrees with its own numbers ----------------------
 from gilfree.planner._model import COMPARISONS, compare  # noqa: E402
 
@@ -451,6 +479,18 @@ def test_a_crash_in_the_probe_keeps_a_fast_function_off_this_process() -> None:
     assert "crashed the worker" in plan.explain()
     unsendable = dataclasses.replace(tiny, unpicklable="the function cannot be pickled")
     assert choose(unsendable).backend == "serial"
+
+
+def test_a_hung_probe_call_keeps_a_fast_function_off_this_process() -> None:
+    # A call stopped at timeout= on a worker could only be abandoned on a thread
+    # here; the plan said "none crashed it" and ran the rest inline.
+    hung = feat(task_seconds=1e-7, cpu_fraction=1.0, pair_speedup=None, hangs=1)
+    plan = choose(hung)
+    assert plan.backend == "process", plan.explain()
+    assert "ran past timeout=" in plan.explain() and "crashed" not in plan.explain()
+    both = dataclasses.replace(hung, crashes=1)
+    assert "crashed the worker" in choose(both).explain()
+    assert "ran past timeout=" in choose(both).explain()
 
 
 # -- a free-threaded interpreter: the measured thread scaling decides -----------------
@@ -773,3 +813,23 @@ def test_pickling_stopped_at_a_calls_time_is_a_floor_the_reasons_call_one() -> N
     ), floor.explain()
     whole = choose(feat(**GRAPH_ON_GIL, arg_pickle_s=0.006))
     assert not any("at least" in r for r in whole.reasons), whole.explain()
+
+
+def test_a_python_loop_is_not_said_to_hold_a_gil_the_interpreter_runs_without() -> None:
+    from gilfree.planner._bytecode import analyze
+
+    def work(n: int) -> int:
+        total = 0
+        for i in range(n):
+            total += i
+        return total
+
+    found = tuple(analyze(work).findings)
+    assert [f.kind for f in found] == ["python_loop"]
+    for gil in (True, False):
+        features = feat(
+            task_seconds=0.01, cpu_fraction=1.0, pair_speedup=1.0, findings=found, gil_enabled=gil
+        )
+        text = choose(features).explain()
+        assert ("that holds the GIL" in text) is gil, text
+        assert ("threads run at once here (no GIL)" in text) is not gil, text

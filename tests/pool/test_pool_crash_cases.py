@@ -205,11 +205,33 @@ def test_cancel_futures_on_threads_cancels_only_what_no_thread_took():
     assert head.result(timeout=0) is True
 
 
-def test_cancel_futures_leaves_a_map_alone():
-    with gilfree.Executor(backend="thread", workers=2) as ex:
-        it = ex.map(abs, range(-50, 0))
-        ex.shutdown(wait=True, cancel_futures=True)
-        assert list(it) == list(range(50, 0, -1))
+@pytest.mark.parametrize("backend", ["thread", "process"])
+@pytest.mark.parametrize("wait", [True, False])
+def test_cancel_futures_leaves_a_map_alone(backend, wait):
+    # chunksize=1: far more chunks than the window holds, so most of the map
+    # is submitted after shutdown began (it raised "cannot schedule new work
+    # after shutdown" once chunks came out smaller).
+    with gilfree.Executor(backend=backend, workers=2) as ex:
+        it = ex.map(abs, range(-300, 0), chunksize=1)
+        ex.shutdown(wait=wait, cancel_futures=True)
+        assert list(it) == list(range(300, 0, -1))
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_map_read_across_its_shutdown_hands_on_what_ran_then_says_what_did_not(backend):
+    ex = gilfree.Executor(backend=backend, workers=2)
+    it = ex.map(abs, range(-300, 0), chunksize=1)
+    assert next(it) == 300  # reading began: shutdown does not run the rest
+    ex.shutdown(wait=True)
+    got = []
+    with pytest.raises(RuntimeError, match=r"shut down while this map was being read") as err:
+        for value in it:
+            got.append(value)
+    # Nothing submitted is lost: every result before the cut, in order, then
+    # the error naming the first item that never ran.
+    assert 0 < len(got) < 299
+    assert got == list(range(299, 299 - len(got), -1))
+    assert f"items from #{len(got) + 1} on were not run" in str(err.value)
 
 
 @pytest.mark.parametrize("backend", ["thread", "process"])
@@ -223,3 +245,58 @@ def test_an_exit_by_exception_cancels_queued_futures(backend):
         if not f.cancelled():
             f.exception(timeout=30)
     assert sum(f.cancelled() for f in futures) >= 10
+
+
+@pytest.mark.parametrize("backend", ["serial", "thread", "process"])
+def test_an_unread_map_read_while_shutdown_drains_it_in_the_background(backend):
+    # shutdown(wait=False) drains in a thread; the reader starts at once. Whoever
+    # pulls first, every result arrives (the reader once came first, and the map
+    # was cut as if its reading had begun before the shutdown).
+    for _ in range(5):
+        ex = gilfree.Executor(backend=backend, workers=None if backend == "serial" else 2)
+        it = ex.map(abs, range(-100, 0), chunksize=1)
+        ex.shutdown(wait=False)
+        assert list(it) == list(range(100, 0, -1))
+
+
+def _slow_first(x):
+    time.sleep(2 if x == 0 else 0)
+    return x
+
+
+def test_shutdown_without_wait_does_not_wait_for_a_reader_blocked_in_next():
+    ex = gilfree.Executor(backend="thread", workers=2)
+    it = ex.map(_slow_first, range(100), chunksize=1)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(next(it)))
+    reader.start()
+    time.sleep(0.3)  # the reader waits in next() for item 0
+    t0 = time.monotonic()
+    ex.shutdown(wait=False)
+    assert time.monotonic() - t0 < 1.5
+    reader.join(30)
+    assert got == [0]
+    with pytest.raises(RuntimeError, match="shut down while this map was being read"):
+        list(it)
+
+
+def _nap(x):
+    time.sleep(0.05)
+    return x
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_cancel_futures_cancels_queued_submits_before_it_drains_an_unread_map(backend):
+    # The unread map is drained at shutdown; the queued submits ahead of it
+    # were not cancelled until that drain ended, so every one of them ran
+    # first (a new user: 0 of 300 cancelled, shutdown blocked 35 s).
+    ex = gilfree.Executor(backend=backend, workers=2)
+    futures = [ex.submit(_nap, i) for i in range(200)]
+    it = ex.map(abs, range(-20, 0))
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert time.monotonic() - t0 < 5
+    assert sum(f.cancelled() for f in futures) >= 150
+    assert all(f.result() == i for i, f in enumerate(futures) if not f.cancelled())
+    assert list(it) == list(range(20, 0, -1))

@@ -235,8 +235,14 @@ def grow(_):
     return os.getpid()
 
 
+def rss(_):
+    return psutil.Process().memory_info().rss
+
+
 def test_max_worker_memory_recycles_workers():
-    base = psutil.Process().memory_info().rss
+    # A worker's own size to grow from: a forked one maps the caller's heap, one
+    # from the fork server (the caller has threads) is a small interpreter.
+    base = gilfree.map(rss, [0], backend="process", workers=1)[0]
     pids = gilfree.map(
         grow,
         range(8),

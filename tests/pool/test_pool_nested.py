@@ -1,9 +1,10 @@
 """What a task on a pool worker sees of its surroundings: no pool of its own
-(a clear error, not multiprocessing's assertion), and the caller's sys.argv
-whichever way the worker was started."""
+(a clear error, not multiprocessing's assertion), and the caller's sys.argv,
+environment, directory and import path whichever way the worker was started."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -19,8 +20,8 @@ def start_inner_pool(_):
     return "started"
 
 
-def argv_of_worker(_):
-    return list(sys.argv)
+def surroundings(_):
+    return list(sys.argv), os.environ.get("GILFREE_TEST_MARK"), os.getcwd(), sys.path[0]
 
 
 @pytest.mark.parametrize("method", ["fork", "zygote"])
@@ -37,13 +38,22 @@ def test_a_task_cannot_start_a_pool_and_is_told_why(sink, method):
         pool.shutdown()
 
 
-@pytest.mark.parametrize("method", ["fork", "zygote"])
-def test_a_task_sees_the_callers_argv(sink, method, monkeypatch):
+@pytest.mark.parametrize("method", ["fork", "zygote", "spawn"])
+def test_a_task_sees_the_callers_argv_environment_directory_and_path(
+    sink, method, monkeypatch, tmp_path
+):
+    from gilfree.pool import _zygote
+
+    _zygote.get()  # started before the changes, as it is once any pool has used it
     monkeypatch.setattr(sys, "argv", ["my_script.py", "--flag", "value"])
+    monkeypatch.setenv("GILFREE_TEST_MARK", "set after the fork server started")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
     pool = ProcessPool(1, start_method=method)
     try:
-        job = sink(argv_of_worker)
+        job = sink(surroundings)
         pool.submit(job, 0, [0])
-        assert job.take(1) == {0: (True, ["my_script.py", "--flag", "value"])}
+        seen = (["my_script.py", "--flag", "value"], os.environ["GILFREE_TEST_MARK"])
+        assert job.take(1) == {0: (True, (*seen, str(tmp_path), str(tmp_path)))}
     finally:
         pool.shutdown()

@@ -57,7 +57,13 @@ def parse_item(raw: bytes) -> tuple[bool, Any]:
     except json.JSONDecodeError as exc:
         text = raw.decode("utf-8", "replace").strip()
         excerpt = text if len(text) <= _EXCERPT else text[: _EXCERPT - 3] + "..."
-        return False, f"not valid JSON ({exc.msg} at column {exc.colno}): {excerpt}"
+        if exc.lineno > 1:  # found at the line's end, after its newline: say where
+            try:
+                json.loads(raw.rstrip(b"\r\n"))
+            except json.JSONDecodeError as bare:
+                exc = bare
+        msg = exc.msg.removesuffix(" at")  # "Invalid control character at"
+        return False, f"not valid JSON ({msg} at column {exc.colno}): {excerpt}"
     except RecursionError:
         return False, "not valid JSON: nested too deeply"
 
@@ -88,23 +94,33 @@ def _default(obj: Any) -> Any:
 def result_record(index: int, value: Any) -> tuple[bool, bytes]:
     """``(True, line)`` for a result, or ``(False, error line)`` when it is not JSON."""
     try:
-        text = json.dumps({"index": index, "result": value}, ensure_ascii=False, default=_default)
+        # allow_nan=False: Infinity and NaN are not JSON (jq and others reject them).
+        text = json.dumps(
+            {"index": index, "result": value}, ensure_ascii=False, default=_default, allow_nan=False
+        )
     except (TypeError, ValueError, RecursionError) as exc:
         message = f"result of item {index} cannot be written as JSON: {exc}"
         return False, _record(index, "SerializationError", message, "")
     return True, (text + "\n").encode("utf-8", "surrogatepass")
 
 
-def error_record(index: int, exc: BaseException) -> bytes:
-    """The record of a failed task: type, message and the worker-side traceback."""
-    from ..errors import RemoteTraceback
+def error_record(index: int, exc: BaseException, task: int | None = None) -> bytes:
+    """The record of a failed task: type, message and the worker-side traceback.
+
+    ``task`` is the number the job gave it, which messages name ("while
+    running task 14"): a run that skipped bad or finished lines numbers its
+    tasks apart from the records, so the message names the record's index."""
+    from ..errors import RemoteTraceback, task_renamed
 
     cause = exc.__cause__
     if isinstance(cause, RemoteTraceback):
         tb = cause.tb
     else:
         tb = "".join(traceback.format_exception(exc))
-    return _record(index, type(exc).__qualname__, str(exc), tb)
+    message = str(exc)
+    if task is not None and task != index:
+        message = task_renamed(exc, task, f"task {index}") or message
+    return _record(index, type(exc).__qualname__, message, tb)
 
 
 def input_error_record(index: int, message: str) -> bytes:

@@ -204,7 +204,9 @@ def _plan(fn: Callable[[Any], Any], request: dict[str, Any]) -> Probed:
         if k not in plan.outcomes:
             break
         ok, value = plan.outcomes[k]
-        records.append(result_record(index, value) if ok else (False, error_record(index, value)))
+        records.append(
+            result_record(index, value) if ok else (False, error_record(index, value, task=k))
+        )
     return Probed(
         backend=plan.backend,
         workers=plan.workers,

@@ -337,7 +337,7 @@ def _drive(
                 good, line = result_record(index, value)
                 error_type = "SerializationError"
             else:
-                good, line = False, error_record(index, value)
+                good, line = False, error_record(index, value, task=pos)
                 error_type = type(value).__qualname__
             writer.write(line)
             tally.add(good, error_type)

@@ -42,7 +42,7 @@ def load_target(spec: str) -> Callable[[Any], Any]:
             where = getattr(module, "__file__", None) or module.__name__
             raise UsageError(f"module {module_part!r} has no function {func_part!r} ({where})")
     if not callable(obj):
-        raise UsageError(f"{spec} is a {type(obj).__name__}, not a function")
+        raise UsageError(f"{spec} is {_article(type(obj).__name__)}, not a function")
     return obj
 
 
@@ -116,3 +116,8 @@ def _import_failure(name: str, exc: BaseException) -> str:
             where = f" ({user[-1].filename}, line {user[-1].lineno})"
         what = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
     return f"cannot import {name!r}: {what}{where}"
+
+
+def _article(noun: str) -> str:
+    """'an int', 'a str': the article a type name takes."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"

@@ -7,7 +7,9 @@ input into *chunks* of consecutive items and hands each to
 and reports back through the job, from any thread:
 
 * ``job.deliver(start, values)`` -- ``values[k]`` is the result of input
-  ``start + k``; a backend may deliver a chunk in several consecutive pieces;
+  ``start + k``; a backend may deliver a chunk in several consecutive pieces.
+  The list is the reader's from then on (it pops the values as it hands them
+  over): the backend must not read it again, not even its length;
 * ``job.fail(index, exc)`` -- input ``index`` failed for good (after retries);
 * ``job.record(n, seconds)`` -- ``n`` tasks took ``seconds`` of worker time,
   which the engine's chunker uses to size the next chunks.
@@ -28,6 +30,7 @@ from concurrent.futures import Future
 from typing import Any, ClassVar
 
 from .._options import Options
+from ..errors import as_submitted_call
 
 _job_ids = itertools.count(1)
 
@@ -140,7 +143,7 @@ class FutureJob(Job):
 
     def fail(self, index: int, exc: BaseException) -> None:
         if not self.future.done():
-            self.future.set_exception(exc)
+            self.future.set_exception(as_submitted_call(exc))
 
 
 class Backend(ABC):
@@ -189,6 +192,10 @@ class Backend(ABC):
 
     #: Whether ``shutdown`` takes ``cancel_pending`` (see there).
     cancels_pending: ClassVar[bool] = False
+
+    def cancel_pending(self) -> None:  # noqa: B027 - only where cancels_pending
+        """Drop queued work whose job agrees (``Job.withdraw``) and go on running:
+        ``shutdown(cancel_futures=True)`` before it drains a map."""
 
     @abstractmethod
     def shutdown(self, *, wait: bool = True, kill: bool = False) -> None:

@@ -423,6 +423,17 @@ class DaskBackend(Backend):
             if self._closed:
                 return
             self._closed = True
+        if not wait and not kill and threading.current_thread() is not self._collector:
+            # As concurrent.futures: the work already submitted still finishes
+            # (cancelling it left its futures pending for good), behind the caller.
+            threading.Thread(
+                target=self._close, args=(True, False), name="gilfree-dask-shutdown", daemon=True
+            ).start()
+            return
+        self._close(wait, kill)
+
+    def _close(self, wait: bool, kill: bool) -> None:
+        with self._lock:
             # Not from the collector itself (a Future callback calling shutdown): it is
             # the thread that would empty the flight.
             if wait and not kill and threading.current_thread() is not self._collector:

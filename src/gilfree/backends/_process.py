@@ -54,6 +54,9 @@ class ProcessBackend(Backend):
 
     cancels_pending = True
 
+    def cancel_pending(self) -> None:
+        self._pool.withdraw_pending()
+
     def shutdown(
         self, *, wait: bool = True, kill: bool = False, cancel_pending: bool = False
     ) -> None:

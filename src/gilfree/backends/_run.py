@@ -58,9 +58,9 @@ def run_items(
                 job.fail(start + bad, value)
             pos = bad + 1
             continue
+        bad = pos + len(values)  # before deliver: the list is the reader's then
         if values:
             job.deliver(start + pos, values)
-        bad = pos + len(values)
         if bad < n:
             # map() ends early when fn raises StopIteration: fail that item alone.
             job.fail(start + bad, _stopped_iteration(start + bad))

@@ -278,6 +278,10 @@ class ThreadBackend(Backend):
                 if t is not threading.current_thread():
                     t.join()
 
+    def cancel_pending(self) -> None:
+        with self._lock:
+            self._withdraw_queued()
+
     def _withdraw_queued(self) -> None:
         """Drop the queued chunks no thread has taken whose jobs agree (under _lock).
 

@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..errors import TaskTimeout
 from . import _bytecode, _machine, _probe
 from ._features import Features, free_threaded_build, gil_enabled
 from ._model import choose
@@ -68,13 +69,14 @@ def advise(
         if cached is not None and cached.calls < MIN_CACHED_CALLS and len(samples) > cached.calls:
             cached = None
     outcomes: dict[int, tuple[bool, Any]] = {}
+    suspects: list[int] = []
     if cached is not None:
         features = cached
     else:
-        features, outcomes = _measure(fn, samples, budget, probe or _probe.probe)
+        features, outcomes, suspects = _measure(fn, samples, budget, probe or _probe.probe)
         # Nothing measured, or every call failed: too little to plan later jobs on.
         # A crash is kept too: a later job of the same function must not run inline.
-        worth_keeping = features.crashes > 0 or (
+        worth_keeping = features.crashes + features.hangs > 0 or (
             features.task_seconds is not None and features.failures < features.calls
         )
         if cache and key is not None and worth_keeping:
@@ -99,6 +101,7 @@ def advise(
     )
     plan = choose(features)
     plan.outcomes = outcomes
+    plan.suspects = suspects
     plan.cached = cached is not None
     return plan
 
@@ -162,7 +165,7 @@ def _cache_key(fn: Any) -> Any:
 
 def _measure(
     fn: Callable[[Any], Any], samples: Sequence[Any], budget: float, probe: ProbeFn
-) -> tuple[Features, dict[int, tuple[bool, Any]]]:
+) -> tuple[Features, dict[int, tuple[bool, Any]], list[int]]:
     analysis = _bytecode.analyze(fn)
     machine = _machine.machine_costs()
     result = probe(fn, samples, budget)
@@ -184,6 +187,7 @@ def _measure(
         calls=result.calls,
         failures=result.failures,
         crashes=result.crashes,
+        hangs=sum(1 for ok, v in result.outcomes.values() if not ok and isinstance(v, TaskTimeout)),
         failure_type=failure_type,
         unpicklable=result.unpicklable,
         sent_fewer=result.sent_fewer,
@@ -194,7 +198,7 @@ def _measure(
         function=_name(fn, analysis.function),
         notes=tuple(notes),
     )
-    return features, result.outcomes
+    return features, result.outcomes, list(result.suspects)
 
 
 def _name(fn: Any, fallback: str) -> str:

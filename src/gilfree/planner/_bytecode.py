@@ -35,6 +35,11 @@ from typing import Any
 from ._calls import IO_METHODS, RELEASING_METHODS, classify_name, qualified_name
 from ._opcodes import find_loops, loop_name, make_function_offset, read_ops, references
 
+#: What a pure-Python loop is, said with a GIL; ``Plan.explain`` says
+#: ``WITHOUT_A_GIL`` instead on a free-threaded interpreter running without one.
+HOLDS_THE_GIL = "pure-Python work that holds the GIL."
+WITHOUT_A_GIL = "pure-Python work, which threads run at once here (no GIL)."
+
 # How far we follow calls into other functions of the function's own module.
 # Three levels covers "task -> helper -> inner helper" without walking a whole
 # program; deeper code is still measured by the probe.
@@ -200,7 +205,7 @@ class _Walker:
                     code.co_qualname,
                     code.co_filename,
                     f"{what} at line {line} in {code.co_qualname} makes no I/O or "
-                    "GIL-releasing call: pure-Python work that holds the GIL.",
+                    f"GIL-releasing call: {HOLDS_THE_GIL}",
                 )
             )
         self.analysis.findings.extend(found)

@@ -27,6 +27,7 @@ class Features:
     calls: int = 0
     failures: int = 0
     crashes: int = 0  # probe calls that killed their worker process
+    hangs: int = 0  # probe calls stopped at timeout= (only a process can be stopped)
     failure_type: str | None = None
     unpicklable: str | None = None
     arg_pickle_s: float | None = None  # pickling one argument, timed (None: not timed)

@@ -118,16 +118,20 @@ def choose(feat: Features) -> Plan:
     processes whatever the timings say (unless the function cannot reach one).
     """
     plan = _choose(feat)
-    if feat.crashes and plan.backend in ("serial", "thread") and not feat.unpicklable:
+    faults = feat.crashes + feat.hangs
+    if faults and plan.backend in ("serial", "thread") and not feat.unpicklable:
         n = max(1, feat.total if feat.total is not None else DEFAULT_TOTAL)
         w = min(n, feat.workers or max(1, feat.machine.cpus))
-        many = feat.crashes != 1
+        what = []
+        if feat.crashes:
+            what.append(f"{feat.crashes} crashed the worker process running it")
+        if feat.hangs:
+            what.append(f"{feat.hangs} ran past timeout= and had its worker stopped")
         plan.reasons.append(
-            f"{feat.crashes} probe call{'s' if many else ''} crashed the worker "
-            f"process running {'them' if many else 'it'}, so the job stays on "
+            f"Of the probe calls, {' and '.join(what)}, so the job stays on "
             f"{w} worker process{'es' if w != 1 else ''}, where a crash fails only its own "
-            f"item, instead of {plan.backend} in this process as the timings alone would "
-            "have it."
+            "item and a hung call can be stopped (a thread cannot), instead of "
+            f"{plan.backend} in this process as the timings alone would have it."
         )
         plan.backend, plan.workers = "process", w
     return plan

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ._bytecode import Finding
+from ._bytecode import HOLDS_THE_GIL, WITHOUT_A_GIL, Finding
 from ._probe import format_seconds
 
 BACKEND_WORDS = {
@@ -82,7 +82,10 @@ class Plan:
         if self.findings:
             lines += ["", "What the bytecode shows:"]
             for f in self.findings[:12]:
-                lines.append(f"  - {f.detail}")
+                said = f.detail
+                if not self.profile.gil_enabled:
+                    said = said.replace(HOLDS_THE_GIL, WITHOUT_A_GIL)
+                lines.append(f"  - {said}")
             if len(self.findings) > 12:
                 lines.append(f"  - ... and {len(self.findings) - 12} more")
         p = self.profile

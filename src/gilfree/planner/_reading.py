@@ -9,6 +9,7 @@ reading taken on a busy machine.
 
 from __future__ import annotations
 
+from ._bytecode import Finding
 from ._features import Features
 
 # Items assumed when the caller does not know how many there will be.
@@ -61,7 +62,7 @@ SHORT_CALL_WARM_UP = 4.0
 def gil_share(feat: Features) -> float:
     """Fraction ``g`` of a call's wall time spent holding the GIL (0..1)."""
     f = feat.cpu_fraction if feat.cpu_fraction is not None else 1.0
-    hinted = bool(feat.kinds("releases_gil") or feat.kinds("io"))
+    hinted = bool(feat.kinds("releases_gil") or waiting_io(feat))
     s = feat.pair_speedup
     if s is None:
         t = feat.task_seconds
@@ -100,7 +101,7 @@ def _bytecode_overrules(feat: Features) -> str | None:
     busy = BUSY_SHARE if feat.gil_enabled else NOGIL_BUSY_SHARE
     if s is None or feat.busy_share < busy:
         return None
-    hints = feat.kinds("releases_gil") or feat.kinds("io")
+    hints = feat.kinds("releases_gil") or waiting_io(feat)
     if not feat.gil_enabled:
         # Without a GIL pure-Python loops scale on threads too.
         if (hints or feat.kinds("python_loop")) and s < PAIR_TELLS_BELOW:
@@ -111,3 +112,12 @@ def _bytecode_overrules(feat: Features) -> str | None:
     if not hints and feat.kinds("python_loop") and s >= NO_SCALING_BELOW:
         return "holds"
     return None
+
+
+def waiting_io(feat: Features) -> list[Finding]:
+    """The I/O calls the bytecode shows, unless the calls measured mostly on the
+    CPU: then they are not where the time goes (a ``time.sleep`` on a branch
+    never taken), and a busy machine only ever lowers that reading. Trusting
+    one put a CPU-bound function on threads in the caller under load."""
+    f = feat.cpu_fraction
+    return feat.kinds("io") if f is None or f <= COMPUTES_ABOVE else []

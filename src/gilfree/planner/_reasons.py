@@ -21,15 +21,20 @@ from ._reading import (
     WAITS_BELOW,
     WORKERS_MARGIN,
     _bytecode_overrules,
+    waiting_io,
 )
 
 
 def _gil_sentence(feat: Features) -> str | None:
     if not feat.gil_enabled:
+        decides = (
+            "so the measured thread scaling decides between threads and processes"
+            if feat.pair_speedup is not None
+            else "with no pickling or process start-up"
+        )
         return (
             "This interpreter runs without a GIL (free-threaded build): threads run "
-            "Python code in parallel, so the measured thread scaling decides between "
-            "threads and processes."
+            f"Python code in parallel, {decides}."
         )
     if feat.free_threaded_build:
         return (
@@ -92,12 +97,19 @@ def _busy_sentence(feat: Features) -> str | None:
             "in parallel on threads, so the bytecode is trusted here."
         )
     if verdict == "releases":
-        hints = feat.kinds("releases_gil") or feat.kinds("io")
+        hints = feat.kinds("releases_gil") or waiting_io(feat)
         return (
             f"{head}; the bytecode shows it letting go of the GIL in {_first(hints)}, "
             "so the bytecode is trusted here."
         )
     loops = feat.kinds("python_loop")
+    io = feat.kinds("io")
+    if io and feat.cpu_fraction is not None:
+        return (
+            f"{head}; the bytecode shows pure-Python work ({_first(loops)}), which holds the "
+            f"GIL, and {_first(io)}, where calls {feat.cpu_fraction:.0%} on the CPU cannot "
+            "spend their time, so the bytecode is trusted here."
+        )
     return (
         f"{head}; the bytecode shows only pure-Python work ({_first(loops)}), which holds "
         "the GIL, so the bytecode is trusted here."

@@ -67,6 +67,7 @@ class Ledger:
         job.record(len(values), elapsed)
         n, s = self.fn_time.get(chunk.key, (0, 0.0))
         self.fn_time[chunk.key] = (n + len(values), s + elapsed)
+        chunk.done = offset + len(values)  # first: a delivered list is the reader's
         if not failures:
             job.deliver(chunk.start + offset, values)
         else:
@@ -80,7 +81,6 @@ class Ledger:
                 run = pos + 1
             if run < offset + len(values):
                 job.deliver(chunk.start + run, values[run - offset :])
-        chunk.done = offset + len(values)
 
     def task_failed(self, chunk: Chunk, pos: int, exc: BaseException) -> None:
         """Task `pos` of `chunk` failed: retry it if its budget allows, else report it."""

@@ -8,10 +8,10 @@ that stops reading cannot stall it. It never shares a lock with a worker, so a
 worker dying at any instant cannot leave the pool wedged. Every other blocking
 call it makes (reaping, the fork server, a stack dump) has a time bound.
 
-Other threads talk to it only through ``enqueue``, ``forget`` and ``stop``,
-which change the state below ``_lock`` and wake it; everything else is the
-manager thread's own: the worker processes (a ``Crew``), the chunks and
-where they are (a ``Ledger``), the selector and the timers. When it cannot go
+Other threads talk to it only through ``enqueue``, ``forget``, ``stop`` and
+``withdraw_pending``, which change the state below ``_lock`` and wake it; the
+rest is the manager thread's own: the worker processes (a ``Crew``), the
+chunks and where they are (a ``Ledger``), the selector, the timers. When it cannot go
 on (no worker can be started, a worker's initializer failed, a bug of its
 own) it *breaks*: every chunk it holds fails with ``PoolBroken``, and so does
 every later submission.
@@ -151,6 +151,12 @@ class Manager:
                 self._state = PoolState.KILLING
             elif self._state is PoolState.RUNNING:
                 self._state = PoolState.CLOSING
+            self._waker.wake(force=True)
+
+    def withdraw_pending(self) -> None:
+        """Drop the queued chunks whose jobs agree (``withdraw``) and go on running."""
+        with self._lock:
+            self._withdraw = self._withdraw or self._state is PoolState.RUNNING
             self._waker.wake(force=True)
 
     def join(self) -> None:
@@ -406,8 +412,6 @@ class Manager:
     # -- stopping and breaking -------------------------------------------------------------
     def _progress_shutdown(self) -> None:
         state = self._state
-        if state is PoolState.RUNNING:
-            return
         if self._withdraw:
             # Here, after a dispatch round, as concurrent.futures cancels after
             # filling its call queue: idle workers got their first chunks.
@@ -416,6 +420,8 @@ class Manager:
             self._take_incoming()
             self._dispatch()
             self._ledger.withdraw_pending()
+        if state is PoolState.RUNNING:
+            return
         if state is PoolState.KILLING:
             if self._ledger.busy:
                 self._ledger.fail_all(RuntimeError("the pool was shut down before this task ran"))

@@ -288,6 +288,10 @@ class ProcessPool:
             # STOP_GRACE_S are killed, and reaping each is bounded.
             self._manager.join()
 
+    def withdraw_pending(self) -> None:
+        """Drop queued chunks whose jobs agree (``withdraw``); the pool goes on."""
+        self._manager.withdraw_pending()
+
     def check(self) -> None:
         """Raise PoolBroken if the pool can no longer deliver outcomes."""
         manager = self._manager

@@ -39,6 +39,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from .. import _stacks
 from . import _worker
 
 if TYPE_CHECKING:
@@ -136,6 +137,12 @@ class WorkerProcess:
                 from . import _zygote  # imported on first need: a forking script never does
 
                 self._zygote = _zygote.get()
+                # The zygote was started earlier: the worker takes the caller's
+                # environment, directory and import path as they are now, as a
+                # forked or spawned worker would.
+                config = {**config, "sys_path": sys.path, "environ": dict(os.environ)}
+                with contextlib.suppress(OSError):  # a directory since deleted
+                    config["cwd"] = os.getcwd()
                 self.pid, self._pidfd = self._zygote.fork(config, child_fds)
                 self.sentinel = self._pidfd
             else:
@@ -173,21 +180,7 @@ class WorkerProcess:
 
     def read_stack(self, wait_s: float = 0.0) -> str:
         """What faulthandler wrote to the stack pipe, waiting up to ``wait_s`` for it."""
-        chunks: list[bytes] = []
-        timeout = wait_s
-        while True:
-            ready, _, _ = select.select([self.stack_fd], [], [], timeout)
-            if not ready:
-                break
-            try:
-                data = os.read(self.stack_fd, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-            timeout = 0.05  # faulthandler writes one dump in quick bursts
-        return b"".join(chunks).decode("utf-8", "replace")
+        return _stacks.read_dump(self.stack_fd, wait_s)
 
     def signal(self, sig: int) -> None:
         if self._released:  # reaped: the pid may belong to someone else now
@@ -324,7 +317,11 @@ class WakePipe:
                 os.write(self._w, b"\0")
             except OSError:  # full: a wake-up is pending anyway
                 pass
-            self._woken = True
+            # A forced wake brings nothing to take: the flag stays as it was.
+            # Raised, it would stay up (only taking incoming work clears it),
+            # and the next submit would write no byte: the manager slept with
+            # a map's chunks queued (shutdown with cancel_futures, then a drain).
+            self._woken = self._woken or not force
 
     def clear(self) -> None:
         self._woken = False

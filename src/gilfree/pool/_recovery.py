@@ -14,6 +14,7 @@ import signal
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from .. import _stacks
 from ..errors import PoolBroken, TaskTimeout, WorkerDied
 from . import _wire
 
@@ -115,20 +116,9 @@ _WORKER_LOOP = os.path.join("gilfree", "pool", "_worker.py")
 
 
 def task_frames(stack: str, loop_file: str = _WORKER_LOOP) -> str:
-    """A worker's stack with the task's frames only.
-
-    faulthandler prints from the innermost frame out; below the worker loop
-    that called the task come frames inherited from the fork (the caller's
-    ``map`` and ``<module>`` lines), which would read as if the task had been
-    called from there. Everything from the first frame of ``loop_file`` (the
-    loop that called the task) on goes.
-    """
-    out = []
-    for line in stack.splitlines():
-        if line.lstrip().startswith("File ") and loop_file in line:
-            break
-        out.append(line)
-    return "\n".join(out).rstrip() + ("\n" if out else "")
+    """A worker's stack with the task's frames only (below ``_worker``'s loop:
+    frames inherited from the fork)."""
+    return _stacks.task_frames(stack, loop_file)
 
 
 def death_error(

@@ -17,6 +17,7 @@ a pipe whose only write end the parent holds, and reads EOF when it is gone.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import faulthandler
 import mmap
@@ -68,8 +69,7 @@ def main(
 ) -> None:
     global IN_WORKER
     IN_WORKER = True
-    if "argv" in config:
-        sys.argv[:] = config["argv"]
+    _take_callers_state(config)
     for fd in close_fds:  # the parent's ends, inherited through fork
         try:
             os.close(fd)
@@ -406,6 +406,21 @@ def _thread_count() -> int:
         return 1 << 30
 
 
+def _take_callers_state(config: dict[str, Any]) -> None:
+    """What a worker the fork server or spawn started must take from the caller:
+    a forked worker has it already."""
+    if "argv" in config:
+        sys.argv[:] = config["argv"]
+    if "sys_path" in config:
+        sys.path[:] = config["sys_path"]
+    if "environ" in config:
+        os.environ.clear()
+        os.environ.update(config["environ"])
+    if "cwd" in config:
+        with contextlib.suppress(OSError):
+            os.chdir(config["cwd"])
+
+
 def _rss() -> int:
     with open("/proc/self/statm", "rb") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -416,6 +431,5 @@ def spawned_main() -> None:
     import json
 
     config = json.loads(sys.argv[1])
-    sys.path[:] = config.pop("sys_path")
     task_fd, result_fd, stack_fd, alive_fd, slots_fd = map(int, sys.argv[2:7])
     main(config, task_fd, result_fd, stack_fd, alive_fd, slots_fd)
