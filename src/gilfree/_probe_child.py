@@ -78,6 +78,7 @@ def serial_phase(
     clock = time.monotonic_ns
     result = probing.ProbeResult()
     first, batch = 0, 1
+    later_busy = 0.0  # the calls after the first: CPU time, or wall time not spent waiting
     while first < limit:
         last = min(limit, first + batch)
         outcomes: list[tuple[bool, Any]] = []
@@ -120,8 +121,13 @@ def serial_phase(
             not whole or result.serial_calls >= WARM_UP_CALLS or result.serial_wall >= cap
         ):
             break
-        if not whole and first > 0 and wall >= (last - first) * probing.PAIR_MIN_CALL_S:
-            break  # not tiny after all: the rest is probed on the pool, two threads too
+        if first > 0:
+            later_busy += max(cpu, wall - (q1 - q0))
+        # Not tiny after all: the rest is probed on the pool, two threads too. Read
+        # over 3 calls at least: one call on a loaded machine can take 20 us of
+        # page faults or a preemption (x * x went to the pool so, in 1 make test).
+        if not whole and last > 3 and later_busy >= (last - 1) * probing.PAIR_MIN_CALL_S:
+            break
         if first > 0:  # 1, 1, 2, 4, ...: the first call alone may be a warm-up
             batch *= 2
         first = last
