@@ -32,6 +32,20 @@ def read_dump(fd: int, wait_s: float = 0.0) -> str:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
+def drain(fd: int) -> tuple[bytes, bool]:
+    """What ``fd`` holds now, without waiting, and whether it is at its end."""
+    chunks: list[bytes] = []
+    while len(chunks) < 64 and select.select([fd], [], [], 0)[0]:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            return b"".join(chunks), True
+        if not data:
+            return b"".join(chunks), True
+        chunks.append(data)
+    return b"".join(chunks), False
+
+
 def task_frames(stack: str, loop_file: str) -> str:
     """A process's stack with the task's frames only.
 

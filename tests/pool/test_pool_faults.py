@@ -125,6 +125,40 @@ def test_timeout_inside_a_chunk_fails_only_that_task():
     assert out[:3] == [0, 1, 2] and out[4:] == list(range(4, 10))
 
 
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_task_that_ends_just_after_its_timeout_is_a_timeout():
+    # It ends while its stack is being read: the value it sends is dropped.
+    # (It came back as a value for any overrun shorter than the read, ~50 ms.)
+    naps = [0.06, 0.0, 0.1, 0.0] * 3
+    out = gilfree.map(nap, naps, backend="process", workers=2, timeout=0.02, errors="return")
+    assert [type(v).__name__ for v in out] == ["TaskTimeout", "float"] * 6, out
+    assert all(out[i].index == i and "nap" in out[i].stack for i in range(0, 12, 2))
+
+
+def stop_self_or_nap(x):
+    if x == "stop":
+        os.kill(os.getpid(), signal.SIGSTOP)  # stopped: it cannot write its stack
+    time.sleep(0.01)
+    return x
+
+
+def test_a_worker_being_dumped_holds_up_no_other_worker():
+    # The stopped worker is killed DUMP_WAIT_S (1 s) after its task overran,
+    # without a stack; meanwhile the other worker's results keep coming.
+    with gilfree.Executor(backend="process", workers=2, timeout=0.5) as ex:
+        stopped = ex.submit(stop_self_or_nap, "stop")
+        time.sleep(0.7)  # past its timeout: its worker takes no more work
+        others = [ex.submit(stop_self_or_nap, k) for k in range(10)]
+        err = stopped.exception(timeout=30)
+        assert isinstance(err, TaskTimeout), err
+        assert all(f.done() for f in others)
+        assert [f.result() for f in others] == list(range(10))
+
+
 # -- retries -------------------------------------------------------------------------------
 class CrashOnce:
     """Dies (or hangs) on the first attempt of item 1, succeeds after."""

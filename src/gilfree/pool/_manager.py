@@ -6,24 +6,23 @@ each wakes it at once, and nothing polls. It never writes to a pipe that could
 block it (writes are non-blocking, the rest waits for writability), so a worker
 that stops reading cannot stall it. It never shares a lock with a worker, so a
 worker dying at any instant cannot leave the pool wedged. Every other blocking
-call it makes (reaping, the fork server, a stack dump) has a time bound.
+call it makes (reaping, the fork server) has a time bound; the stack of a task
+that overran is read as it comes, like a result (``_timeouts``).
 
 Other threads talk to it only through ``enqueue``, ``forget``, ``stop`` and
 ``withdraw_pending``, which change the state below ``_lock`` and wake it; the
 rest is the manager thread's own: the worker processes (a ``Crew``), the
-chunks and where they are (a ``Ledger``), the selector, the timers. When it cannot go
-on (no worker can be started, a worker's initializer failed, a bug of its
-own) it *breaks*: every chunk it holds fails with ``PoolBroken``, and so does
-every later submission.
+chunks and where they are (a ``Ledger``), the selector, the timeouts (a
+``Timeouts``). When it cannot go on (no worker can be started, a worker's
+initializer failed, a bug of its own) it *breaks*: every chunk it holds fails
+with ``PoolBroken``, and so does every later submission.
 """
 
 from __future__ import annotations
 
 import collections
-import heapq
 import pickle
 import select
-import signal
 import threading
 import time
 from typing import Any
@@ -34,7 +33,8 @@ from . import _recovery, _wire
 from ._crew import Crew
 from ._ledger import Ledger
 from ._procs import Poller, WakePipe
-from ._state import Chunk, PoolState, Worker, WorkerState, seqs
+from ._state import Chunk, PoolState, Worker, WorkerState
+from ._timeouts import Timeouts, kept
 
 #: Chunks a worker may hold at once: the one it runs and one waiting in its
 #: pipe, so a round trip (~0.1 ms) never leaves it idle between short chunks.
@@ -82,7 +82,6 @@ class Manager:
         self._init_blob = init_blob
         self._ledger = Ledger(arena, self.stats)
         self._free: collections.deque[Worker] = collections.deque()  # stale entries skipped
-        self._timers: list[tuple[float, int, int]] = []  # (when, seq, chunk seq)
         self._stop_deadline: float | None = None
         self._killed = False
         # The first workers are forked before our own pipes exist (the children
@@ -92,6 +91,7 @@ class Manager:
         self._waker = WakePipe()
         self._selector: Poller[tuple[str, Worker | None]] = Poller()
         self._selector.register(self._waker.fd, select.EPOLLIN, ("wake", None))
+        self._timeouts = Timeouts(self._ledger, self._crew.slots, self._selector)
         for w in self._crew:
             self._enlist(w)
         # The thread holds the manager, never the ProcessPool: a pool no one
@@ -189,15 +189,17 @@ class Manager:
                     self._on_readable(w)
                 elif kind == "exit":
                     self._on_exit(w)
+                elif kind == "stack":
+                    self._timeouts.on_stack(w)
                 else:
                     self._on_writable(w)
             self._take_incoming()
-            self._fire_timers()
+            self._timeouts.fire()
             self._dispatch()
             self._progress_shutdown()
 
     def _next_timeout(self) -> float | None:
-        deadline = self._timers[0][0] if self._timers else None
+        deadline = self._timeouts.next_at()
         if self._stop_deadline is not None:
             deadline = min(deadline or self._stop_deadline, self._stop_deadline)
         return None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -264,7 +266,7 @@ class Manager:
         careful = chunk.timeout is not None or self._ledger.predicted_s(chunk) > CAREFUL_ABOVE_S
         self._send(w, (_wire.CHUNK, chunk.seq, key, chunk.blob, careful))
         if chunk.timeout is not None:
-            heapq.heappush(self._timers, (time.monotonic() + chunk.timeout, next(seqs), chunk.seq))
+            self._timeouts.arm(chunk)
         self.stats["chunks"] += 1
 
     def _send(self, w: Worker, msg: tuple[Any, ...]) -> None:
@@ -313,7 +315,11 @@ class Manager:
         if kind == _wire.RESULT:
             _, seq, offset, values, failures, elapsed, final = msg
             chunk = ledger.sent.get(seq)
-            if chunk is not None:
+            keep = kept(w, seq, offset, len(values))
+            if keep is not None:  # from the task that overran on: a TaskTimeout
+                values, final = values[:keep], False
+                failures = [f for f in failures if f[0] < offset + keep]
+            if chunk is not None and keep != 0:
                 ledger.results(chunk, offset, values, failures, elapsed)
                 if final:
                     ledger.settle(w, chunk)
@@ -345,6 +351,8 @@ class Manager:
                 break
             for raw in frames:
                 self._handle(w, raw)
+        if self._timeouts.dumping(w):  # it died before its stack dump was over
+            self._timeouts.kill(w)
         self._unwatch(w.proc.result_fd)
         self._unwatch(w.proc.sentinel)
         self._want_write(w, False)
@@ -384,30 +392,6 @@ class Manager:
 
     def _unwatch(self, fd: int) -> None:
         self._selector.unregister(fd)
-
-    def _fire_timers(self) -> None:
-        timers = self._timers
-        if not timers:
-            return
-        now = time.monotonic()
-        while timers and timers[0][0] <= now:
-            _, _, seq = heapq.heappop(timers)
-            chunk = self._ledger.sent.get(seq)
-            w = None if chunk is None else chunk.worker
-            if chunk is None or chunk.timeout is None or w is None:
-                continue
-            if w.state is not WorkerState.RUNNING:
-                continue
-            s_seq, s_pos, s_start, running = self._crew.slots.read(w.index)
-            if s_seq == seq and running:
-                deadline = s_start / 1e9 + chunk.timeout
-                if deadline <= now:
-                    w.proc.signal(signal.SIGUSR1)  # faulthandler dumps the stack to its pipe
-                    w.kill((seq, s_pos, w.proc.read_stack(wait_s=1.0)))
-                    continue
-                heapq.heappush(timers, (deadline, next(seqs), seq))
-            else:  # not started yet, or between tasks
-                heapq.heappush(timers, (now + chunk.timeout, next(seqs), seq))
 
     # -- stopping and breaking -------------------------------------------------------------
     def _progress_shutdown(self) -> None:

@@ -188,6 +188,13 @@ class Worker:
         if self.state is not WorkerState.DEAD:
             self.state = WorkerState.STOPPING
 
+    def overran(self, seq: int, pos: int) -> None:
+        """Task ``pos`` of chunk ``seq`` overran its timeout: no more work; what
+        it sends from that task on is dropped; it is killed once its stack is read."""
+        self.kill_reason = (seq, pos, "")
+        if self.state is WorkerState.RUNNING:
+            self.state = WorkerState.STOPPING
+
     def kill(self, reason: tuple[int, int, str] | None = None) -> None:
         """SIGKILL it now; ``reason`` says which task's timeout did it."""
         if reason is not None:
