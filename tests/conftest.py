@@ -8,6 +8,7 @@ one leak does not cascade into the next test.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -22,6 +23,14 @@ _LONG_LIVED = ("resource_tracker", "forkserver", "gilfree.pool._zygote")
 #: How long exiting processes and threads get to finish before they count as leaked.
 _SETTLE_S = 5.0
 
+
+# Started in the background by a non-interactive shell (`.ci/run &`), pytest
+# inherits SIGINT ignored, and so would every Python the tests start: Ctrl-C
+# would then do nothing there, and every test of it failed (so did CPython's
+# test_threading test of interrupt_main, which spun until killed). A handler
+# here is reset to the default in children at exec, as a terminal's shell has it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 #: Processes of the session-wide Dask cluster: they outlive single tests on purpose.
 _SESSION_PIDS: set[int] = set()
