@@ -27,17 +27,8 @@ import os
 import subprocess
 import sys
 import time
-import unittest
 
 MODULES = ("test.test_threading", "test.test_queue", "test.test_thread")
-
-#: Tests left out, with why: they never reach a lock of gilfree's.
-LEFT_OUT = {
-    # A script in a child interpreter started with -I (gilfree is not there)
-    # that recurses exponentially until another thread interrupts it: on a
-    # busy machine it ran for minutes (over 5 in one CI run; 3.12's too).
-    "test_print_exception_gh_102056": "checks traceback printing in an isolated child",
-}
 
 #: A module that runs longer than this (seconds) is killed and counted as failed.
 #: test_threading takes about 40 s alone on a quiet 2-CPU machine.
@@ -47,6 +38,7 @@ MODULE_TIMEOUT = 900
 def _run_one(module: str, detect: bool, verbosity: int = 1) -> dict:
     """In a child interpreter: load and run one module, return its counts."""
     import contextlib
+    import unittest
 
     from test import support
 
@@ -59,7 +51,7 @@ def _run_one(module: str, detect: bool, verbosity: int = 1) -> dict:
     else:
         block = contextlib.nullcontext()
     with block:
-        suite = _without(unittest.defaultTestLoader.loadTestsFromName(module))
+        suite = unittest.defaultTestLoader.loadTestsFromName(module)
         result = unittest.TextTestRunner(stream=sys.stderr, verbosity=verbosity).run(suite)
     return {
         "module": module,
@@ -70,17 +62,6 @@ def _run_one(module: str, detect: bool, verbosity: int = 1) -> dict:
         "skipped": len(result.skipped),
         "failed": sorted(t.id() for t, _ in result.failures + result.errors),
     }
-
-
-def _without(suite: unittest.TestSuite) -> unittest.TestSuite:
-    """``suite`` with each test in ``LEFT_OUT`` replaced by a skip that says why."""
-    for test in suite:
-        if isinstance(test, unittest.TestSuite):
-            _without(test)
-        elif (name := getattr(test, "_testMethodName", "")) in LEFT_OUT:
-            skip = unittest.skip(f"left out by gilfree: {LEFT_OUT[name]}")
-            setattr(test, name, skip(getattr(test, name)))
-    return suite
 
 
 def main(argv: list[str] | None = None) -> int:
