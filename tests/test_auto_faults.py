@@ -485,6 +485,31 @@ def run_tiny(body: str, timeout=90) -> subprocess.CompletedProcess:
     return run_python(TINY + textwrap.dedent(body), timeout)
 
 
+def test_calls_that_overrun_the_timeout_in_the_probe_are_timeouts():
+    # Half the calls nap past timeout=: the probe's two-thread task ran some
+    # of them to the end (its limit is longer), and they came back as values.
+    proc = run_python(
+        textwrap.dedent(
+            """
+            import time, gilfree
+
+            def f(x):
+                if x % 2 == 0:
+                    time.sleep(0.06)
+                return x
+
+            out = gilfree.map(f, range(40), timeout=0.02, errors="return")
+            late = [isinstance(v, gilfree.TaskTimeout) for v in out]
+            print([i for i, t in enumerate(late) if t != (i % 2 == 0)])
+            print(all(v == i for i, v in enumerate(out) if i % 2))
+            """
+        ),
+        120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["[]", "True"], proc.stdout
+
+
 def test_a_tiny_function_is_probed_without_a_process_pool():
     proc = run_tiny(
         """

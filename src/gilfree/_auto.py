@@ -196,7 +196,7 @@ def _merged(
     """``first`` (samples ``0..offset-1``) and ``more`` (the samples after) as one probe."""
     for k, (ok, value) in more.outcomes.items():
         first.outcomes[offset + k] = (ok, value if ok else reindexed(value, k, offset + k))
-    first.suspects = [offset + k for k in more.suspects]
+    first.suspects += [offset + k for k in more.suspects]
     if not first.serial_calls:
         first.first_wall = more.first_wall
     for name in (

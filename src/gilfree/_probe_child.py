@@ -44,13 +44,14 @@ def _child(  # pragma: no cover - runs in the forked child
     view: memoryview,
     w: int,
     stack_w: int,
+    timeout: float | None = None,
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     faulthandler.enable(file=stack_w, all_threads=False)
     faulthandler.register(signal.SIGUSR1, file=stack_w, all_threads=False)
     result = serial_phase(fn, samples, limit, cap, whole, view, functools.partial(_send_batch, w))
     if pair_cap is not None:
-        _pair(fn, samples, result, pair_cap, view, w)
+        _pair(fn, samples, result, pair_cap, view, w, timeout)
     _write(w, pickle.dumps(None))
 
 
@@ -141,9 +142,11 @@ def _pair(  # pragma: no cover - in the child
     cap: float,
     view: memoryview,
     w: int,
+    timeout: float | None,
 ) -> None:
     """The two-thread phase on the samples after the serial ones, as the
-    pool's ``PairProbe`` runs it, under the pair mark (no one call to blame)."""
+    pool's ``PairProbe`` runs it, under the pair mark (no one call to blame);
+    calls past ``timeout`` go back as suspects, to run again alone."""
     from .planner._probe_phases import pair_phase
 
     t = result.task_seconds
@@ -163,7 +166,8 @@ def _pair(  # pragma: no cover - in the child
         view[1] = time.monotonic_ns()
         view[0] = PAIR_MARK
         base = result.calls
-        pair_phase(fn, samples, result, target=min(cap, max(probing.STABLE_SERIAL_S, 1.5 * t)))
+        target = min(cap, max(probing.STABLE_SERIAL_S, 1.5 * t))
+        pair_phase(fn, samples, result, target=target, timeout=timeout)
         view[1] = time.monotonic_ns()
         view[0] = -1
         out = probing.ProbeResult(
@@ -173,8 +177,9 @@ def _pair(  # pragma: no cover - in the child
             pair_windows=result.pair_windows,
             overlap=result.overlap,
             pair_skipped=result.pair_skipped,
+            suspects=result.suspects,
         )
-        for k in range(base, result.calls):
+        for k in sorted(k for k in result.outcomes if k >= base):
             ok, value = result.outcomes[k]
             out.outcomes[k] = _sendable(k, ok, value if ok else _serialize.exception_payload(value))
         _write(w, _serialize.dumps_data(("pair", out)))

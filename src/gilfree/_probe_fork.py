@@ -195,7 +195,7 @@ def probe(
         os.close(stack_r)
         code = 0
         try:
-            _child(fn, samples, limit, cap, whole, pair_cap, view, w, stack_w)
+            _child(fn, samples, limit, cap, whole, pair_cap, view, w, stack_w, timeout)
         except BaseException:
             code = 70
         finally:
@@ -368,10 +368,11 @@ def _add_pair(result: probing.ProbeResult, pair: probing.ProbeResult, settled: i
             exc, tb = value
             value = _serialize.with_remote_traceback(exc, tb)
         result.outcomes[k] = (ok, value)
+    result.suspects.extend(pair.suspects)  # calls past timeout=: run again alone
     for name in ("pair_calls", "pair_wall", "pair_cpu", "pair_windows", "overlap"):
         setattr(result, name, getattr(pair, name))
     result.pair_skipped = pair.pair_skipped
-    return max([settled, *(k + 1 for k in pair.outcomes)])
+    return max([settled, *(k + 1 for k in [*pair.outcomes, *pair.suspects])])
 
 
 def _stack_of(pid: int, stack_r: int) -> str:

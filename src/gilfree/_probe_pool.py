@@ -89,7 +89,7 @@ def run_probe(
             return
         pair_cap = probing.PAIR_SHARE * budget
         pair_job = StreamJob(
-            _PairProbe(fn, pair_cap, lean=lean),
+            _PairProbe(fn, pair_cap, lean=lean, timeout=opts.timeout),
             task_opts.with_(timeout=None if opts.timeout is None else opts.timeout + pair_cap),
         )
         backend.submit(pair_job, 0, [[sent.get(i, samples[i]) for i in range(split, stop)]])
@@ -378,6 +378,7 @@ def _merge_pair(
             exc, tb = value
             value = _serialize.with_remote_traceback(exc, tb)
         result.outcomes[offset + k] = (done, value)
+    result.suspects.extend(offset + k for k in pair.suspects)  # calls past timeout=
     result.pair_calls = pair.pair_calls
     result.pair_wall = pair.pair_wall
     result.pair_cpu = pair.pair_cpu

@@ -80,6 +80,29 @@ def test_outcomes_are_a_prefix_each_called_once():
 
 
 @pytest.mark.timeout(30)
+def nap_on_odd(x):
+    time.sleep(0.08 if x % 2 else 0.002)
+    return x
+
+
+def test_calls_past_the_timeout_in_the_two_thread_task_are_left_to_run_alone():
+    # The task as a whole may run longer than timeout=; a call that did must
+    # not come back as a value (it did, for 0.06 s naps under timeout=0.02).
+    from gilfree.planner._probe import PairProbe
+
+    result = PairProbe(nap_on_odd, cap=0.5, timeout=0.04)(list(range(12)))
+    assert result.suspects, "no call ran past the timeout"
+    assert all(k % 2 for k in result.suspects)
+    assert all(ok and v == k for k, (ok, v) in result.outcomes.items())
+    assert not set(result.suspects) & set(result.outcomes)
+    assert sorted([*result.outcomes, *result.suspects]) == list(
+        range(len(result.outcomes) + len(result.suspects))
+    )
+    # Without a timeout every call is kept, as before.
+    plain = PairProbe(nap_on_odd, cap=0.5)(list(range(12)))
+    assert not plain.suspects and plain.outcomes
+
+
 def test_probe_respects_the_budget_for_slow_calls():
     def slow(x):
         time.sleep(0.15)

@@ -128,10 +128,12 @@ def pair_phase(
     result: ProbeResult,
     target: float,
     take: int | None = None,
+    timeout: float | None = None,
 ) -> None:
     """Two threads share the samples after the serial ones until ``target``
     seconds have passed; every sample handed out is run to completion, so the
-    outcomes stay a gap-free prefix.
+    outcomes stay a gap-free prefix -- but for calls that took longer than
+    ``timeout``, which ``drop_late`` moves to ``result.suspects``.
 
     Scaling is read only over the *overlap*, from the moment the second thread
     takes its first batch to the moment the first thread runs out of work: the
@@ -164,6 +166,7 @@ def pair_phase(
         "ran_out": False,
     }
     windows: list[Window] = []
+    late: list[int] = []  # calls past timeout
 
     def worker() -> None:
         me = threading.get_ident()
@@ -208,8 +211,15 @@ def pair_phase(
                 with lock:
                     if not shared["t0"]:
                         shared["t0"] = w0
-            for i in range(first, last):
-                slots[i - base] = _call(fn, samples[i])
+            if timeout is None:
+                for i in range(first, last):
+                    slots[i - base] = _call(fn, samples[i])
+            else:
+                for i in range(first, last):
+                    began = time.perf_counter()
+                    slots[i - base] = _call(fn, samples[i])
+                    if time.perf_counter() - began > timeout:
+                        late.append(i)
             calls += last - first
             w1 = time.perf_counter()
             if w1 - shared["t0"] >= target:
@@ -238,6 +248,7 @@ def pair_phase(
     for k, s in enumerate(slots[:done]):
         if s is not None:
             result.outcomes[base + k] = s
+    drop_late(result, late)
     if shared["broken"] or done == 0:
         result.pair_skipped = "the two-thread measurement could not start"
         return
@@ -268,6 +279,17 @@ def pair_phase(
             f"the second of the two threads never got to take a call (the first ran all "
             f"{done} before it started), so the measurement says nothing about scaling"
         )
+
+
+def drop_late(result: ProbeResult, late: list[int]) -> None:
+    """Calls that ran past ``timeout=`` in a probe task are not kept: they are
+    ``suspects``, run again each as a task of its own, where the timeout stops
+    them on time (a pool task) and they end as ``TaskTimeout``. Two threads
+    also slow each other's calls (the GIL), so an overrun here proves nothing
+    until it happens alone."""
+    for i in sorted(set(late)):
+        if result.outcomes.pop(i, None) is not None:
+            result.suspects.append(i)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._probe_phases import STABLE_SERIAL_S, noop, pair_phase, runqueue_seconds, serial_phase
+from ._probe_phases import (
+    STABLE_SERIAL_S,
+    drop_late,
+    noop,
+    pair_phase,
+    runqueue_seconds,
+    serial_phase,
+)
 from ._probe_result import ProbeResult, format_seconds
 
 # In a worker, calls shorter than this skip the two-thread phase: handing work
@@ -96,14 +103,26 @@ class PairProbe:
     ``lean``: the items were costly to send (large arguments), so there are
     just two, one per thread, and no call alone first: both threads start at
     once, one call each.
+
+    ``timeout``: the job's ``timeout=``. A call that took longer is not kept
+    but left to run again alone (``drop_late``): the task as a whole has a
+    longer limit, and its value must not come back as if it had been on time.
     """
 
-    __slots__ = ("cap", "fn", "lean")
+    __slots__ = ("cap", "fn", "lean", "timeout")
 
-    def __init__(self, fn: Callable[[Any], Any], cap: float, *, lean: bool = False) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        cap: float,
+        *,
+        lean: bool = False,
+        timeout: float | None = None,
+    ) -> None:
         self.fn = fn
         self.cap = cap
         self.lean = lean
+        self.timeout = timeout
 
     def __call__(self, items: list[Any]) -> ProbeResult:
         from .._serialize import exception_payload
@@ -113,7 +132,7 @@ class PairProbe:
             if len(items) < 2:
                 result.pair_skipped = "there were no samples left for the two-thread measurement"
             else:
-                pair_phase(self.fn, items, result, target=self.cap, take=1)
+                pair_phase(self.fn, items, result, target=self.cap, take=1, timeout=self.timeout)
             return _with_payloads(result, exception_payload)
         serial_phase(self.fn, items, result, cap=self.cap, limit=1)
         t = result.task_seconds or 0.0
@@ -130,7 +149,10 @@ class PairProbe:
                 "within the budget"
             )
         else:
-            pair_phase(self.fn, items, result, target=min(self.cap, max(STABLE_SERIAL_S, 1.5 * t)))
+            target = min(self.cap, max(STABLE_SERIAL_S, 1.5 * t))
+            pair_phase(self.fn, items, result, target=target, timeout=self.timeout)
+        if self.timeout is not None and result.serial_wall > self.timeout:
+            drop_late(result, [0])  # after the pair phase, which starts after the calls kept
         return _with_payloads(result, exception_payload)
 
 

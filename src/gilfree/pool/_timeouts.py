@@ -90,9 +90,10 @@ class Timeouts:
                 heapq.heappush(heap, (deadline, next(seqs), seq))
             else:  # not started yet, or between tasks
                 heapq.heappush(heap, (now + chunk.timeout, next(seqs), seq))
-        for w, (kill_at, _, _) in list(self._dumping.items()):
-            if kill_at <= now:
-                self.kill(w)
+        if self._dumping:
+            for w, (kill_at, _, _) in list(self._dumping.items()):
+                if kill_at <= now:
+                    self.kill(w)
 
     def dumping(self, w: Worker) -> bool:
         return w in self._dumping
