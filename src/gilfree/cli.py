@@ -130,7 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=8,
         metavar="N",
-        help="probe with the first N items (default: 8)",
+        help=(
+            "take the first N items as samples (default: 8); the probe calls as many "
+            "as it needs, in order, and the plan says how many"
+        ),
     )
     adv.add_argument(
         "--budget",

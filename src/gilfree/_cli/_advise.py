@@ -1,9 +1,9 @@
 """``gilfree advise MODULE:FUNC [INPUT] [--json]``: the plan for a function, explained.
 
 The samples are the first few items of INPUT (default: stdin). The probe
-calls the function on them for real, within ``--budget`` seconds, in a child
-process (``_probe``): a sample that crashes or hangs is reported in the
-output, and the command lives on.
+calls the function on them for real, in order, as many as it needs within
+``--budget`` seconds, in a child process (``_probe``): a sample that crashes
+or hangs is reported in the output, and the command lives on.
 """
 
 from __future__ import annotations
