@@ -68,8 +68,10 @@ class Timeouts:
         """Look at the chunks that are due: a worker whose task overran is asked
         for its stack, its pipe watched (as ``("stack", w)``: pass it to
         ``on_stack``). Workers whose dump is over are killed."""
-        now = time.monotonic()
         heap = self._heap
+        if not heap and not self._dumping:
+            return  # no timeout= in flight: the usual case costs nothing
+        now = time.monotonic()
         while heap and heap[0][0] <= now:
             _, _, seq = heapq.heappop(heap)
             chunk = self._ledger.sent.get(seq)
