@@ -510,6 +510,35 @@ def test_calls_that_overrun_the_timeout_in_the_probe_are_timeouts():
     assert proc.stdout.split("\n")[:2] == ["[]", "True"], proc.stdout
 
 
+def test_arguments_that_cannot_be_pickled_are_run_where_the_plan_runs_them():
+    # Every sample failed to reach the probe's process: the plan took processes
+    # on the bytecode alone, and all 48 items came back as SerializationError.
+    proc = run_python(
+        textwrap.dedent(
+            """
+            import threading, gilfree
+
+            def work(x):
+                t = 0
+                for i in range(20_000):
+                    t += i
+                return t
+
+            out = gilfree.map(work, [threading.Lock() for _ in range(48)], errors="return")
+            print(sum(v == sum(range(20_000)) for v in out))
+            import gilfree.planner
+            gilfree.planner.clear_cache()
+            plan = gilfree.advise(work, [threading.Lock() for _ in range(8)])
+            said = any("argument 0 cannot be pickled" in r for r in plan.reasons)
+            print(plan.backend != "process", said)
+            """
+        ),
+        120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["48", "True True"], proc.stdout
+
+
 def test_a_tiny_function_is_probed_without_a_process_pool():
     proc = run_tiny(
         """

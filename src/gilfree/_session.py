@@ -223,17 +223,18 @@ def _resolve_auto(
 
 def probe_only(plan: Any, deadline_s: float | None = None) -> Callable[[BaseException], bool]:
     """Which probe errors the plan's backend would not meet, so the call runs again:
-    a result the probe's process could not pickle back, when the plan runs
-    calls in this process (nothing is pickled there: ``gilfree.map(ident,
-    [1, lock])`` failed on its first call and returned the lock on its second,
-    planned); and, given ``deadline_s`` (an ``Executor.map``'s timeout, tighter
-    than the task's own), a ``TaskTimeout`` from that bound."""
+    an argument the probe could not send to its process, or a result it could
+    not pickle back, when the plan runs calls in this process (nothing is
+    pickled there: ``gilfree.map(ident, [1, lock])`` failed on its first call
+    and returned the lock on its second, planned); and, given ``deadline_s``
+    (an ``Executor.map``'s timeout, tighter than the task's own), a
+    ``TaskTimeout`` from that bound."""
     here = plan.backend in ("serial", "thread")
 
     def unsettled(exc: BaseException) -> bool:
         if deadline_s is not None and isinstance(exc, TaskTimeout):
             return True
-        return here and isinstance(exc, SerializationError) and exc.what == "result"
+        return here and isinstance(exc, SerializationError) and exc.what in ("argument", "result")
 
     return unsettled
 

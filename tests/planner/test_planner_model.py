@@ -66,6 +66,30 @@ CASES = [
         lambda w: w == 10,
     ),
     (
+        "nothing measured, pure-Python loops -> processes",
+        feat(task_seconds=None, calls=0, findings=LOOP),
+        "process",
+        lambda w: w == 2,
+    ),
+    (
+        "nothing measured, arguments cannot be pickled, GIL -> serial",
+        feat(task_seconds=None, calls=0, findings=LOOP, unpicklable="argument 0 cannot be pickled"),
+        "serial",
+        lambda w: w == 1,
+    ),
+    (
+        "nothing measured, arguments cannot be pickled, no GIL -> threads",
+        feat(
+            task_seconds=None,
+            calls=0,
+            findings=LOOP,
+            unpicklable="argument 0 cannot be pickled",
+            gil_enabled=False,
+        ),
+        "thread",
+        lambda w: w == 2,
+    ),
+    (
         "tiny x*x -> serial",
         feat(task_seconds=1e-7, cpu_fraction=1.0, pair_speedup=None, findings=()),
         "serial",

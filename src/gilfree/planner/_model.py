@@ -341,11 +341,25 @@ def _from_bytecode_only(
             "one per CPU."
         )
         return plan("thread", k, {})
-    if loops and not feat.unpicklable:
+    if loops:
         w = min(n, feat.workers or cpus)
+        if not feat.unpicklable:
+            reasons.append(
+                f"{head}: it shows pure-Python loops ({_first(loops)}), so {w} processes, "
+                "one per CPU."
+            )
+            return plan("process", w, {})
+        reasons.append(f"Processes are out: {feat.unpicklable}.")
+        if not feat.gil_enabled:
+            reasons.append(
+                f"{head}: it shows pure-Python loops ({_first(loops)}), and without a GIL "
+                f"{w} threads, one per CPU, run them at once."
+            )
+            return plan("thread", w, {})
         reasons.append(
-            f"{head}: it shows pure-Python loops ({_first(loops)}), so {w} processes, one per CPU."
+            f"{head}: it shows pure-Python loops ({_first(loops)}), which hold the GIL, so "
+            "threads gain nothing: a plain loop."
         )
-        return plan("process", w, {})
-    reasons.append(f"{head}: it shows 0 loops, I/O or GIL-releasing calls, so a plain loop.")
+        return plan("serial", 1, {})
+    reasons.append(f"{head}: it shows no loop, I/O or GIL-releasing call, so a plain loop.")
     return plan("serial", 1, {})

@@ -40,6 +40,16 @@ def measure_sizes(
     ran = sorted(i for i, (ok, _) in result.outcomes.items() if ok)[:count]
     k = len(ran)
     if k == 0:
+        # Nothing ran: maybe because no sample could be sent to the probe's
+        # process (48 locks: every call failed, and the plan took processes on
+        # the bytecode alone, failing every item a thread could have run).
+        failed = sorted(result.outcomes)[:count]
+        for i in failed:
+            try:
+                pickled_size(samples[i])
+            except Exception as exc:
+                result.unpicklable = f"argument {i} cannot be pickled ({type(exc).__name__}: {exc})"
+                return
         return
     arg_in, arg_shm, res_in = 0.0, 0.0, 0.0
     for i in ran:
