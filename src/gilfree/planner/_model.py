@@ -241,9 +241,9 @@ def _choose(feat: Features) -> Plan:
                 )
         if graphs >= 0.1 * predicted["process"]:
             reasons.append(
-                f"Processes are charged {format_seconds(graphs)} to pickle "
+                f"Processes are charged {format_seconds(graphs)} over {n} calls to pickle "
                 f"{format_bytes(feat.arg_bytes + feat.result_bytes)} of arguments and results "
-                f"per call as object graphs (about {OBJECT_PICKLE_BYTE_S * 1e9:.0f} ns a byte); "
+                f"a call as object graphs (about {OBJECT_PICKLE_BYTE_S * 1e9:.0f} ns a byte); "
                 "threads share the objects."
             )
 
