@@ -99,7 +99,7 @@ class ProbeRunner:
             # Such calls take microseconds (a slower reading is the machine's
             # doing): nothing is left for a pool, and no two-thread phase.
             self.inline = True
-            result, _settled, _faulted = _probe_inline.probe(fn, samples, budget)
+            result = _probe_inline.probe(fn, samples, budget)
             result.pair_skipped = (
                 "its calls are arithmetic on small numbers, too little work for threads "
                 "to gain anything on them"

@@ -18,16 +18,14 @@ from ._probe_child import serial_phase
 from .planner import _probe as probing
 
 
-def probe(
-    fn: Callable[[Any], Any], samples: Sequence[Any], budget: float
-) -> tuple[probing.ProbeResult, int, bool]:
-    """As ``_probe_fork.probe``: the measurements, how many samples were
-    settled (a prefix: the rest run with the job), and whether a fault stopped
-    it (never, here). No ``timeout``: an inert call ends within microseconds."""
+def probe(fn: Callable[[Any], Any], samples: Sequence[Any], budget: float) -> probing.ProbeResult:
+    """The serial phase's measurements and outcomes, for a prefix of the samples
+    (the rest run with the job). No fault can stop it, and no ``timeout``
+    applies: an inert call ends within microseconds."""
     started = time.perf_counter()
     view = memoryview(bytearray(16)).cast("q")
     cap = probing.SERIAL_SHARE * budget
     result = serial_phase(fn, samples, len(samples), cap, False, view, caller=True)
     result.failures = sum(1 for ok, _ in result.outcomes.values() if not ok)
     result.seconds = time.perf_counter() - started
-    return result, result.serial_calls, False
+    return result

@@ -15,27 +15,21 @@ BURST_GAP_S = 0.05
 
 def read_dump(fd: int, wait_s: float = 0.0) -> str:
     """What faulthandler wrote to ``fd``, waiting up to ``wait_s`` for the first bytes."""
-    chunks: list[bytes] = []
-    timeout = wait_s
-    while True:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        if not ready:
-            break
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-        timeout = BURST_GAP_S
-    return b"".join(chunks).decode("utf-8", "replace")
+    return _read(fd, wait_s, BURST_GAP_S)[0].decode("utf-8", "replace")
 
 
 def drain(fd: int) -> tuple[bytes, bool]:
     """What ``fd`` holds now, without waiting, and whether it is at its end."""
+    return _read(fd, 0.0, 0.0)
+
+
+def _read(fd: int, first_s: float, gap_s: float) -> tuple[bytes, bool]:
+    """Read ``fd`` while it has data: up to ``first_s`` for the first bytes, then
+    until it is quiet for ``gap_s`` (4 MiB at most: a dump is a few KiB). Returns
+    the bytes and whether the pipe reached its end (or failed)."""
     chunks: list[bytes] = []
-    while len(chunks) < 64 and select.select([fd], [], [], 0)[0]:
+    timeout = first_s
+    while len(chunks) < 64 and select.select([fd], [], [], timeout)[0]:
         try:
             data = os.read(fd, 65536)
         except OSError:
@@ -43,6 +37,7 @@ def drain(fd: int) -> tuple[bytes, bool]:
         if not data:
             return b"".join(chunks), True
         chunks.append(data)
+        timeout = gap_s
     return b"".join(chunks), False
 
 
