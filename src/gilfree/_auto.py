@@ -8,7 +8,9 @@ pool the job will then use::
              │               1, 1, 2, 4, ... items                       ──► worker A
              └─ second half: PairProbe(fn), one task running two threads  ──► worker B
     measurements + outcomes ──► planner.advise(probe=...) ──► Plan
-    Plan.backend == "process": the same pool runs the rest of the job.
+    Plan.backend == "process": the same pool runs the rest of the job;
+    Plan.backend == "thread": its calls run on threads inside that pool's
+    workers (``backends._pooled_threads``), unless sending them costs too much.
 
 With large arguments (sending every sample would cost more than a tenth of
 the budget: a 2 MB object graph takes ~40 ms to pickle) the probe sends
@@ -49,11 +51,12 @@ The probe on a backend is ``_probe_pool.run_probe``.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _probe_fork, _probe_inline, _serialize
+from ._auto_reasons import isolate, set_first_chunk
+from ._clusters import cluster_size
 from ._options import Options, usable_cpus
 from ._probe_pool import GIL_HELD, holds_the_gil, run_probe
 from .backends import Backend, create
@@ -61,8 +64,10 @@ from .errors import ConfigurationError, SerializationError, reindexed
 from .planner import Plan
 from .planner import _probe as probing
 from .planner._advise import advise as _plan
-from .planner._inert import WHY as INERT_WHY
 from .planner._inert import inert
+
+if TYPE_CHECKING:  # imported when used: a tiny job never imports the pool
+    from .backends._pooled_threads import PooledThreads
 
 #: Seconds the planner may spend probing before a map starts (its calls' results are kept).
 AUTO_BUDGET = 0.5
@@ -270,12 +275,17 @@ def plan(
     address: str | None,
     backend: Backend | None = None,
     budget: float = AUTO_BUDGET,
+    run: bool = True,
+    in_caller: bool = False,
 ) -> tuple[Plan, Backend | None]:
     """Probe ``fn`` on ``samples`` (on ``backend``, or on a pool made for it) and plan.
 
     Returns the plan and, when the plan is to run on processes, the pool that
-    ran the probe, sized for the job (``None`` otherwise: a pool made here is
-    then shut down). Ctrl-C or an error while probing stops the workers at once.
+    ran the probe, sized for the job; for a plan for threads, that pool (or
+    a new one) wrapped to run the calls on threads in its workers, unless
+    ``in_caller`` (an Executor's threads run here) or not ``run`` (advise);
+    else ``None``: a pool made here is then shut down. Ctrl-C or an error
+    while probing stops the workers at once.
     """
     runner = ProbeRunner(opts, total, backend)
     try:
@@ -292,13 +302,21 @@ def plan(
     except BaseException:
         runner.close(kill=True)
         raise
+    keep = runner.backend
+    pooled, shape = (
+        (None, None) if in_caller else _threads_in_workers(fn, result, opts, total, keep, run)
+    )
     isolate(
         result,
-        runner.forked or (runner.backend is not None and runner.backend.name == "process"),
+        runner.forked or (keep is not None and keep.name == "process"),
         inline=runner.inline,
+        pooled=shape,
     )
-    set_first_chunk(result, total)
-    keep = runner.backend
+    set_first_chunk(result, total, shape)
+    if pooled is not None:
+        if pooled.pool is not keep:
+            runner.close()
+        return result, pooled
     if (
         keep is not None
         and result.backend == "process"
@@ -308,6 +326,36 @@ def plan(
         return result, keep
     runner.close()
     return result, None
+
+
+def _threads_in_workers(
+    fn: Callable[[Any], Any],
+    result: Plan,
+    opts: Options,
+    total: int | None,
+    keep: Backend | None,
+    run: bool,
+) -> tuple[PooledThreads | None, tuple[int, int] | None]:
+    """Where a plan for threads runs: on threads in worker processes (the
+    probe's pool or a new one; see ``backends._pooled_threads``) unless its
+    calls cannot be sent there cheaply. Returns that backend (when ``run``)
+    and its shape: processes, threads in each."""
+    if result.backend != "thread":
+        return None, None
+    from .backends._pooled_threads import PooledThreads, per_worker, sendable
+
+    if not sendable(result):
+        return None, None
+    if keep is None or keep.name != "process":
+        name, pool_opts = probe_backend(fn, opts.with_(workers=None), total)
+        if name != "process":
+            return None, None
+        if not run:
+            n = pool_opts.workers or 1
+            return None, (n, per_worker(result.workers, n))
+        keep = create(name, pool_opts)
+    pooled = PooledThreads(keep, result.workers)
+    return (pooled if run else None), pooled.shape
 
 
 def advise(
@@ -347,112 +395,8 @@ def advise(
         total=total,
         address=address,
         budget=budget,
+        run=False,
     )
     if backend is not None:
         backend.shutdown(wait=False)
     return result
-
-
-def isolate(result: Plan, probed_in_process: bool, *, inline: bool = False) -> None:
-    """Say plainly when the remaining calls run in this process.
-
-    (What crashed a worker never runs here: the policy keeps such a job on
-    processes, see ``planner._model``.)"""
-    ran = len(result.outcomes)
-    where = {
-        "serial": "run in this process, one after another",
-        "thread": "run on threads in this process",
-    }.get(result.backend)
-    if inline and ran:
-        result.reasons.append(f"The {ran} probe calls ran in this process: {INERT_WHY}.")
-        if where is not None:
-            result.reasons.append(
-                f"The remaining calls {where} as well. To keep every call in a worker "
-                "process, pass backend='process'."
-            )
-        return
-    if where is None:
-        return
-    if not probed_in_process and result.profile.calls and ran:
-        # The function cannot be pickled: the probe ran on threads here too.
-        result.reasons.append(
-            f"The calls {where}: the function cannot be sent to a worker process, so "
-            f"the {ran} probe calls also ran here, on threads, where timeout= still "
-            "bounds each one."
-        )
-        return
-    result.reasons.append(
-        f"The remaining calls {where}"
-        + (
-            f"; the {ran} probe calls ran in a worker process first, and none crashed it"
-            if ran
-            else ""
-        )
-        + ". To keep every call in a worker process, pass backend='process'."
-    )
-
-
-def set_first_chunk(result: Plan, total: int | None) -> None:
-    """``Plan.chunksize``: the chunk size the engine starts with, from the probe's timing."""
-    from . import _chunking
-    from .backends import chunk_target
-
-    t = result.profile.task_seconds
-    # The engine is seeded with the probe's calls (_session._seed_timing): its
-    # first chunk is sized from that many measured items, and so is this one.
-    calls = result.profile.calls
-    if result.backend == "serial" or t is None:
-        result.chunksize = (
-            1
-            if t is None
-            else _chunking.first_size(chunk_target("serial"), 1, total, t, measured=calls)
-        )
-        return
-    target = chunk_target(result.backend)
-    size = _chunking.first_size(target, result.workers, total, t, measured=calls)
-    result.chunksize = size
-    result.reasons.append(
-        f"Chunks start at {size:,} item{'s' if size != 1 else ''} "
-        f"({probing.format_seconds(size * t)} of work each at {probing.format_seconds(t)} "
-        "per call) and adapt as the job runs, from the time the workers measure."
-    )
-
-
-# -- the Dask cluster the planner may consider -----------------------------------------
-_cluster_lock = threading.Lock()
-_clusters: dict[str, tuple[int | None, int | None, str | None]] = {}
-
-
-def cluster_size(address: str) -> tuple[int | None, int | None, str | None]:
-    """``(threads, workers, error)`` of the Dask cluster at ``address``, asked once."""
-    with _cluster_lock:
-        if address in _clusters:
-            return _clusters[address]
-    try:
-        from .backends._dask import connect
-    except ImportError:
-        found: tuple[int | None, int | None, str | None] = (
-            None,
-            None,
-            "dask.distributed is not installed (pip install 'gilfree[dask]')",
-        )
-    else:
-        try:
-            with connect(address, timeout=5) as client:
-                per_worker = client.nthreads()
-            found = (
-                (sum(per_worker.values()), len(per_worker), None)
-                if per_worker
-                else (None, None, "it has no workers")
-            )
-        except Exception as exc:  # connection refused, timeout, version mismatch
-            found = (None, None, f"connecting failed ({type(exc).__name__}: {exc})")
-    with _cluster_lock:
-        _clusters[address] = found
-    return found
-
-
-def forget_clusters() -> None:
-    """Ask clusters again next time (tests; after a cluster changed)."""
-    with _cluster_lock:
-        _clusters.clear()

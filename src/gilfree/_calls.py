@@ -114,7 +114,13 @@ def plan_known(
     if probe_timeout is not None and (options.timeout is None or options.timeout > probe_timeout):
         probing = options.with_(timeout=probe_timeout)
     plan, kept = _auto.plan(
-        fn, samples, probing, total=None, address=dask_address(options), backend=backend
+        fn,
+        samples,
+        probing,
+        total=None,
+        address=dask_address(options),
+        backend=backend,
+        in_caller=True,
     )
     chosen = _apply_plan(options, plan)
     submit = chosen

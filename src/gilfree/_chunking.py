@@ -52,6 +52,7 @@ class Chunker:
         self.total = total
         self.job = job
         self.max_chunk = backend.max_chunk(job)
+        self.min_chunk = backend.min_chunk(job)
 
     def next_size(self, submitted: int) -> int:
         if self.fixed is not None:
@@ -63,7 +64,7 @@ class Chunker:
             return 1
         remaining = None if self.total is None else self.total - submitted
         size = first_size(self.target_s, self.workers, remaining, mean, measured=self.job.stats_n)
-        return min(size, self.max_chunk)
+        return min(max(size, self.min_chunk), self.max_chunk)
 
 
 def first_size(

@@ -183,7 +183,7 @@ def _child() -> int:
 
 
 def _plan(fn: Callable[[Any], Any], request: dict[str, Any]) -> Probed:
-    from .._auto import cluster_size
+    from .._clusters import cluster_size
     from ..planner import advise
     from ._jsonl import error_record, result_record
 

@@ -179,6 +179,12 @@ class Backend(ABC):
         """Largest chunk this backend accepts for ``job`` (e.g. 1 where a timeout needs it)."""
         return 1 << 30
 
+    def min_chunk(self, job: Job) -> int:
+        """Smallest chunk worth cutting for ``job``, the tail's included (a
+        worker running a chunk's calls on several threads at once leaves
+        threads idle for a smaller one)."""
+        return 1
+
     def check(self) -> None:  # noqa: B027 - optional hook, most backends cannot break
         """Raise if the backend can no longer deliver outcomes (its machinery died)."""
 

@@ -56,6 +56,15 @@ _IDLE = 0
 
 #: True in a pool worker once it runs: a task there cannot start a pool of its own.
 IN_WORKER = False
+#: Why this worker must retire after its chunk (``retire_after_chunk``), if it must.
+_must_retire = ""
+
+
+def retire_after_chunk(reason: str) -> None:
+    """Called by a task: this worker exits once its chunk's results are sent
+    (it holds a thread that cannot be stopped), and the pool replaces it."""
+    global _must_retire
+    _must_retire = reason
 
 
 def main(
@@ -389,6 +398,8 @@ class Worker:
         return (kind, seq, offset, clean, failures, elapsed, final)
 
     def retire_reason(self) -> str:
+        if _must_retire:
+            return _must_retire
         if self.max_tasks is not None and self.tasks_done >= self.max_tasks:
             return f"ran {self.tasks_done} tasks (max_tasks_per_worker={self.max_tasks})"
         if self.max_memory is not None:

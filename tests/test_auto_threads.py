@@ -1,0 +1,209 @@
+"""A plan for threads keeps every call in a worker process (backends._pooled_threads).
+
+backend="auto" plans threads for calls that wait. Those calls -- probed or
+not -- run on threads inside the probe's worker processes, so a call that
+segfaults is WorkerDied for that call alone, a call past timeout= is a
+TaskTimeout with its stack, and the caller lives. Crash cases run in a child
+interpreter, so that a regression fails one test instead of killing the session.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import gilfree
+from gilfree import TaskTimeout
+
+pytestmark = pytest.mark.timeout(120)
+
+WAITY = textwrap.dedent(
+    """
+    import ctypes, os, sys, threading, time
+    import gilfree
+
+    def waity(x):
+        time.sleep(0.005)
+        if x in SEGV:
+            ctypes.string_at(0)
+        if x in EXIT:
+            os._exit(3)
+        if x in HANG:
+            time.sleep(60)
+        if x in RAISE:
+            raise ValueError(f"bad {x}")
+        if x in LOCK:
+            return threading.Lock()
+        return x * 2
+
+    def show(out):
+        return [type(v).__name__ if isinstance(v, BaseException) else v for v in out]
+    """
+)
+
+
+def run_waity(body: str, timeout: float = 90, **faults: tuple[int, ...]):
+    sets = "".join(
+        f"{name} = {set(faults.get(name.lower(), ()))!r}\n"
+        for name in ("SEGV", "EXIT", "HANG", "RAISE", "LOCK")
+    )
+    dump = f"import faulthandler; faulthandler.dump_traceback_later({timeout - 20}, exit=True)\n"
+    code = dump + sets + WAITY + textwrap.dedent(body)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_calls_not_probed_that_crash_hang_or_raise_fail_alone_and_the_caller_lives():
+    # 200 items: the probe takes at most a few; 120-190 run after it, in batches.
+    proc = run_waity(
+        """
+        plan = gilfree.advise(waity, range(40))
+        print(plan.backend, any("inside" in r for r in plan.reasons))
+        t = time.monotonic()
+        out = gilfree.map(waity, range(200), errors="return", timeout=2)
+        print(round(time.monotonic() - t))
+        shown = show(out)
+        print([(i, v) for i, v in enumerate(shown) if v != 2 * i])
+        print(type(out[150]).__name__ == "TaskTimeout" and "in waity" in out[150].stack)
+        print("alive")
+        """,
+        segv=(120,),
+        exit=(131,),
+        hang=(150,),
+        **{"raise": (170,), "lock": (190,)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "thread True", proc.stdout
+    assert int(lines[1]) < 30, proc.stdout  # the hung call was stopped at 2 s, not 60
+    assert lines[2] == str(
+        [
+            (120, "WorkerDied"),
+            (131, "WorkerDied"),
+            (150, "TaskTimeout"),
+            (170, "ValueError"),
+            (190, "SerializationError"),
+        ]
+    ), proc.stdout
+    assert lines[3:] == ["True", "alive"], proc.stdout
+
+
+def test_errors_raise_raises_worker_died_in_a_living_caller_on_imap():
+    proc = run_waity(
+        """
+        try:
+            for _ in gilfree.imap(waity, range(300)):
+                pass
+        except gilfree.WorkerDied as exc:
+            print("WorkerDied", "task 200" in str(exc))
+        print("alive")
+        """,
+        segv=(200,),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["WorkerDied", "True", "alive"], proc.stdout
+
+
+def test_unordered_imap_gives_every_result_once():
+    proc = run_waity(
+        """
+        out = list(gilfree.imap(waity, range(500), ordered=False))
+        print(sorted(out) == [2 * x for x in range(500)])
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True"], proc.stdout
+
+
+def flaky_once(path):
+    """Raises on its first call for item 150 (any process), then succeeds."""
+    path = str(path)
+
+    def call(x):
+        time.sleep(0.005)
+        if x == 150 and not os.path.exists(path):
+            open(path, "w").close()
+            raise ValueError("first time")
+        return x
+
+    return call
+
+
+def test_retries_run_a_failed_call_again(tmp_path):
+    fn = flaky_once(tmp_path / "seen")
+    assert gilfree.map(fn, range(200), retries=1) == list(range(200))
+    assert (tmp_path / "seen").exists()
+
+
+def test_without_retries_the_failure_is_the_calls_own(tmp_path):
+    fn = flaky_once(tmp_path / "seen")
+    out = gilfree.map(fn, range(200), errors="return")
+    assert isinstance(out[150], ValueError) and "first time" in str(out[150])
+    assert [v for i, v in enumerate(out) if i != 150] == [i for i in range(200) if i != 150]
+
+
+def napper(x):
+    time.sleep(0.005 if x != 100 else 30)
+    return x
+
+
+def test_a_late_call_is_a_timeout_and_the_calls_after_it_still_run():
+    t = time.monotonic()
+    out = gilfree.map(napper, range(400), timeout=1, errors="return")
+    assert time.monotonic() - t < 25
+    assert isinstance(out[100], TaskTimeout)
+    assert "napper" in out[100].stack
+    assert [v for i, v in enumerate(out) if i != 100] == [i for i in range(400) if i != 100]
+
+
+def big_arg(a):
+    time.sleep(0.002)
+    return len(a)
+
+
+def test_large_arguments_stay_on_threads_here_and_the_plan_says_so():
+    items = [bytes(4 << 20)] * 6
+    plan = gilfree.advise(big_arg, items)
+    if plan.backend == "thread":
+        assert any("threads in this process" in r for r in plan.reasons), plan.reasons
+        assert not any("inside" in r for r in plan.reasons), plan.reasons
+    assert gilfree.map(big_arg, items) == [4 << 20] * 6
+
+
+def test_ctrl_c_while_batches_run_is_clean(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, time, gilfree
+            def nap(x):
+                time.sleep(0.01 if x < 100 else 60)
+                return os.getpid()
+            print("ready", flush=True)
+            try:
+                gilfree.map(nap, range(400))
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(3)  # past the probe: batches of the plan run in the workers
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "interrupted" in out, err
+    assert proc.returncode == 0, err
