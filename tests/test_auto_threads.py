@@ -207,3 +207,74 @@ def test_ctrl_c_while_batches_run_is_clean(tmp_path):
         proc.wait()
     assert "interrupted" in out, err
     assert proc.returncode == 0, err
+
+
+def test_a_call_holding_the_gil_past_its_timeout_is_stopped_within_a_few_timeouts():
+    # libc's sleep through PyDLL keeps the GIL: the worker's threads cannot
+    # mark the call late, so the pool stops the worker (its clock follows
+    # the oldest running call) and the batch's calls run again alone.
+    proc = run_waity(
+        """
+        import ctypes
+        def gil_hang(x):
+            time.sleep(0.005)
+            if x == 150:
+                ctypes.PyDLL("libc.so.6").sleep(600)
+            return x
+        t = time.monotonic()
+        out = gilfree.map(gil_hang, range(200), errors="return", timeout=1)
+        print(time.monotonic() - t < 15, type(out[150]).__name__)
+        print(sum(v == i for i, v in enumerate(out)))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "TaskTimeout", "199"], proc.stdout
+
+
+def test_an_unpicklable_first_item_fails_alone_and_the_rest_stay_in_workers():
+    # The probe met the lock first; the plan still runs the calls in workers.
+    proc = run_waity(
+        """
+        items = [threading.Lock(), *range(1, 200)]
+        out = gilfree.map(waity, items, errors="return")
+        print([(i, v) for i, v in enumerate(show(out)) if v != 2 * i])
+        """,
+        segv=(150,),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == str([(0, "SerializationError"), (150, "WorkerDied")])
+
+
+def test_a_plan_made_on_large_arguments_is_not_kept_in_the_caller_for_small_ones():
+    proc = run_waity(
+        """
+        def sized(x):
+            time.sleep(0.005)
+            if x == 150:
+                ctypes.string_at(0)
+            return len(x) if isinstance(x, bytes) else x
+        big = [bytes(4 << 20)] * 8
+        print(gilfree.map(sized, big) == [4 << 20] * 8)
+        out = gilfree.map(sized, range(200), errors="return")
+        print([(i, v) for i, v in enumerate(show(out)) if v != i])
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["True", str([(150, "WorkerDied")])], proc.stdout
+
+
+def test_a_function_that_does_not_unpickle_in_a_worker_runs_every_call_here():
+    # A global ctypes library pickles (cloudpickle) and fails to unpickle.
+    proc = run_waity(
+        """
+        libc = ctypes.CDLL("libc.so.6")
+        def pid(x):
+            time.sleep(0.002)
+            return libc.getpid() == os.getpid(), x
+        for _ in range(2):
+            out = gilfree.map(pid, range(100), errors="return")
+            print(all(v == (True, i) for i, v in enumerate(out)))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True"], proc.stdout

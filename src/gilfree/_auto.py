@@ -78,6 +78,8 @@ ADVISE_TIMEOUT_BUDGETS = 10
 #: An inert call (``planner._inert``) ends well within this; a ``timeout=``
 #: shorter than it sends the probe to a process, where it can be enforced.
 INERT_CALL_S = 0.01
+#: Samples a reused plan pickles to size this job's arguments.
+FRESH_SAMPLES = 3
 
 
 class ProbeRunner:
@@ -303,9 +305,9 @@ def plan(
         runner.close(kill=True)
         raise
     keep = runner.backend
-    pooled, shape = (
-        (None, None) if in_caller else _threads_in_workers(fn, result, opts, total, keep, run)
-    )
+    pooled, shape = (None, None)
+    if not in_caller:
+        pooled, shape = _threads_in_workers(fn, samples, result, opts, total, keep, run)
     isolate(
         result,
         runner.forked or (keep is not None and keep.name == "process"),
@@ -330,6 +332,7 @@ def plan(
 
 def _threads_in_workers(
     fn: Callable[[Any], Any],
+    samples: Sequence[Any],
     result: Plan,
     opts: Options,
     total: int | None,
@@ -344,7 +347,7 @@ def _threads_in_workers(
         return None, None
     from .backends._pooled_threads import PooledThreads, per_worker, sendable
 
-    if not sendable(result):
+    if not sendable(result, _fresh_arg_bytes(samples) if result.cached else None):
         return None, None
     if keep is None or keep.name != "process":
         name, pool_opts = probe_backend(fn, opts.with_(workers=None), total)
@@ -356,6 +359,21 @@ def _threads_in_workers(
         keep = create(name, pool_opts)
     pooled = PooledThreads(keep, result.workers)
     return (pooled if run else None), pooled.shape
+
+
+def _fresh_arg_bytes(samples: Sequence[Any]) -> float | None:
+    """Mean pickled size of a few of this job's samples: a plan reused from an
+    earlier job holds that job's sizes (None: one cannot be pickled)."""
+    from .planner._probe_sizes import pickled_size
+
+    sizes = []
+    for item in samples[:FRESH_SAMPLES]:
+        try:
+            size, buffers = pickled_size(item)
+        except Exception:
+            return None
+        sizes.append(size + sum(buffers))
+    return sum(sizes) / len(sizes) if sizes else None
 
 
 def advise(

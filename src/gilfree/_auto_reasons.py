@@ -74,7 +74,8 @@ def set_first_chunk(result: Plan, total: int | None, pooled: tuple[int, int] | N
         size = result.chunksize = first_batch(pooled, total, t)
         result.reasons.append(
             f"Each worker process takes {size:,} item{'s' if size != 1 else ''} at a time "
-            f"and runs them on its {pooled[1]} threads, each thread taking the next item "
+            f"and runs them on its {pooled[1]} thread{'s' if pooled[1] != 1 else ''}, "
+            "each taking the next item "
             "as it finishes one; batches adapt as the job runs."
         )
         return

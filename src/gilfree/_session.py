@@ -216,25 +216,32 @@ def _resolve_auto(
         indices = list(range(len(samples)))
         rest = itertools.chain(samples, it)
     plan, backend = _auto.plan(fn, samples, opts, total=total, address=dask_address(opts))
-    unsettled = probe_only(plan)
+    # A plan for threads runs here, or on threads in the probe's workers.
+    unsettled = probe_only(plan, here=backend is None or backend.name != "thread")
     prefilled, resubmit, ran = _probe_events(plan, indices, samples, opts.retries, unsettled)
     return _apply_plan(opts, plan), Skipping(rest, ran), prefilled, resubmit, plan, backend
 
 
-def probe_only(plan: Any, deadline_s: float | None = None) -> Callable[[BaseException], bool]:
+def probe_only(
+    plan: Any, deadline_s: float | None = None, *, here: bool = True
+) -> Callable[[BaseException], bool]:
     """Which probe errors the plan's backend would not meet, so the call runs again:
     an argument the probe could not send to its process, or a result it could
     not pickle back, when the plan runs calls in this process (nothing is
     pickled there: ``gilfree.map(ident, [1, lock])`` failed on its first call
     and returned the lock on its second, planned); and, given ``deadline_s``
     (an ``Executor.map``'s timeout, tighter than the task's own), a
-    ``TaskTimeout`` from that bound."""
-    here = plan.backend in ("serial", "thread")
+    ``TaskTimeout`` from that bound. Not ``here``: the plan's calls run in
+    worker processes whatever its backend (a plan for threads, in a map).
+    A function that did not unpickle in the probe's worker (a ctypes global)
+    runs here too."""
+    here = here and plan.backend in ("serial", "thread")
+    sent = ("argument", "result", "function")
 
     def unsettled(exc: BaseException) -> bool:
         if deadline_s is not None and isinstance(exc, TaskTimeout):
             return True
-        return here and isinstance(exc, SerializationError) and exc.what in ("argument", "result")
+        return here and isinstance(exc, SerializationError) and exc.what in sent
 
     return unsettled
 

@@ -380,6 +380,21 @@ def test_auto_keeps_the_probes_calls_and_runs_the_rest_in_workers(work):
 
 
 @pytest.mark.timeout(90)
+def test_auto_with_a_timeout_keeps_the_probes_calls_when_the_probe_took_less(work):
+    # A probe shorter than --timeout: each of its calls was too, so they stand
+    # (they ran twice, a new user found, whenever --timeout was given).
+    n = 300
+    write_lines(work / "in.jsonl", range(n))
+    out = work / "out.jsonl"
+    log = work / "calls.log"
+    gilfree = Gilfree(work, env={"CRASH_AT": "-1", "CALLS_LOG": str(log)})
+    result = gilfree("run", "tasks:crash_at", "in.jsonl", "-o", str(out), "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    assert sorted(calls(log)) == list(range(n))
+    assert records(out.read_text()) == [{"index": i, "result": i + 1} for i in range(n)]
+
+
+@pytest.mark.timeout(90)
 def test_auto_with_a_hanging_first_item_gives_a_task_timeout_record(work):
     n = 200
     write_lines(work / "in.jsonl", range(n))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import IO, Any
@@ -280,6 +281,7 @@ def _plan(
     samples = feed.take(AUTO_SAMPLES)
     if not samples:  # nothing to run (or only bad lines): one worker is plenty
         return [], Placement("process", 1, None)
+    started = time.monotonic()
     probed = probe(
         target,
         samples,
@@ -293,9 +295,12 @@ def _plan(
         note = f"gilfree: could not plan {target}: {probed.failure}; running it on worker processes"
         return [], Placement("process", placement.workers, None, note)
     kept = []
+    timeout = options.get("timeout")
+    # A probed call ran without --timeout: it stands only if the whole probe
+    # took less (then so did each call). A failed one gets its --retries.
+    overran = timeout is not None and time.monotonic() - started >= timeout
     for good, line in probed.records:
-        # A probed call ran without --timeout; a failed one gets its --retries.
-        if options.get("timeout") is not None or (not good and options.get("retries")):
+        if overran or (not good and options.get("retries")):
             break
         kept.append((good, line))
     feed.drop(len(kept))

@@ -12,22 +12,24 @@ what ``backend="process"`` promises:
 * a call that raises fails alone (``retries=`` run it again, alone);
 * a call past ``timeout=`` is a ``TaskTimeout`` with its thread's stack, on
   time; the worker holding that thread retires and is replaced;
-* a call that kills its worker takes its batch down with it, unnamed: each
-  call of the batch then runs again alone on the pool (no attempt counted),
-  where the culprit is ``WorkerDied`` and the rest succeed. So does a batch
-  the pool stopped (a call holding the GIL past ``timeout + GRACE_S``) or
-  could not send (one argument that cannot be pickled fails alone there).
+* a call that kills its worker takes its batch down with it, unnamed: the
+  batch runs again in halves (no attempt counted), the half that dies again
+  is halved again, and the last few calls run alone, where the culprit is
+  ``WorkerDied`` and the rest succeed. A batch the pool stopped (a call
+  holding the GIL past ``timeout + GRACE_S``) or could not send (one
+  argument that cannot be pickled) runs again each call alone at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import weakref
 from typing import Any
 
 from .._serialize import describe, with_remote_traceback
-from ..errors import PoolBroken, SerializationError, TaskTimeout, attempt_ended
+from ..errors import PoolBroken, SerializationError, TaskTimeout, WorkerDied, attempt_ended
 from ..pool._on_threads import FAILED, LATE, OK, UNSTARTED, OnThreads
 from ._base import Backend, Job
 
@@ -36,9 +38,14 @@ from ._base import Backend, Job
 #: slowest call (a batch of one round each ran 1.5x slower than threads here
 #: on calls of 10-28 ms), and results come home at least every few calls.
 ROUNDS = 4
-#: The pool stops a batch this long after ``ROUNDS`` calls' timeouts: only a
-#: call that holds the GIL keeps ``OnThreads`` from returning on time.
-GRACE_S = 2.0
+#: A batch whose worker died runs again in halves down to this many calls;
+#: fewer run again each alone, where the culprit's WorkerDied names it.
+SPLIT_BELOW = 4
+#: The pool stops a worker whose oldest running call started this long
+#: before its timeout ran out (``OnThreads`` restarts the pool's clock at that
+#: call's start): only a call that holds the GIL keeps ``OnThreads`` from
+#: marking it late itself.
+GRACE_S = 0.5
 
 
 class PooledThreads(Backend):
@@ -114,7 +121,7 @@ class _Batches(Job):
     def __init__(self, outer: Job, pool: Backend, threads: int) -> None:
         timeout = outer.options.timeout
         opts = outer.options.with_(
-            timeout=None if timeout is None else ROUNDS * timeout + GRACE_S, retries=0
+            timeout=None if timeout is None else timeout + GRACE_S, retries=0
         )
         super().__init__(OnThreads(outer.fn, timeout, threads), opts)
         self.outer = outer
@@ -201,8 +208,12 @@ class _Batches(Job):
         outer.fail(index, exc)
 
     def fail(self, index: int, exc: BaseException) -> None:
-        """A whole batch failed: its worker died or was stopped with no call
-        named, or the batch could not be sent. Each call runs again alone."""
+        """A whole batch failed, no call named: its worker died, or was stopped
+        past the batch's own bound (a call holding the GIL), or the batch could
+        not be sent. After a death each half runs again as a batch, so the
+        innocent half finishes on threads and the culprit's half is split
+        again, down to calls run alone (``SPLIT_BELOW``); otherwise each call
+        runs again alone at once (a hang would cost a timeout per split)."""
         batch = self._take(index)
         if batch is None or self.outer.cancelled:
             return
@@ -212,6 +223,11 @@ class _Batches(Job):
         ):
             for k in range(len(items)):
                 self.outer.fail(first + k, exc)
+            return
+        if isinstance(exc, WorkerDied) and len(items) >= SPLIT_BELOW:
+            half = len(items) // 2
+            self._again(first, items[:half], attempt)
+            self._again(first + half, items[half:], attempt)
             return
         for k, item in enumerate(items):
             try:
@@ -242,14 +258,26 @@ def send_share(profile: Any) -> float | None:
     return float((send + profile.shm_bytes * _SHM_BYTE_S) / t)
 
 
-def sendable(plan: Any) -> bool:
-    """Whether a plan's calls may run in worker processes: the probe sent its
-    items and results there, and doing so costs at most ``MAX_SEND_SHARE`` of
-    a call (large arguments stay on threads in the caller)."""
-    share = send_share(plan.profile)
+def sendable(plan: Any, arg_bytes: float | None = None) -> bool:
+    """Whether a plan's calls may run in worker processes: the planner has not
+    ruled processes out (a function, argument or result that cannot be
+    pickled), some probe call came back from one unless none was sent there,
+    and sending an item (of ``arg_bytes``, when measured afresh) and its result
+    costs at most ``MAX_SEND_SHARE`` of a call (large arguments stay on
+    threads in the caller). An item that alone cannot be pickled fails alone,
+    as on ``backend="process"``."""
+    if "process" not in plan.predicted:
+        return False
+    profile = plan.profile
+    if arg_bytes is not None:
+        profile = dataclasses.replace(profile, arg_bytes=arg_bytes, shm_bytes=0.0)
+    share = send_share(profile)
     if share is None or share > MAX_SEND_SHARE:
         return False
-    return not any(not ok and isinstance(v, SerializationError) for ok, v in plan.outcomes.values())
+    outcomes = plan.outcomes.values()
+    return not outcomes or not all(
+        not ok and isinstance(v, SerializationError) for ok, v in outcomes
+    )
 
 
 def first_batch(shape: tuple[int, int], total: int | None, task_s: float) -> int:

@@ -169,10 +169,12 @@ def _measure(
     analysis = _bytecode.analyze(fn)
     machine = _machine.machine_costs()
     result = probe(fn, samples, budget)
-    failure_type = next((type(v).__name__ for ok, v in result.outcomes.values() if not ok), None)
+    # Each kind of failure once, in the order met (a crash and a hang: both).
+    kinds = dict.fromkeys(type(v).__name__ for ok, v in result.outcomes.values() if not ok)
     notes = []
     if result.failures and result.failures < result.calls:
-        notes.append(f"{result.failures} of {result.calls} probe calls failed ({failure_type}).")
+        failed = ", ".join(kinds)
+        notes.append(f"{result.failures} of {result.calls} probe calls failed ({failed}).")
     features = Features(
         machine=machine,
         task_seconds=result.task_seconds,
@@ -188,7 +190,7 @@ def _measure(
         failures=result.failures,
         crashes=result.crashes,
         hangs=sum(1 for ok, v in result.outcomes.values() if not ok and isinstance(v, TaskTimeout)),
-        failure_type=failure_type,
+        failure_type=next(iter(kinds), None),
         unpicklable=result.unpicklable,
         sent_fewer=result.sent_fewer,
         arg_pickle_s=result.arg_pickle_s,

@@ -129,9 +129,10 @@ def choose(feat: Features) -> Plan:
             what.append(f"{feat.hangs} ran past timeout= and had its worker stopped")
         plan.reasons.append(
             f"Of the probe calls, {' and '.join(what)}, so the job stays on "
-            f"{w} worker process{'es' if w != 1 else ''}, where a crash fails only its own "
-            "item and a hung call can be stopped (a thread cannot), instead of "
-            f"{plan.backend} in this process as the timings alone would have it."
+            f"{w} worker process{'es' if w != 1 else ''}, one call at a time each, where a "
+            "crash or a hung call costs only its own item, instead of "
+            f"{'threads' if plan.backend == 'thread' else 'a loop in this process'} "
+            "as the timings alone would have it."
         )
         plan.backend, plan.workers = "process", w
     return plan

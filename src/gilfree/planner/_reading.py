@@ -68,8 +68,10 @@ def gil_share(feat: Features) -> float:
         t = feat.task_seconds
         if not hinted and t is not None and t < UNTIMED_PAIR_TINY_S:
             # Too short to time two threads on (the probe skips them): no
-            # scaling is assumed, GIL or not (see UNTIMED_PAIR_TINY_S).
-            return f
+            # scaling is assumed, GIL or not (see UNTIMED_PAIR_TINY_S) --
+            # whatever share of a 2 us call the CPU clock read (39% under
+            # load, and the plan was 4 threads "for C code": a flaky test).
+            return 1.0
         return f * (0.2 if hinted or not feat.gil_enabled else 1.0)
     s = min(2.0, max(1.0, s))
     overruled = _bytecode_overrules(feat)

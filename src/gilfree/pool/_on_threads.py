@@ -102,7 +102,7 @@ class _Run:
         self.items = items
         n = len(items)
         self.slots: list[tuple[Any, ...] | None] = [None] * n
-        self.started = [0.0] * n
+        self.started = [0] * n  # time.monotonic_ns() of each call's start
         self.idents = [0] * n
         self.next = 0
         self.left = n
@@ -119,7 +119,7 @@ class _Run:
                     return
                 self.next = k + 1
                 self.idents[k] = threading.get_ident()
-                self.started[k] = time.monotonic()
+                self.started[k] = time.monotonic_ns()
             try:
                 out: tuple[Any, ...] = (OK, fn(items[k]))
             except BaseException as exc:  # SystemExit in a call is that call's failure
@@ -134,15 +134,18 @@ class _Run:
 
     def wait(self, timeout: float | None) -> int:
         """Until every item is settled; returns how many calls ran late."""
+        from . import _worker
+
         late = 0
+        limit = None if timeout is None else int(timeout * 1e9)
         with self.cv:
             while self.left:
-                if timeout is None:
+                if limit is None:
                     self.cv.wait()
                     continue
-                now = time.monotonic()
+                now = time.monotonic_ns()
                 running = [k for k in range(self.next) if self.slots[k] is None]
-                overdue = [k for k in running if now - self.started[k] >= timeout]
+                overdue = [k for k in running if now - self.started[k] >= limit]
                 if overdue:
                     frames = sys._current_frames()
                     for k in overdue:
@@ -156,8 +159,9 @@ class _Run:
                         self.left -= len(self.items) - self.next
                         self.next = len(self.items)
                     continue
-                first = min((self.started[k] for k in running), default=now)
-                self.cv.wait(max(0.0, first + timeout - now))
+                oldest = min((self.started[k] for k in running), default=now)
+                _worker.restart_clock(oldest)  # the pool's own timeout, as a backstop
+                self.cv.wait(max(0, oldest + limit - now) / 1e9)
         return late
 
 

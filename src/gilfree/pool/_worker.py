@@ -58,6 +58,17 @@ _IDLE = 0
 IN_WORKER = False
 #: Why this worker must retire after its chunk (``retire_after_chunk``), if it must.
 _must_retire = ""
+#: This worker's slot, once it serves (``restart_clock``).
+_slot: memoryview | None = None
+
+
+def restart_clock(ns: int) -> None:
+    """Called by a task that runs several calls at once (``_on_threads``): the
+    pool's timeout for it counts from ``ns`` (CLOCK_MONOTONIC), the start of
+    its oldest call still running. A call that holds the GIL stops these
+    updates, and so is stopped on time with its worker."""
+    if _slot is not None:
+        _slot[2] = ns
 
 
 def retire_after_chunk(reason: str) -> None:
@@ -201,6 +212,8 @@ class Worker:
         self.frames = _wire.BlockingFrames(task_fd)
         self.result_fd = result_fd
         self.slot = slot
+        global _slot
+        _slot = slot
         self.fns: dict[int, Any] = {}
         self.max_tasks = max_tasks
         self.max_memory = max_memory
