@@ -269,10 +269,10 @@ def test_a_function_that_does_not_unpickle_in_a_worker_runs_every_call_here():
         """
         libc = ctypes.CDLL("libc.so.6")
         def pid(x):
-            time.sleep(0.002)
+            libc.usleep(2000)  # a C call, as a new user's did: probed on the pool
             return libc.getpid() == os.getpid(), x
         for _ in range(2):
-            out = gilfree.map(pid, range(100), errors="return")
+            out = gilfree.map(pid, range(200), errors="return")
             print(all(v == (True, i) for i, v in enumerate(out)))
         """
     )

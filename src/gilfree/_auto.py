@@ -349,6 +349,10 @@ def _threads_in_workers(
 
     if not sendable(result, _fresh_arg_bytes(samples) if result.cached else None):
         return None, None
+    try:  # as a worker will: a plan reused from an earlier job has no outcome to tell
+        _serialize.loads(_serialize.dump_function(fn))
+    except Exception:
+        return None, None
     if keep is None or keep.name != "process":
         name, pool_opts = probe_backend(fn, opts.with_(workers=None), total)
         if name != "process":

@@ -23,7 +23,8 @@ def isolate(
     if pooled is not None:
         result.reasons.append(
             f"The calls run on threads inside {pooled[0]} worker processes "
-            f"({pooled[1]} threads each), not in this process: a call that "
+            f"({pooled[1]} thread{'s' if pooled[1] != 1 else ''} each), not in this "
+            "process: a call that "
             "crashes is WorkerDied for that call alone, and one past timeout= is a "
             "TaskTimeout (its worker is replaced). To run them on threads "
             "in this process instead, pass backend='thread'."
