@@ -278,3 +278,20 @@ def test_a_function_that_does_not_unpickle_in_a_worker_runs_every_call_here():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "True"], proc.stdout
+
+
+def test_a_crash_in_a_probed_call_keeps_the_plan_on_threads_in_workers():
+    # Threads in workers confine a crash as processes do: a crash in the probe
+    # no longer sends an I/O-bound job to one call per process (60 s for what
+    # takes 3 s on threads, a new user measured).
+    proc = run_waity(
+        """
+        out = gilfree.map(waity, range(200), errors="return")
+        print([(i, v) for i, v in enumerate(show(out)) if v != 2 * i])
+        plan = gilfree.advise(waity, range(8))
+        print(plan.backend, any("all the same" in r for r in plan.reasons))
+        """,
+        segv=(0,),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [str([(0, "WorkerDied")]), "thread True"], proc.stdout

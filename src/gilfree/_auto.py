@@ -343,7 +343,8 @@ def _threads_in_workers(
     probe's pool or a new one; see ``backends._pooled_threads``) unless its
     calls cannot be sent there cheaply. Returns that backend (when ``run``)
     and its shape: processes, threads in each."""
-    if result.backend != "thread":
+    back = result.from_threads
+    if result.backend != "thread" and back is None:
         return None, None
     from .backends._pooled_threads import PooledThreads, per_worker, sendable
 
@@ -357,6 +358,16 @@ def _threads_in_workers(
         name, pool_opts = probe_backend(fn, opts.with_(workers=None), total)
         if name != "process":
             return None, None
+    if result.backend != "thread" and back is not None:
+        # A probe call crashed or hung: threads in workers confine it as well.
+        result.backend, result.workers = "thread", back[0]
+        result.reasons.remove(back[1])
+        result.reasons.append(
+            "Some probe calls crashed their worker or ran past timeout=; the calls run "
+            "on threads inside worker processes all the same, where such a call costs "
+            "only its own item (and the worker holding it is replaced)."
+        )
+    if keep is None or keep.name != "process":
         if not run:
             n = pool_opts.workers or 1
             return None, (n, per_worker(result.workers, n))

@@ -395,6 +395,22 @@ def test_auto_with_a_timeout_keeps_the_probes_calls_when_the_probe_took_less(wor
 
 
 @pytest.mark.timeout(90)
+def test_an_error_record_after_the_probe_names_its_own_index(work):
+    # The job numbers its tasks from 0 after the probe's items: a record for
+    # index 120 said "while running task 114" (a new user's trial).
+    n = 300
+    write_lines(work / "in.jsonl", range(n))
+    out = work / "out.jsonl"
+    result = Gilfree(work, env={"CRASH_AT": "120"})(
+        "run", "tasks:crash_at", "in.jsonl", "-o", str(out)
+    )
+    assert result.returncode == 1, result.stderr
+    error = by_index(out.read_text())[120]["error"]
+    assert error["type"] == "WorkerDied"
+    assert "task 120 " in error["message"], error["message"]
+
+
+@pytest.mark.timeout(90)
 def test_auto_with_a_hanging_first_item_gives_a_task_timeout_record(work):
     n = 200
     write_lines(work / "in.jsonl", range(n))

@@ -342,7 +342,8 @@ def _drive(
                 good, line = result_record(index, value)
                 error_type = "SerializationError"
             else:
-                good, line = False, error_record(index, value, task=pos)
+                # The job numbered its tasks from 0 after the probe's items.
+                good, line = False, error_record(index, value, task=pos - feed.dropped)
                 error_type = type(value).__qualname__
             writer.write(line)
             tally.add(good, error_type)

@@ -75,6 +75,11 @@ class PooledThreads(Backend):
         return min(self.per_worker, self.max_chunk(job))
 
     def submit(self, job: Job, start: int, items: list[Any], attempt: int = 0) -> None:
+        if len(items) == 1:
+            # One call (the tail, or a probe's suspect run again): no threads to
+            # share, and as a plain task a crash names it at once.
+            self.pool.submit(job, start, items, attempt)
+            return
         with self._lock:
             batches = self._batches.get(job)
             if batches is None:

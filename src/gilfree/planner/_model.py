@@ -127,13 +127,16 @@ def choose(feat: Features) -> Plan:
             what.append(f"{feat.crashes} crashed the worker process running it")
         if feat.hangs:
             what.append(f"{feat.hangs} ran past timeout= and had its worker stopped")
-        plan.reasons.append(
+        why = (
             f"Of the probe calls, {' and '.join(what)}, so the job stays on "
             f"{w} worker process{'es' if w != 1 else ''}, one call at a time each, where a "
             "crash or a hung call costs only its own item, instead of "
             f"{'threads' if plan.backend == 'thread' else 'a loop in this process'} "
             "as the timings alone would have it."
         )
+        plan.reasons.append(why)
+        if plan.backend == "thread":
+            plan.from_threads = (plan.workers, why)
         plan.backend, plan.workers = "process", w
     return plan
 

@@ -66,6 +66,11 @@ class Plan:
     #: Samples the probe ran inside a task that died with several of them:
     #: not in ``outcomes``; the engine runs each alone, so a culprit fails alone.
     suspects: list[int] = field(default_factory=list, repr=False)
+    #: Set when a probe call crashed or hung and the plan moved to processes
+    #: from threads: ``(workers, reason)`` of the thread plan the timings chose,
+    #: and the sentence saying why it moved. ``backend="auto"`` goes back to
+    #: it where its threads run inside worker processes anyway.
+    from_threads: tuple[int, str] | None = field(default=None, repr=False)
 
     def explain(self) -> str:
         """A few paragraphs a newcomer can read: the choice, why, the numbers."""
