@@ -41,17 +41,16 @@ ROUNDS = 4
 #: A batch whose worker died runs again in halves down to this many calls;
 #: fewer run again each alone, where the culprit's WorkerDied names it.
 SPLIT_BELOW = 4
-#: The pool stops a worker whose oldest running call started this long
-#: before its timeout ran out (``OnThreads`` restarts the pool's clock at that
-#: call's start): only a call that holds the GIL keeps ``OnThreads`` from
-#: marking it late itself.
+#: The pool stops a worker this long after the timeout of its oldest running
+#: call ran out (``OnThreads`` restarts the pool's clock at that call's start):
+#: only a call that holds the GIL keeps ``OnThreads`` from marking it late itself.
 GRACE_S = 0.5
 
 
 class PooledThreads(Backend):
     name = "thread"
-    #: Chunks are as large as a worker's threads (``max_chunk``), whatever
-    #: their calls take: a smaller batch leaves threads idle.
+    #: A batch holds about this much work, between ``min_chunk`` (one call per
+    #: thread: fewer leave threads idle) and ``max_chunk`` (ROUNDS per thread).
     chunk_target_s = 1.0
 
     def __init__(self, pool: Backend, threads: int) -> None:
