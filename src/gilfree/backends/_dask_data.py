@@ -217,14 +217,35 @@ class ScatteredData:
         while True:
             left = deadline - time.monotonic()
             try:
-                return self._client.scatter(obj, broadcast=True, hash=False, timeout=left)
-            except (OSError, KeyError) as exc:
+                return self._scatter_within(obj, left)
+            except (OSError, KeyError) as exc:  # TimeoutError is an OSError
                 if isinstance(exc, KeyError) and not _names_a_worker(exc):
                     raise
                 if self._client.status != "running" or time.monotonic() + pause > deadline:
                     raise
             time.sleep(pause)  # a moment for the scheduler to notice the death
             pause = min(2 * pause, 1.0)
+
+    def _scatter_within(self, obj: Any, seconds: float) -> Any:
+        """``Client.scatter``, given up after ``seconds`` with TimeoutError. Its own
+        ``timeout=`` bounds only the wait for workers: a worker dying mid-scatter
+        left CI's ``Executor.submit`` waiting in ``distributed.utils.sync`` for
+        over 15 minutes (distributed 2026.8.0; pytest-timeout did not stop it)."""
+        client = self._client
+        scatter = getattr(client, "_scatter", None)
+        if scatter is None:  # a distributed without it: its public call, unbounded
+            return client.scatter(obj, broadcast=True, hash=False, timeout=seconds)
+        return client.sync(
+            scatter,
+            obj,
+            broadcast=True,
+            hash=False,
+            timeout=seconds,
+            callback_timeout=seconds,
+            workers=None,
+            direct=None,
+            local_worker=None,
+        )
 
     def function(self, fn: Any) -> Any:
         # Each `obj.method` is a new bound-method object: key those by what they bind.
