@@ -300,3 +300,27 @@ def test_cancel_futures_cancels_queued_submits_before_it_drains_an_unread_map(ba
     assert sum(f.cancelled() for f in futures) >= 150
     assert all(f.result() == i for i, f in enumerate(futures) if not f.cancelled())
     assert list(it) == list(range(20, 0, -1))
+
+
+INTERRUPTED_AT_FORK = """
+import os, signal, sys
+import gilfree
+# Ctrl-C to the process group, as it reaches a worker just forked: before its
+# code can ignore SIGINT.
+os.register_at_fork(after_in_child=lambda: os.kill(os.getpid(), signal.SIGINT))
+assert gilfree.map(abs, [-1, -2, -3, -4], backend="process", workers=2) == [1, 2, 3, 4]
+"""
+
+
+def test_a_ctrl_c_that_reaches_a_worker_as_it_is_forked_is_dropped_quietly():
+    """A worker ignores SIGINT (the caller decides). A SIGINT that arrived
+    before the worker's code could ignore it printed KeyboardInterrupt on the
+    caller's stderr."""
+    out = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_AT_FORK],
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "KeyboardInterrupt" not in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -107,3 +107,24 @@ def test_the_leak_guard_counts_a_worker_the_zygote_forked(plumbing, pytestconfig
         proc.wait(5)
         proc.release()
     assert proc.pid not in conftest._children()
+
+
+def test_ctrl_c_while_the_zygote_starts_neither_stops_nor_prints(monkeypatch, plumbing, capfd):
+    """Ctrl-C reaches the whole process group, the zygote too. One that arrives
+    while its interpreter starts (before its code can ignore SIGINT) once
+    killed it with a KeyboardInterrupt traceback beside the caller's."""
+    slots, alive_r = plumbing
+    fresh = _zygote.Zygote()
+    monkeypatch.setattr(_zygote, "_zygote", fresh)
+    for _ in range(20):  # over its first 0.2 s, from its exec to its serving loop
+        os.kill(fresh.pid, signal.SIGINT)
+        time.sleep(0.01)
+    proc = WorkerProcess(0, "zygote", slots.fd, alive_r, [], CONFIG)
+    try:
+        assert proc.fork_server == fresh.pid and fresh.alive()
+        proc.kill()
+        assert proc.exit_status() == (-signal.SIGKILL, False)
+    finally:
+        proc.release()
+        fresh.close()
+    assert "KeyboardInterrupt" not in capfd.readouterr().err

@@ -127,7 +127,13 @@ class WorkerProcess:
                     name=f"gilfree-worker-{index}",
                     daemon=True,
                 )
-                self._proc.start()
+                # SIGINT held back until the worker ignores it (see _worker.main):
+                # a Ctrl-C to the process group in between printed a traceback.
+                held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                try:
+                    self._proc.start()
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 self.pid = self._proc.pid
                 # A pidfd, not the multiprocessing sentinel (a pipe that closes
                 # a moment before the process can be reaped): readable once

@@ -96,6 +96,9 @@ def main(
         except OSError:
             pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A forking parent holds SIGINT back until here (see _procs.WorkerProcess);
+    # set to SIG_IGN first, one sent in between is dropped.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if config.get("authkey"):  # the caller's, for multiprocessing proxies in tasks
         multiprocessing.current_process().authkey = bytes.fromhex(config["authkey"])
     faulthandler.enable(file=stack_fd, all_threads=False)

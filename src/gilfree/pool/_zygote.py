@@ -42,7 +42,13 @@ from collections.abc import Callable
 from typing import Any
 
 _MAX_FDS = 8
-_SERVE = "from gilfree.pool._zygote import serve; serve()"
+#: The zygote's program. SIGINT comes blocked from the parent (see ``Zygote``);
+#: setting SIG_IGN before unblocking it discards one sent in between.
+_SERVE = (
+    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+    "from gilfree.pool._zygote import serve; serve()"
+)
 #: Seconds one request to the zygote may take. A fork answers in about a
 #: millisecond; the first request also waits for the zygote's interpreter to
 #: start (0.1-1 s on a loaded machine). Past this the zygote is presumed hung:
@@ -68,6 +74,13 @@ class Zygote:
     def __init__(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._lock = threading.Lock()
+        # Ctrl-C reaches the whole process group. The zygote ignores SIGINT,
+        # but only once its code runs: one sent while its interpreter starts
+        # (~0.1 s) printed a second KeyboardInterrupt traceback beside the
+        # caller's and killed it. The child inherits this thread's signal
+        # mask through exec, so it starts with SIGINT held back; the caller
+        # still gets its Ctrl-C, from another thread or once this returns.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             self._popen = subprocess.Popen(
                 [sys.executable, "-c", _SERVE, str(theirs.fileno()), repr(sys.path)],
@@ -78,6 +91,7 @@ class Zygote:
             ours.close()
             raise
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
             theirs.close()
         ours.settimeout(REPLY_TIMEOUT_S)
         self._sock = ours
@@ -257,7 +271,6 @@ def _serve() -> None:
 
     _worker.prepare_fork()
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
