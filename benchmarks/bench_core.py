@@ -1,7 +1,7 @@
 """Core engine against its peers, side by side in one run (issues 2 and 12's targets).
 
     .venv/bin/python benchmarks/bench_core.py [--repeat N] [--only tiny,cpu,many,submit,...]
-                                              [--extra]
+                                              [--extra] [--warm]
 
 Each case times the whole call, pool start-up and teardown included, and
 repeats every runner ``--repeat`` times (at least 5), one after the other in
@@ -21,6 +21,9 @@ gilfree's process pool has two ways to start workers (``gilfree/pool/_procs.py``
   peers leave theirs) gets workers from gilfree's zygote, started once per
   process. It is measured in this long-lived process against the peer in
   this process.
+
+``--warm`` runs the tiny case's fork path again with each side's modules
+imported before the timer: the pool's own work, without first-call imports.
 
 ``--extra`` adds peers that are context only (mpire, joblib, ProcessPoolExecutor
 with chunksize=1 on 200,000 tasks), run in this process.
@@ -200,6 +203,19 @@ CHILD_CALLS = {
         "import multiprocessing",
         "with multiprocessing.Pool({workers}) as pool:\n    pool.map({fn}, items{peer_kw})",
     ),
+    # Context only (--warm): each side's modules imported before the timer,
+    # so the call is the pool's own work. gilfree's fork path imports ~30 ms
+    # of modules in its first call (multiprocessing with socket and signal,
+    # cloudpickle with platform, ctypes), where a Pool script has imported
+    # multiprocessing before its timer.
+    "gilfree-warm": (
+        "import threading\nimport gilfree, gilfree.pool, gilfree.backends._process",
+        "assert threading.active_count() == 1\ngilfree.map({fn}, items, backend='process'{kw})",
+    ),
+    "pool-warm": (
+        "import multiprocessing, multiprocessing.pool",
+        "with multiprocessing.Pool({workers}) as pool:\n    pool.map({fn}, items{peer_kw})",
+    ),
     "ppe": (
         "import concurrent.futures as cf",
         "with cf.ProcessPoolExecutor({workers}) as ex:\n"
@@ -298,9 +314,11 @@ def ratio(times, ours, peer, what):
 
 FORK = "gilfree, fork path (fresh interpreter)"
 ZYG = "gilfree, fork-server path (this process)"
+WARM = "gilfree, fork path, its modules imported first (fresh interpreter)"
+WARM_POOL = "Pool.map, multiprocessing.pool imported first (fresh interpreter)"
 
 
-def case_tiny(repeat, extra):
+def case_tiny(repeat, extra, warm=False):
     before = load()
     runners = [
         (FORK, "gilfree", "fresh"),
@@ -309,6 +327,11 @@ def case_tiny(repeat, extra):
         ("Pool.map (this process)", "pool", "here"),
     ]
     others = {}
+    if warm:
+        runners += [
+            (WARM, "gilfree-warm", "fresh"),
+            (WARM_POOL, "pool-warm", "fresh"),
+        ]
     if extra:
         items = params("tiny", None)["items"]
         others = {
@@ -320,6 +343,8 @@ def case_tiny(repeat, extra):
     print(f"\n{before} -> {load()}\n")
     ratio(times, FORK, "Pool.map (fresh interpreter)", "fork path")
     ratio(times, ZYG, "Pool.map (this process)", "fork-server path")
+    if warm:
+        ratio(times, WARM, WARM_POOL, "fork path, modules imported before the timer")
 
 
 def case_cpu(repeat, extra):
@@ -493,6 +518,11 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--only", default="tiny,cpu,many,submit,first,thread", help="cases to run")
     ap.add_argument("--extra", action="store_true", help="context-only peers too (slow)")
+    ap.add_argument(
+        "--warm",
+        action="store_true",
+        help="tiny: the fork path again with each side's modules imported before the timer",
+    )
     args = ap.parse_args()
     r = max(args.repeat, 5)
     only = args.only.split(",")
@@ -503,7 +533,7 @@ def main():
     )
     for case in only:
         if case == "tiny":
-            case_tiny(r, args.extra)
+            case_tiny(r, args.extra, args.warm)
         elif case == "cpu":
             case_cpu(r, args.extra)
         elif case == "many":
