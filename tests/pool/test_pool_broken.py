@@ -96,6 +96,23 @@ def test_a_fork_server_that_cannot_restart_breaks_the_pool(monkeypatch):
         ex.shutdown(wait=True)
 
 
+def test_a_fork_server_that_dies_as_the_pool_starts_breaks_it(monkeypatch):
+    """Each first worker gets two tries (the second from a fresh fork server):
+    when both fail, creating the pool raises PoolBroken, not the fork
+    server's own ZygoteGone (a ConnectionError callers do not expect)."""
+    old = _zygote.get()
+    monkeypatch.setattr(_zygote, "_SERVE", "import sys; sys.exit(3)")
+    os.kill(old.pid, signal.SIGKILL)
+    old._popen.wait(5)
+    t0 = time.monotonic()
+    with pytest.raises(PoolBroken, match="first workers could not start") as info:
+        gilfree.map(nap, range(4), backend="process", workers=2, start_method="zygote")
+    assert isinstance(info.value.__cause__, OSError)
+    with pytest.raises(PoolBroken):  # an Executor starts its pool when made
+        gilfree.Executor(backend="process", workers=2, start_method="zygote")
+    assert time.monotonic() - t0 < 20
+
+
 def test_a_running_map_fails_with_pool_broken_when_the_pool_breaks(monkeypatch):
     t_kill = None
     with pytest.raises(PoolBroken):  # the break happens mid-iteration

@@ -45,7 +45,7 @@ from typing import Any
 
 from .. import _serialize, _shm
 from ..errors import ConfigurationError, PoolBroken, SerializationError
-from . import _worker
+from . import _recovery, _worker
 from ._manager import Manager
 from ._state import Chunk, JobLike, PoolState
 
@@ -114,6 +114,12 @@ class ProcessPool:
             self._manager = Manager(
                 workers, config, start_method=start_method, arena=self._arena, init_blob=init_blob
             )
+        except OSError as exc:
+            # Each worker had its retry (a dead fork server is restarted by
+            # it): a fork server killed twice while the pool starts, EMFILE.
+            self._arena.close()
+            what = f"its first workers could not start ({type(exc).__name__}: {exc})"
+            raise _recovery.broken(what, exc) from exc
         except BaseException:
             self._arena.close()
             raise
