@@ -122,6 +122,8 @@ def plan_known(
         backend=backend,
         in_caller=True,
     )
+    if options.initializer is not None and plan.backend in ("serial", "thread"):
+        plan = _in_initialized_workers(plan, backend)
     chosen = _apply_plan(options, plan)
     submit = chosen
     if chosen.backend == "serial":
@@ -142,6 +144,27 @@ def plan_known(
                 else chosen.with_(backend="thread", workers=1)
             )
     return Known(chosen, submit), plan, kept
+
+
+def _in_initialized_workers(plan: Any, probed_on: Backend | None) -> Any:
+    """The plan, moved to workers that ran ``initializer(*initargs)``: calls
+    in this process's thread would run without it. The probe ran on the
+    Executor's process pool, where it ran first; calls go there too, not to
+    threads here, where an initializer that exits would end the caller. A
+    function that cannot be pickled keeps threads (each runs the initializer
+    first, as ThreadPoolExecutor's do): one for a serial plan."""
+    import dataclasses
+
+    if probed_on is not None and probed_on.name == "process":
+        backend, workers = "process", probed_on.workers
+        where = "worker processes, each of which runs it first, not in this process"
+    elif plan.backend == "serial":
+        backend, workers = "thread", 1
+        where = "one worker thread, which runs it first, not in the caller's thread"
+    else:
+        return plan  # threads: each runs the initializer before its first call
+    why = f"An initializer was given: calls run in {where} ({plan.backend} was quickest)."
+    return dataclasses.replace(plan, backend=backend, workers=workers, reasons=[*plan.reasons, why])
 
 
 def withdraw_if_cancelled(

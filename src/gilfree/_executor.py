@@ -157,7 +157,9 @@ class Executor(concurrent.futures.Executor):
     ) -> tuple[Known, Any]:
         """Probe ``fn`` on ``backend`` (or where gilfree.map would; each call
         within ``limit`` s) and plan; a pool the probe made and the plan keeps
-        becomes this Executor's."""
+        becomes this Executor's. Calls probed after an initializer run on its pool."""
+        if backend is None and self._options.initializer is not None:
+            backend = self._probe_pool(fn)
         known, plan, kept = plan_known(fn, samples, self._options, backend, limit)
         if kept is not None and kept is not backend:
             self._adopt(kept)

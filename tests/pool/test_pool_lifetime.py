@@ -122,6 +122,31 @@ def test_a_failing_initializer_breaks_the_pool(sink):
         pool.shutdown()
 
 
+def _exiting_initializer():
+    os._exit(3)
+
+
+def test_an_initializer_that_kills_its_worker_breaks_the_pool(sink):
+    """As when it raises: every worker would die the same way. It used to fork
+    and lose a worker per task, each task failing with a WorkerDied that blamed it."""
+    pool = ProcessPool(2, initializer=_exiting_initializer)
+    try:
+        job = sink(abs)
+        try:
+            pool.submit(job, 0, [-1, -2, -3])
+            errors = [v for ok, v in job.take(3, timeout=10).values() if not ok]
+            assert len(errors) == 3
+        except PoolBroken as raised:
+            errors = [raised]
+        assert all(isinstance(e, PoolBroken) for e in errors), errors
+        assert "exited with status 3 while running the initializer" in str(errors[0])
+        with pytest.raises(PoolBroken):
+            pool.submit(sink(abs), 0, [1])
+        assert pool.statistics().get("started", 0) == 0  # none started to replace one
+    finally:
+        pool.shutdown()
+
+
 def test_an_unpicklable_initializer_is_refused_up_front():
     import threading
 

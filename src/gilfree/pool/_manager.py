@@ -332,6 +332,8 @@ class Manager:
         elif kind == _wire.RETIRE:
             w.retiring()
             self.stats["recycled"] += 1
+        elif kind == _wire.INITOK:
+            w.init_returned()
         elif kind == _wire.INITFAIL:
             cause = _serialize.with_remote_traceback(msg[1], msg[2])
             reason = f"the initializer raised {type(msg[1]).__name__}: {msg[1]} in worker {w.pid}"
@@ -358,6 +360,12 @@ class Manager:
         self._want_write(w, False)
         exitcode, server_died = w.proc.exit_status()
         cause, culprit, stack = self._crew.diagnose(w, server_died)
+        if self._init_blob is not None and not w.initialized and cause is _recovery.Cause.CRASH:
+            # As when it raises (INITFAIL): another worker would die the same way.
+            self._crew.buried(w)
+            how = _recovery.describe_exit(exitcode)[0].split(" (os._exit")[0]  # not a task's
+            self._break(f"worker {w.pid} {how} while running the initializer")
+            return
         if w.inflight:
             self._ledger.recover(w, cause, culprit, exitcode, stack)
         expected = w.state in (WorkerState.RETIRING, WorkerState.STOPPING)

@@ -151,6 +151,7 @@ class Worker:
         "fn_keys",
         "index",
         "inflight",
+        "initialized",
         "kill_reason",
         "proc",
         "reader",
@@ -171,11 +172,17 @@ class Worker:
         self.writing = False  # registered for writability
         #: Set when we kill it for a timeout: (chunk seq, position, stack).
         self.kill_reason: tuple[int, int, str] | None = None
+        #: Its pool's initializer returned in it (INITOK).
+        self.initialized = False
 
     @property
     def pid(self) -> int:
         pid: int = self.proc.pid
         return pid
+
+    def init_returned(self) -> None:
+        """The pool's initializer ran to its end in it."""
+        self.initialized = True
 
     def retiring(self) -> None:
         """It said it will exit after its current chunk (recycling)."""

@@ -27,6 +27,7 @@ RESULT = 11  # (RESULT, seq, offset, values, failures, elapsed, final)
 LOADFAIL = 12  # (LOADFAIL, seq, message): the chunk's items did not unpickle
 RETIRE = 13  # (RETIRE, reason): the worker exits after this message
 INITFAIL = 14  # (INITFAIL, exc, traceback_text): the initializer raised; the worker exits
+INITOK = 15  # (INITOK,): the initializer returned
 
 #: Exit status of a worker that lost its parent (or its end of the alive pipe).
 PARENT_GONE = 70

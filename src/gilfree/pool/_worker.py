@@ -266,6 +266,7 @@ class Worker:
             exc_, tb = _serialize.exception_payload(exc)
             self.send((_wire.INITFAIL, exc_, tb))
             return False
+        self.send((_wire.INITOK,))
         return True
 
     def cap_if_running(self) -> None:
