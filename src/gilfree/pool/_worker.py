@@ -33,7 +33,7 @@ from typing import Any
 
 from .. import _serialize, _shm
 from ..errors import SerializationError
-from . import _wire
+from . import _namespace, _wire
 
 #: A BLAS/OpenMP pool inherited through fork is capped only once it runs:
 #: capping one that never ran starts its threads, which spin for ~0.1 s of CPU
@@ -261,7 +261,7 @@ class Worker:
     def initialize(self, blob: bytes) -> bool:
         """Run the pool's initializer; on failure tell the parent and return False (exit)."""
         try:
-            _serialize.loads(blob)()
+            _namespace.shared(_serialize.loads(blob))()
         except BaseException as exc:
             exc_, tb = _serialize.exception_payload(exc)
             self.send((_wire.INITFAIL, exc_, tb))
@@ -287,7 +287,7 @@ class Worker:
 
     def define(self, key: int, blob: bytes) -> None:
         try:
-            self.fns[key] = _serialize.loads(blob)
+            self.fns[key] = _namespace.shared(_serialize.loads(blob))
         except BaseException as exc:
             self.fns[key] = SerializationError(
                 f"the function could not be unpickled in the worker: {type(exc).__name__}: {exc}",
