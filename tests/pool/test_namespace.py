@@ -10,6 +10,7 @@ import types
 
 import pytest
 
+from gilfree._calls import _StarCall
 from gilfree.pool import _namespace
 
 pytestmark = pytest.mark.timeout(120)
@@ -68,12 +69,15 @@ def test_partials_and_adapters_holding_a_function_are_rebound(main):
     fill = _namespace.shared(functools.partial(arrived(SET, "fill", TABLE=None), 3))
     fill()
 
-    class Adapter:
+    adapter = _namespace.shared(_StarCall(arrived(GET, "get", TABLE=None)))
+    assert adapter(((2,), {})) == 2
+
+    class Users:  # a callable of the user's own, with an ``fn`` of its own: left alone
         def __init__(self, fn):
             self.fn = fn
 
-    adapter = _namespace.shared(Adapter(arrived(GET, "get", TABLE=None)))
-    assert adapter.fn(2) == 2
+    theirs = arrived(GET, "get", TABLE=None)
+    assert _namespace.shared(Users(theirs)).fn is theirs
 
 
 def test_functions_of_other_modules_are_left_alone(main):

@@ -28,17 +28,17 @@ _MISSING = object()
 
 
 def shared(obj: Any) -> Any:
-    """``obj`` (a function, a partial of one, or an adapter holding one in ``fn``)
-    with each by-value function of the caller's ``__main__`` bound to ours."""
+    """``obj`` (a function, a partial of one, or one of gilfree's adapters holding
+    one in ``fn``) with each by-value function of the caller's ``__main__``
+    bound to ours. Any other callable is the user's, and left as it is."""
     if isinstance(obj, types.FunctionType):
         return _rebind(obj) if _by_value_main(obj) else obj
     if isinstance(obj, functools.partial):
         func = shared(obj.func)
         return obj if func is obj.func else functools.partial(func, *obj.args, **obj.keywords)
-    inner = getattr(obj, "fn", None)
-    if inner is not None:
-        rebound = shared(inner)
-        if rebound is not inner:
+    if type(obj).__module__.startswith("gilfree.") and hasattr(obj, "fn"):
+        rebound = shared(obj.fn)  # _StarCall, OnThreads...: plain slots
+        if rebound is not obj.fn:
             obj.fn = rebound
     return obj
 
