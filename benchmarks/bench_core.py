@@ -203,24 +203,23 @@ CHILD_CALLS = {
         "import multiprocessing",
         "with multiprocessing.Pool({workers}) as pool:\n    pool.map({fn}, items{peer_kw})",
     ),
-    # Context only (--warm): each side's modules imported before the timer,
-    # so the call is the pool's own work. gilfree's fork path imports ~30 ms
-    # of modules in its first call (multiprocessing with socket and signal,
-    # cloudpickle with platform, ctypes), where a Pool script has imported
-    # multiprocessing before its timer.
-    "gilfree-warm": (
-        "import threading\nimport gilfree, gilfree.pool, gilfree.backends._process",
-        "assert threading.active_count() == 1\ngilfree.map({fn}, items, backend='process'{kw})",
-    ),
-    "pool-warm": (
-        "import multiprocessing, multiprocessing.pool",
-        "with multiprocessing.Pool({workers}) as pool:\n    pool.map({fn}, items{peer_kw})",
-    ),
     "ppe": (
         "import concurrent.futures as cf",
         "with cf.ProcessPoolExecutor({workers}) as ex:\n"
         "    list(ex.map({fn}, items, chunksize={chunksize}))",
     ),
+}
+# Context only (--warm): each side's modules imported before the timer, so the
+# call is the pool's own work. gilfree's fork path imports ~30 ms of modules in
+# its first call (multiprocessing with socket and signal, cloudpickle with
+# platform, ctypes), where a Pool script has imported multiprocessing before
+# its timer.
+CHILD_CALLS |= {
+    "gilfree-warm": (
+        "import threading\nimport gilfree, gilfree.pool, gilfree.backends._process",
+        CHILD_CALLS["gilfree"][1],
+    ),
+    "pool-warm": ("import multiprocessing, multiprocessing.pool", CHILD_CALLS["pool"][1]),
 }
 
 ITEMS = {

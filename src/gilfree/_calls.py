@@ -8,6 +8,7 @@ what it measured of ``fn`` holds for them.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import pickle
 import weakref
 from collections.abc import Callable
@@ -153,8 +154,6 @@ def _in_initialized_workers(plan: Any, probed_on: Backend | None) -> Any:
     threads here, where an initializer that exits would end the caller. A
     function that cannot be pickled keeps threads (each runs the initializer
     first, as ThreadPoolExecutor's do): one for a serial plan."""
-    import dataclasses
-
     if probed_on is not None and probed_on.name == "process":
         backend, workers = "process", probed_on.workers
         where = "worker processes, each of which runs it first, not in this process"

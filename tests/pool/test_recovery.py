@@ -87,6 +87,11 @@ def test_describe_exit(exitcode, text, signame):
     assert text in how and name == signame
 
 
+def test_an_exit_outside_a_task_is_not_blamed_on_one():
+    assert describe_exit(3, in_task=False) == ("exited with status 3", None)
+    assert "in the task" in describe_exit(3)[0]
+
+
 def test_error_messages_say_what_happened_and_where():
     err = death_error(123, -signal.SIGSEGV, 5, "5", "  File x.py, line 3 in f\n")
     assert isinstance(err, WorkerDied) and err.index == 5 and err.signal_name == "SIGSEGV"

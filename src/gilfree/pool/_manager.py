@@ -363,7 +363,7 @@ class Manager:
         if self._init_blob is not None and not w.initialized and cause is _recovery.Cause.CRASH:
             # As when it raises (INITFAIL): another worker would die the same way.
             self._crew.buried(w)
-            how = _recovery.describe_exit(exitcode)[0].split(" (os._exit")[0]  # not a task's
+            how = _recovery.describe_exit(exitcode, in_task=False)[0]
             self._break(f"worker {w.pid} {how} while running the initializer")
             return
         if w.inflight:

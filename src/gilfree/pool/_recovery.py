@@ -90,8 +90,9 @@ def recover(
 
 
 # -- what the errors say --------------------------------------------------------------------
-def describe_exit(exitcode: int | None) -> tuple[str, str | None]:
-    """('was killed by SIGSEGV (a segmentation fault...)', 'SIGSEGV'), or a status."""
+def describe_exit(exitcode: int | None, *, in_task: bool = True) -> tuple[str, str | None]:
+    """('was killed by SIGSEGV (a segmentation fault...)', 'SIGSEGV'), or a status
+    (with what in a task ends a process so, unless not ``in_task``)."""
     if exitcode is None:
         return "disappeared", None
     if exitcode < 0:
@@ -109,6 +110,8 @@ def describe_exit(exitcode: int | None) -> tuple[str, str | None]:
         return f"was killed by {sig.name} ({hint})", sig.name
     if exitcode == _wire.PARENT_GONE:
         return "exited after losing its pipe to the parent (status 70)", None
+    if not in_task:
+        return f"exited with status {exitcode}", None
     return f"exited with status {exitcode} (os._exit in the task, or sys.exit outside one)", None
 
 
